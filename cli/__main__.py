@@ -1,0 +1,5 @@
+"""Allow `python -m fedrecon`."""
+
+from fedrecon.main import main
+
+raise SystemExit(main())

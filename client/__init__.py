@@ -1,0 +1,1 @@
+"""fedrecon.client package."""

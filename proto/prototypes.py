@@ -1,0 +1,185 @@
+"""The prototype math both sides share: per-class float64 sums and counts, merge, nearest prototype.
+
+A class's prototype is `sum / count`. Adding a delta `(m, mean)` adds `m * mean` to the sum and `m`
+to the count, so the merged prototype is the mean over every example ever added, whatever the order
+or split. This module is the single implementation of that merge (server store, client memory,
+experiments and the Flower strategy all use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def squared_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (n_queries x n_prototypes) as one matrix product."""
+    q = np.asarray(queries, dtype=np.float64)
+    p = np.asarray(prototypes, dtype=np.float64)
+    d = (q * q).sum(1)[:, None] - 2.0 * (q @ p.T) + (p * p).sum(1)[None, :]
+    return np.maximum(d, 0.0, out=d)
+
+
+def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Index of the nearest prototype for each query (squared Euclidean distance)."""
+    if len(prototypes) == 0:
+        raise ValueError("nearest_prototype: no prototypes to classify against")
+    return squared_distances(queries, prototypes).argmin(1)
+
+
+class PrototypeTable:
+    """Per-class float64 sums, integer counts and change versions, stored as growable dense arrays.
+
+    Rows are never removed (a class whose count drops to 0 keeps its row with count 0), so row
+    indices stay valid for the table's lifetime.
+    """
+
+    def __init__(self, dim: int | None = None, capacity: int = 16) -> None:
+        self.dim: int | None = dim
+        self.class_ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self._capacity = max(1, capacity)
+        self._sums = np.zeros((self._capacity, dim or 0), dtype=np.float64)
+        self._counts = np.zeros(self._capacity, dtype=np.int64)
+        self._versions = np.zeros(self._capacity, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    def __contains__(self, class_id: object) -> bool:
+        return class_id in self.index
+
+    @property
+    def sums(self) -> np.ndarray:
+        """Float64 sums, one row per class (a view; do not resize)."""
+        return self._sums[: len(self.class_ids)]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Example counts, one per class (a view)."""
+        return self._counts[: len(self.class_ids)]
+
+    @property
+    def versions(self) -> np.ndarray:
+        """Version at which each class last changed (a view)."""
+        return self._versions[: len(self.class_ids)]
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self._capacity:
+            return
+        capacity = max(needed, 2 * self._capacity)
+        n = len(self.class_ids)
+        sums = np.zeros((capacity, self.dim or 0), dtype=np.float64)
+        sums[:n] = self._sums[:n]
+        counts = np.zeros(capacity, dtype=np.int64)
+        counts[:n] = self._counts[:n]
+        versions = np.zeros(capacity, dtype=np.int64)
+        versions[:n] = self._versions[:n]
+        self._sums, self._counts, self._versions, self._capacity = sums, counts, versions, capacity
+
+    def _check_dim(self, dim: int) -> None:
+        if self.dim is None:
+            self.dim = dim
+            self._sums = np.zeros((self._capacity, dim), dtype=np.float64)
+        elif dim != self.dim:
+            raise ValueError(f"prototype dim {dim} does not match the table's dim {self.dim}")
+
+    def rows(self, class_ids: Sequence[str], create: bool = True) -> np.ndarray:
+        """Row index of each class id; new ids get new rows when `create`, else -1."""
+        index = self.index
+        out = np.empty(len(class_ids), dtype=np.int64)
+        for i, cid in enumerate(class_ids):
+            row = index.get(cid)
+            if row is None:
+                if not create:
+                    out[i] = -1
+                    continue
+                row = len(self.class_ids)
+                self._grow(row + 1)
+                index[cid] = row
+                self.class_ids.append(cid)
+            out[i] = row
+        return out
+
+    def add_sums(
+        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, version: int = 0
+    ) -> np.ndarray:
+        """Add raw float64 sums and counts per class (negative values subtract); returns the rows."""
+        sums = np.asarray(sums, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.int64)
+        if sums.ndim != 2 or len(sums) != len(class_ids) or len(counts) != len(class_ids):
+            raise ValueError("add_sums: class_ids, counts and sums must have the same length")
+        self._check_dim(sums.shape[1])
+        rows = self.rows(class_ids)
+        if len(set(rows.tolist())) == len(rows):
+            self._sums[rows] += sums
+            self._counts[rows] += counts
+        else:  # the same class twice in one call
+            np.add.at(self._sums, rows, sums)
+            np.add.at(self._counts, rows, counts)
+        self._versions[rows] = version
+        return rows
+
+    def add(
+        self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, version: int = 0
+    ) -> np.ndarray:
+        """Merge deltas `(count, mean)` per class: sum += count * mean, count += count."""
+        counts = np.asarray(counts, dtype=np.int64)
+        means = np.asarray(means, dtype=np.float64)
+        return self.add_sums(class_ids, counts, means * counts[:, None], version)
+
+    def add_examples(self, class_ids: Sequence[str], embeddings: np.ndarray, version: int = 0) -> None:
+        """Add individual embeddings (one class id per row) to their classes' sums and counts."""
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        unique, inverse = np.unique(np.asarray(class_ids, dtype=object), return_inverse=True)
+        sums = np.zeros((len(unique), embeddings.shape[1]), dtype=np.float64)
+        np.add.at(sums, inverse, embeddings)
+        counts = np.bincount(inverse, minlength=len(unique))
+        self.add_sums(list(unique), counts, sums, version)
+
+    def merge(self, other: PrototypeTable, version: int = 0) -> None:
+        """Add every class of `other` into this table."""
+        if len(other):
+            self.add_sums(other.class_ids, other.counts, other.sums, version)
+
+    def means(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Prototypes `sum / count` (float64); classes with count 0 give zeros."""
+        sums = self.sums if rows is None else self._sums[rows]
+        counts = self.counts if rows is None else self._counts[rows]
+        safe = np.where(counts > 0, counts, 1).astype(np.float64)
+        return sums / safe[:, None]
+
+    def live_rows(self) -> np.ndarray:
+        """Rows whose count is positive (classes that exist)."""
+        return np.nonzero(self.counts > 0)[0]
+
+    def changed_since(self, version: int) -> np.ndarray:
+        """Rows changed after `version` (includes classes whose count dropped to 0)."""
+        return np.nonzero(self.versions > version)[0]
+
+    def get(self, class_id: str) -> tuple[np.ndarray, int]:
+        """The (sum, count) of one class; KeyError if unknown."""
+        row = self.index[class_id]
+        return self._sums[row].copy(), int(self._counts[row])
+
+    def copy(self) -> PrototypeTable:
+        """A deep copy."""
+        out = PrototypeTable(self.dim, capacity=max(1, len(self)))
+        if len(self):
+            out.add_sums(self.class_ids, self.counts, self.sums)
+            out._versions[: len(self)] = self.versions
+        return out
+
+    def classify(self, embeddings: np.ndarray) -> list[str]:
+        """Class id of the nearest prototype for each embedding (over classes with count > 0)."""
+        rows = self.live_rows()
+        if len(rows) == 0:
+            raise ValueError("classify: the table holds no classes yet")
+        nearest = nearest_prototype(embeddings, self.means(rows))
+        return [self.class_ids[r] for r in rows[nearest]]
+
+    def items(self) -> Iterable[tuple[str, np.ndarray, int]]:
+        """(class_id, sum, count) for every row."""
+        for row, cid in enumerate(self.class_ids):
+            yield cid, self._sums[row], int(self._counts[row])
