@@ -43,14 +43,8 @@ class PrototypeMemory:
         """Replace the pulled classes' global (count, mean) with the server's merged values."""
         if len(class_ids):
             counts = np.asarray(counts, dtype=np.int64)
-            means = np.asarray(means, dtype=np.float64)
-            rows = self.global_table.rows(class_ids) if self.global_table.dim else None
-            if rows is None:
-                self.global_table.add(class_ids, counts, means, version)
-            else:
-                self.global_table._sums[rows] = means * counts[:, None]
-                self.global_table._counts[rows] = counts
-                self.global_table._versions[rows] = version
+            sums = np.asarray(means, dtype=np.float64) * counts[:, None]
+            self.global_table.set_rows(class_ids, counts, sums, version)
         self.global_version = max(self.global_version, int(version))
 
     def union(self) -> PrototypeTable:

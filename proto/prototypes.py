@@ -119,6 +119,23 @@ class PrototypeTable:
             np.add.at(self._sums, rows, sums)
             np.add.at(self._counts, rows, counts)
         self._versions[rows] = version
+        emptied = rows[self._counts[rows] == 0]
+        if len(emptied):  # a class removed entirely: drop float residue so it is exactly empty
+            self._sums[emptied] = 0.0
+        return rows
+
+    def set_rows(
+        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, versions: np.ndarray | int
+    ) -> np.ndarray:
+        """Overwrite (not add) the sums, counts and versions of the given classes; returns the rows."""
+        sums = np.asarray(sums, dtype=np.float64)
+        if len(class_ids) == 0:
+            return np.empty(0, dtype=np.int64)
+        self._check_dim(sums.shape[1])
+        rows = self.rows(class_ids)
+        self._sums[rows] = sums
+        self._counts[rows] = np.asarray(counts, dtype=np.int64)
+        self._versions[rows] = versions
         return rows
 
     def add(

@@ -1,0 +1,129 @@
+"""numpy <-> message codec: packed little-endian matrices and per-class deltas, validated on decode.
+
+Decoding never loops over elements: the bytes become a numpy view (`np.frombuffer`), checked as a
+whole (length, finiteness). Every problem raises `InvalidMessage` naming the field and what was
+expected, so the server can answer INVALID_ARGUMENT and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+
+DTYPES: dict[int, np.dtype] = {
+    pb.FLOAT32: np.dtype("<f4"),
+    pb.FLOAT16: np.dtype("<f2"),
+    pb.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
+    pb.FLOAT64: np.dtype("<f8"),
+}
+DTYPE_NAMES: dict[str, int] = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16,
+                               "float64": pb.FLOAT64}
+MAX_COUNT = 2**40  # per delta; keeps int64 totals and float64 sums exact for any realistic fleet
+
+
+class InvalidMessage(ValueError):
+    """A message that does not follow the wire contract; the text says which field and why."""
+
+
+def dtype_code(name_or_code: str | int) -> int:
+    """Wire dtype code from a name like 'float16' (or a code, checked)."""
+    if isinstance(name_or_code, str):
+        if name_or_code not in DTYPE_NAMES:
+            raise InvalidMessage(f"dtype {name_or_code!r} is not one of {sorted(DTYPE_NAMES)}")
+        return DTYPE_NAMES[name_or_code]
+    if name_or_code not in DTYPES:
+        raise InvalidMessage(f"dtype code {name_or_code} is not one of {sorted(DTYPES)}")
+    return int(name_or_code)
+
+
+def dtype_name(code: int) -> str:
+    """'float32' etc. for a wire dtype code."""
+    return {v: k for k, v in DTYPE_NAMES.items()}[dtype_code(code)]
+
+
+def encode_matrix(array: np.ndarray, dtype: str | int = "float32") -> pb.Matrix:
+    """Pack a 2-D array as `rows x dim` little-endian values of the given wire dtype."""
+    code = dtype_code(dtype)
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise InvalidMessage(f"matrix must be 2-D (rows x dim), got shape {array.shape}")
+    packed = np.ascontiguousarray(array, dtype=DTYPES[code])
+    if array.size and not np.isfinite(packed.astype(np.float64)).all():
+        raise InvalidMessage(f"matrix has values that are not finite in {dtype_name(code)}")
+    return pb.Matrix(dtype=code, dim=array.shape[1], rows=array.shape[0], data=packed.tobytes())
+
+
+def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
+    """A read-only numpy view (rows x dim) of a packed matrix; checks dtype, dim, length, finiteness."""
+    if message.dtype not in DTYPES:
+        raise InvalidMessage(f"{field}.dtype {message.dtype} is not one of FLOAT32, FLOAT16, BFLOAT16, FLOAT64")
+    dtype = DTYPES[message.dtype]
+    if message.dim == 0 and message.rows:
+        raise InvalidMessage(f"{field}.dim must be > 0")
+    expected = message.rows * message.dim * dtype.itemsize
+    if len(message.data) != expected:
+        raise InvalidMessage(
+            f"{field}.data has {len(message.data)} bytes; expected rows*dim*{dtype.itemsize} = {expected}"
+        )
+    array = np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
+    if array.size and not np.isfinite(array.astype(np.float64)).all():
+        raise InvalidMessage(f"{field} holds NaN or Inf")
+    return array
+
+
+@dataclass(frozen=True)
+class Deltas:
+    """Decoded per-class deltas: ids, int64 counts, float64 means (n x dim)."""
+
+    class_ids: list[str]
+    counts: np.ndarray
+    means: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        """Vector width."""
+        return int(self.means.shape[1])
+
+
+def encode_deltas(
+    class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray, dtype: str | int = "float32"
+) -> pb.ClassDeltas:
+    """Build a ClassDeltas message from ids, counts and a (n x dim) array of means."""
+    class_ids = list(class_ids)
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    means = np.asarray(means)
+    if means.ndim != 2:
+        raise InvalidMessage(f"means must be 2-D (classes x dim), got shape {means.shape}")
+    if not (len(class_ids) == len(counts) == len(means)):
+        raise InvalidMessage(
+            f"class_ids ({len(class_ids)}), counts ({len(counts)}) and means ({len(means)}) differ in length"
+        )
+    if len(counts) and counts.min() < 0:
+        raise InvalidMessage("counts must be >= 0")
+    return pb.ClassDeltas(class_ids=class_ids, counts=counts.tolist(), means=encode_matrix(means, dtype))
+
+
+def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False) -> Deltas:
+    """Decode and validate deltas: matching lengths, counts in 1..2**40, finite means, unique ids."""
+    means = decode_matrix(message.means)
+    n = len(message.class_ids)
+    if len(message.counts) != n or means.shape[0] != n:
+        raise InvalidMessage(
+            f"class_ids ({n}), counts ({len(message.counts)}) and means rows ({means.shape[0]}) differ in length"
+        )
+    counts = np.fromiter(message.counts, dtype=np.uint64, count=n)
+    if n and counts.max() > MAX_COUNT:
+        raise InvalidMessage(f"counts must be <= {MAX_COUNT}")
+    counts = counts.astype(np.int64)
+    if not allow_zero_counts and n and counts.min() == 0:
+        bad = message.class_ids[int(np.argmin(counts))]
+        raise InvalidMessage(f"count of class {bad!r} is 0; a delta needs at least one example")
+    class_ids = list(message.class_ids)
+    if len(set(class_ids)) != n:
+        raise InvalidMessage("a class_id appears more than once in one message")
+    return Deltas(class_ids, counts, means.astype(np.float64))

@@ -1,0 +1,103 @@
+"""A running merge server: the gRPC server with the Reconnaissance service, health checking and reflection."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.service import Identify, Limits, ReconnaissanceService, identify_from_message
+from fedrecon.server.store import PrototypeStore
+
+log = logging.getLogger("fedrecon.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reconnaissance"].full_name
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate and key (PEM); `client_ca` turns on mutual TLS (client certificates required)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC server credentials."""
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.client_ca, require_client_auth=self.client_ca is not None)
+
+
+class ReconServer:
+    """The merge service on a port: start, then stop gracefully (in-flight pushes finish, store closes)."""
+
+    def __init__(
+        self,
+        store: PrototypeStore,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        limits: Limits | None = None,
+        max_workers: int = 16,
+        tls: TlsConfig | None = None,
+        identify: Identify = identify_from_message,
+        interceptors: tuple[grpc.ServerInterceptor, ...] = (),
+    ) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+        self.service = ReconnaissanceService(store, self.limits, identify)
+        options = [
+            ("grpc.max_receive_message_length", self.limits.max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                                  thread_name_prefix="fedrecon-rpc"),
+                                       options=options, interceptors=interceptors)
+        rpc.add_ReconnaissanceServicer_to_server(self.service, self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
+        target = f"{host}:{port}"
+        if tls is None:
+            self.port = self.grpc_server.add_insecure_port(target)
+        else:
+            self.port = self.grpc_server.add_secure_port(target, tls.credentials())
+        if self.port == 0:
+            raise OSError(f"could not bind {target}")
+        self.host = host
+        self.tls = tls is not None
+
+    @property
+    def address(self) -> str:
+        """host:port the server listens on (the real port when started with port 0)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> ReconServer:
+        """Start serving and mark the services SERVING for health checks."""
+        self.grpc_server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        store = str(self.store.path or ":memory:")
+        log.info("serving", extra={"address": self.address, "tls": self.tls, "store": store})
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let in-flight ones finish (up to `grace` s), end watches, close the store."""
+        self.health.enter_graceful_shutdown()
+        self.service.stopping.set()
+        self.grpc_server.stop(grace).wait()
+        self.store.close()
+        log.info("stopped", extra={"version": self.store.version})
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server terminates."""
+        return self.grpc_server.wait_for_termination(timeout)

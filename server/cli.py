@@ -1,0 +1,80 @@
+"""`fedrecon server`: run the merge server as a process; the first stdout line is the bound address."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from fedrecon.server.app import ReconServer, TlsConfig
+from fedrecon.server.logs import setup_logging
+from fedrecon.server.service import Limits
+from fedrecon.server.store import PrototypeStore
+
+log = logging.getLogger("fedrecon.server")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the server's options."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
+    parser.add_argument("--db", default="fedrecon.db", help="SQLite database file (default ./fedrecon.db)")
+    parser.add_argument("--memory", action="store_true", help="keep everything in memory (no database; tests)")
+    parser.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL", "EXTRA"],
+                        help="SQLite synchronous level: FULL survives power loss, NORMAL only process crashes")
+    parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    parser.add_argument("--max-classes-per-push", type=int, default=Limits.max_classes_per_push)
+    parser.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes)
+    parser.add_argument("--max-class-id-bytes", type=int, default=Limits.max_class_id_bytes)
+    parser.add_argument("--max-dim", type=int, default=Limits.max_dim)
+    parser.add_argument("--max-watch-streams", type=int, default=Limits.max_watch_streams)
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates (mutual TLS)")
+    parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="json", choices=["json", "text"])
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
+    """TLS settings from --tls-* options (both cert and key, or neither)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("fedrecon server: --tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        if args.tls_client_ca is not None:
+            raise SystemExit("fedrecon server: --tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    client_ca = args.tls_client_ca.read_bytes() if args.tls_client_ca else None
+    return TlsConfig(args.tls_cert.read_bytes(), args.tls_key.read_bytes(), client_ca)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server, print its address, serve until SIGTERM/SIGINT, then shut down cleanly."""
+    setup_logging(args.log_level, args.log_format)
+    limits = Limits(args.max_classes_per_push, args.max_message_bytes, args.max_class_id_bytes, args.max_dim,
+                    args.max_watch_streams)
+    store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous)
+    try:
+        server = ReconServer(store, args.host, args.port, limits=limits, max_workers=args.workers,
+                             tls=tls_from_args(args)).start()
+    except Exception:
+        store.close()
+        raise
+    print(server.address, flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal received; shutting down", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+    server.stop(args.grace)
+    sys.stdout.flush()
+    return 0
+

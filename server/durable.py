@@ -1,0 +1,189 @@
+"""SQLite persistence for the prototype store: an operation log plus checkpointed tables (WAL mode).
+
+Every applied operation (a push, a revocation) is one row of `log`, written in a transaction that
+may hold several operations (group commit); the store acknowledges them only after that commit.
+A checkpoint writes the changed rows of the in-memory tables (`classes`, `contributions`,
+`clients`) and deletes the log up to its version in the same transaction, so a restart loads the
+tables and replays the remaining log with the same math and gets exactly the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spaces (space TEXT PRIMARY KEY, dim INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS classes (
+  space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL, sum BLOB NOT NULL,
+  version INTEGER NOT NULL, PRIMARY KEY (space, class_id));
+CREATE TABLE IF NOT EXISTS contributions (
+  client_id TEXT NOT NULL, space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL,
+  sum BLOB NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (client_id, space, class_id));
+CREATE TABLE IF NOT EXISTS clients (
+  client_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_version INTEGER NOT NULL,
+  last_classes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (
+  version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, space TEXT NOT NULL,
+  seq INTEGER NOT NULL, class_ids TEXT NOT NULL, counts BLOB NOT NULL, means BLOB NOT NULL,
+  dim INTEGER NOT NULL, actor TEXT NOT NULL DEFAULT '', at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, actor TEXT NOT NULL,
+  at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One logged change: a push of deltas, or the revocation of a client's contributions."""
+
+    version: int
+    kind: str  # "push" | "revoke"
+    client_id: str
+    space: str
+    seq: int
+    class_ids: list[str]
+    counts: np.ndarray  # int64
+    means: np.ndarray  # float64 (n x dim)
+    actor: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """A checkpointed (space, class) or (client, space, class) sum and count."""
+
+    space: str
+    class_id: str
+    count: int
+    sum: np.ndarray
+    version: int
+    client_id: str = ""
+
+
+class SqliteLog:
+    """The on-disk half of the store: schema, log appends (group commits), checkpoints, loading."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        if self.path.parent and not self.path.parent.exists():
+            raise FileNotFoundError(f"database folder {self.path.parent} does not exist")
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self.conn.executescript(SCHEMA)
+        found = self.meta("schema")
+        if found is None:
+            with self.transaction():
+                self.set_meta("schema", SCHEMA_VERSION)
+                self.set_meta("store_id", uuid.uuid4().hex)
+                self.set_meta("checkpoint_version", "0")
+        elif found != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: schema version {found}, this fedrecon expects {SCHEMA_VERSION}")
+
+    def transaction(self) -> sqlite3.Connection:
+        """`with log.transaction():` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        return _Transaction(self.conn)  # type: ignore[return-value]
+
+    def meta(self, key: str) -> str | None:
+        """A metadata value, or None."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a metadata value (inside the caller's transaction)."""
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def append(self, operations: Iterable[Operation], new_spaces: dict[str, int]) -> None:
+        """Durably append operations (and register new spaces) in one transaction."""
+        operations = list(operations)
+        rows = [
+            (op.version, op.kind, op.client_id, op.space, op.seq, json.dumps(op.class_ids),
+             op.counts.astype("<i8").tobytes(), op.means.astype("<f8").tobytes(), op.means.shape[1] if
+             op.means.ndim == 2 else 0, op.actor, op.at)
+            for op in operations
+        ]
+        with self.transaction():
+            if new_spaces:
+                self.conn.executemany("INSERT OR IGNORE INTO spaces (space, dim) VALUES (?, ?)",
+                                      list(new_spaces.items()))
+            self.conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(
+                "INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
+                [(op.version, op.kind, op.client_id, op.actor, op.at) for op in operations if op.kind != "push"])
+
+    def checkpoint(
+        self, version: int, classes: list[TableRow], contributions: list[TableRow],
+        clients: list[tuple[str, int, int, int]],
+    ) -> None:
+        """Write changed table rows and drop the log up to `version`, atomically."""
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?, ?)",
+                [(r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version) for r in classes])
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.client_id, r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version)
+                 for r in contributions])
+            self.conn.executemany("INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?)", clients)
+            self.conn.execute("DELETE FROM log WHERE version <= ?", (version,))
+            self.set_meta("checkpoint_version", str(version))
+
+    def load_spaces(self) -> dict[str, int]:
+        """space -> dim."""
+        return dict(self.conn.execute("SELECT space, dim FROM spaces").fetchall())
+
+    def load_rows(self, table: str) -> Iterator[TableRow]:
+        """Checkpointed rows of `classes` or `contributions`, in insertion order."""
+        if table == "classes":
+            query = "SELECT '', space, class_id, count, sum, version FROM classes ORDER BY rowid"
+        elif table == "contributions":
+            query = "SELECT client_id, space, class_id, count, sum, version FROM contributions ORDER BY rowid"
+        else:
+            raise ValueError(table)
+        for client_id, space, class_id, count, blob, version in self.conn.execute(query):
+            yield TableRow(space, class_id, count, np.frombuffer(blob, dtype="<f8"), version, client_id)
+
+    def load_clients(self) -> list[tuple[str, int, int, int]]:
+        """(client_id, last_seq, last_version, last_classes) rows."""
+        return self.conn.execute("SELECT client_id, last_seq, last_version, last_classes FROM clients").fetchall()
+
+    def load_log(self, after: int) -> Iterator[Operation]:
+        """Logged operations after a version, in order."""
+        query = "SELECT * FROM log WHERE version > ? ORDER BY version"
+        for version, kind, client_id, space, seq, ids, counts, means, dim, actor, at in self.conn.execute(
+                query, (after,)):
+            class_ids = json.loads(ids)
+            yield Operation(version, kind, client_id, space, seq, class_ids, np.frombuffer(counts, dtype="<i8"),
+                            np.frombuffer(means, dtype="<f8").reshape(len(class_ids), dim), actor, at)
+
+    def audit(self) -> list[tuple[int, str, str, str, float]]:
+        """Administrative operations recorded (version, kind, client, actor, time)."""
+        return self.conn.execute("SELECT version, kind, client_id, actor, at FROM audit ORDER BY version").fetchall()
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed into the main file by SQLite)."""
+        self.conn.close()
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,169 @@
+"""The `Reconnaissance` gRPC service: decodes and checks requests, calls the store, maps errors to statuses.
+
+Every refusal answers a precise status (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) and changes
+nothing; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from fedrecon import __version__
+from fedrecon.proto import codec
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.store import (
+    InvalidPush,
+    PrototypeStore,
+    PullResult,
+    SequenceGap,
+    StoreError,
+    StoreUnavailable,
+    UnknownClient,
+    VersionAhead,
+)
+
+log = logging.getLogger("fedrecon.service")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits; anything larger is refused with INVALID_ARGUMENT or RESOURCE_EXHAUSTED."""
+
+    max_classes_per_push: int = 65_536
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_class_id_bytes: int = 256
+    max_dim: int = 16_384
+    max_watch_streams: int = 8
+
+    def to_message(self) -> pb.Limits:
+        """As the wire message that Info returns."""
+        return pb.Limits(max_classes_per_push=self.max_classes_per_push, max_message_bytes=self.max_message_bytes,
+                         max_class_id_bytes=self.max_class_id_bytes, max_dim=self.max_dim)
+
+
+# Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
+Identify = Callable[[pb.PushRequest, grpc.ServicerContext], str]
+
+
+def identify_from_message(request: pb.PushRequest, context: grpc.ServicerContext) -> str:
+    """Open mode: trust the client_id field of the push."""
+    return request.client_id
+
+
+STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
+    (SequenceGap, grpc.StatusCode.FAILED_PRECONDITION),
+    (VersionAhead, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidPush, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownClient, grpc.StatusCode.NOT_FOUND),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_of(error: Exception) -> grpc.StatusCode:
+    """The gRPC status for a store or codec error."""
+    if isinstance(error, codec.InvalidMessage):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    for kind, code in STATUS_OF:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class ReconnaissanceService(rpc.ReconnaissanceServicer):
+    """Push / Pull / Watch / Info over a `PrototypeStore`."""
+
+    def __init__(self, store: PrototypeStore, limits: Limits | None = None,
+                 identify: Identify = identify_from_message) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+        self.identify = identify
+        self.stopping = threading.Event()
+        self._watch_slots = threading.BoundedSemaphore(self.limits.max_watch_streams)
+
+    def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
+        code = status_of(error)
+        if isinstance(error, SequenceGap):
+            context.set_trailing_metadata((("fedrecon-expected-seq", str(error.expected)),))
+        log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
+        context.abort(code, str(error))
+
+    def _check_text(self, name: str, value: str) -> None:
+        if not value:
+            raise codec.InvalidMessage(f"{name} must not be empty")
+        if len(value.encode()) > self.limits.max_class_id_bytes:
+            raise codec.InvalidMessage(f"{name} is longer than {self.limits.max_class_id_bytes} bytes (UTF-8)")
+
+    def _check_push(self, request: pb.PushRequest, client_id: str) -> codec.Deltas:
+        self._check_text("client_id", client_id)
+        self._check_text("space", request.space)
+        if request.seq == 0:
+            raise codec.InvalidMessage("seq must start at 1")
+        n = len(request.deltas.class_ids)
+        if n > self.limits.max_classes_per_push:
+            raise codec.InvalidMessage(f"{n} classes in one push; the limit is {self.limits.max_classes_per_push}")
+        if request.deltas.means.dim > self.limits.max_dim:
+            raise codec.InvalidMessage(f"dim {request.deltas.means.dim} exceeds the limit {self.limits.max_dim}")
+        for class_id in request.deltas.class_ids:
+            self._check_text("class_id", class_id)
+        return codec.decode_deltas(request.deltas)
+
+    def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
+        """Merge one client's deltas exactly once."""
+        try:
+            client_id = self.identify(request, context)
+            deltas = self._check_push(request, client_id)
+            result = self.store.push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
+                                     deltas.means)
+        except (StoreError, codec.InvalidMessage) as error:
+            self._refuse(context, error, "Push")
+        return pb.PushReply(seq=result.seq, version=result.version, classes=result.classes,
+                            duplicate=result.duplicate)
+
+    def _reply(self, result: PullResult, dtype: int) -> pb.PullReply:
+        return pb.PullReply(space=result.space, version=result.version,
+                            classes=codec.encode_deltas(result.class_ids, result.counts, result.means, dtype or
+                                                        pb.FLOAT32))
+
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
+        """Merged prototypes of a space changed since a version."""
+        try:
+            self._check_text("space", request.space)
+            codec.dtype_code(request.dtype or pb.FLOAT32)
+            return self._reply(self.store.pull(request.space, request.since), request.dtype)
+        except (StoreError, codec.InvalidMessage) as error:
+            self._refuse(context, error, "Pull")
+        raise AssertionError("unreachable")
+
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.PullReply]:  # noqa: N802
+        """Stream the changes of a space: one reply per batch of applied operations."""
+        if not self._watch_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
+        try:
+            self._check_text("space", request.space)
+            codec.dtype_code(request.dtype or pb.FLOAT32)
+            since = request.since
+            while context.is_active() and not self.stopping.is_set():
+                if not self.store.wait_for_change(since, timeout=0.5):
+                    continue
+                result = self.store.pull(request.space, since)
+                since = result.version
+                if result.class_ids:
+                    yield self._reply(result, request.dtype)
+        except (StoreError, codec.InvalidMessage) as error:
+            self._refuse(context, error, "Watch")
+        finally:
+            self._watch_slots.release()
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoReply:  # noqa: N802
+        """Server version, store id, global version, spaces and limits."""
+        info = self.store.info()
+        spaces = [pb.SpaceInfo(**s) for s in info["spaces"]]
+        return pb.InfoReply(server_version=__version__, store_id=info["store_id"], version=info["version"],
+                            spaces=spaces, limits=self.limits.to_message(), clients=info["clients"])

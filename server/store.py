@@ -1,0 +1,427 @@
+"""The durable prototype store: exactly-once, all-or-nothing merges of per-class deltas.
+
+State lives in memory (one `PrototypeTable` per space, one per client and space, per-client
+sequence records) and is made durable by `SqliteLog`: pushes queue up, a writer thread validates
+a batch against the state, appends it to the log in one transaction, and only after the commit
+applies it to memory and acknowledges each push (group commit). Pulls read memory under a lock,
+so they never see an unacknowledged push. With `path=None` the store is in-memory only (tests,
+simulation); the validation and merge math are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.server.durable import Operation, SqliteLog, TableRow
+
+log = logging.getLogger("fedrecon.store")
+
+MAX_ABS_SUM = 1e30  # refuse deltas whose count * mean could overflow float64 sums over time
+
+
+class StoreError(Exception):
+    """Base of the store's refusals; the server maps each subclass to a gRPC status."""
+
+
+class InvalidPush(StoreError):
+    """The push breaks a rule of the store (dim of the space, empty push, bad values)."""
+
+
+class SequenceGap(StoreError):
+    """The push's sequence number is not the next one for its client."""
+
+    def __init__(self, client_id: str, got: int, expected: int) -> None:
+        super().__init__(f"client {client_id!r} sent seq {got}; expected seq {expected}")
+        self.expected = expected
+
+
+class VersionAhead(StoreError):
+    """A pull names a version this store never reached (a different or reset store)."""
+
+
+class UnknownClient(StoreError):
+    """An administrative operation names a client that never pushed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is closing, or could not make a push durable."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Acknowledgement of a push: its seq, the global version after it, how many classes it held."""
+
+    seq: int
+    version: int
+    classes: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """Merged prototypes of one space changed since a version: ids, counts, float64 means."""
+
+    space: str
+    version: int
+    class_ids: list[str]
+    counts: np.ndarray
+    means: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A client's last applied sequence number and the answer it got, for exactly-once retries."""
+
+    last_seq: int = 0
+    last_version: int = 0
+    last_classes: int = 0
+
+
+@dataclass
+class _Request:
+    kind: str
+    client_id: str
+    space: str = ""
+    seq: int = 0
+    class_ids: list[str] = field(default_factory=list)
+    counts: np.ndarray | None = None
+    means: np.ndarray | None = None
+    actor: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+    result: PushResult | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class _Stage:
+    """What a batch would change, validated before anything is written or applied."""
+
+    version: int
+    ops: list[Operation] = field(default_factory=list)
+    clients: dict[str, ClientRecord] = field(default_factory=dict)
+    new_spaces: dict[str, int] = field(default_factory=dict)
+
+
+class PrototypeStore:
+    """Per-space merged prototypes plus per-client contributions, durable in SQLite or in memory."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        synchronous: str = "FULL",
+        checkpoint_every: int = 20_000,
+        checkpoint_seconds: float = 30.0,
+        max_batch: int = 1024,
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.version = 0
+        self.spaces: dict[str, PrototypeTable] = {}
+        self.dims: dict[str, int] = {}
+        self.contributions: dict[str, dict[str, PrototypeTable]] = {}
+        self.clients: dict[str, ClientRecord] = {}
+        self.store_id = "memory"
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.max_batch = max_batch
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._write_lock = threading.Lock()
+        self._queue: deque[_Request] = deque()
+        self._queue_cond = threading.Condition()
+        self._closing = False
+        self._dirty_classes: set[tuple[str, str]] = set()
+        self._dirty_contributions: set[tuple[str, str, str]] = set()
+        self._dirty_clients: set[str] = set()
+        self._checkpoint_version = 0
+        self._last_checkpoint = time.monotonic()
+        self._log: SqliteLog | None = None
+        self._writer: threading.Thread | None = None
+        if self.path is not None:
+            self._log = SqliteLog(self.path, synchronous)
+            self._load()
+            self._writer = threading.Thread(target=self._writer_loop, name="fedrecon-store-writer", daemon=True)
+            self._writer.start()
+
+    # ----------------------------------------------------------------------------- public API
+    def push(
+        self, client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
+        means: np.ndarray,
+    ) -> PushResult:
+        """Merge one client's deltas exactly once; returns after the push is durable."""
+        request = _Request("push", client_id, space, int(seq), list(class_ids),
+                           np.asarray(counts, dtype=np.int64), np.asarray(means, dtype=np.float64))
+        return self._submit(request)
+
+    def revoke(self, client_id: str, actor: str = "") -> PushResult:
+        """Remove every contribution of one client from every class (exact unlearning); durable."""
+        return self._submit(_Request("revoke", client_id, actor=actor))
+
+    def pull(self, space: str, since: int = 0) -> PullResult:
+        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes)."""
+        with self._lock:
+            if since > self.version:
+                raise VersionAhead(
+                    f"since={since} is ahead of this store's version {self.version} "
+                    f"(a different or reset store?); pull again with since=0")
+            table = self.spaces.get(space)
+            if table is None:
+                return PullResult(space, self.version, [], np.zeros(0, np.int64),
+                                  np.zeros((0, self.dims.get(space, 0)), np.float64))
+            rows = table.live_rows() if since == 0 else table.changed_since(since)
+            return PullResult(space, self.version, [table.class_ids[r] for r in rows],
+                              table.counts[rows].copy(), table.means(rows))
+
+    def wait_for_change(self, since: int, timeout: float) -> bool:
+        """Block until the version passes `since` (True) or the timeout or close (False)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version > since or self._closing, timeout)
+            return self.version > since
+
+    def contribution(self, client_id: str, space: str) -> PrototypeTable:
+        """A copy of one client's contributions to a space (empty if none)."""
+        with self._lock:
+            table = self.contributions.get(client_id, {}).get(space)
+            return table.copy() if table is not None else PrototypeTable(self.dims.get(space))
+
+    def client_record(self, client_id: str) -> ClientRecord:
+        """Last applied seq of a client (seq 0 if it never pushed)."""
+        with self._lock:
+            return self.clients.get(client_id, ClientRecord())
+
+    def info(self) -> dict:
+        """Version, and per space: dim, live classes, examples, last change version."""
+        with self._lock:
+            spaces = []
+            for name, table in sorted(self.spaces.items()):
+                live = table.counts > 0
+                spaces.append({"space": name, "dim": int(table.dim or 0), "classes": int(live.sum()),
+                               "examples": int(table.counts.sum()),
+                               "version": int(table.versions.max()) if len(table) else 0})
+            return {"store_id": self.store_id, "version": self.version, "clients": len(self.clients),
+                    "spaces": spaces}
+
+    def close(self) -> None:
+        """Finish queued pushes, checkpoint, close the database. Later pushes are refused."""
+        with self._queue_cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._queue_cond.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+
+    def __enter__(self) -> PrototypeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- writing
+    def _submit(self, request: _Request) -> PushResult:
+        if self._log is None:
+            if self._closing:
+                raise StoreUnavailable("the store is closed")
+            with self._write_lock:
+                self._process([request])
+        else:
+            with self._queue_cond:
+                if self._closing:
+                    raise StoreUnavailable("the store is shutting down")
+                self._queue.append(request)
+                self._queue_cond.notify()
+            request.done.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def _writer_loop(self) -> None:
+        while True:
+            with self._queue_cond:
+                if not self._queue and not self._closing:
+                    self._queue_cond.wait(timeout=self.checkpoint_seconds)
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+                closing = self._closing and not self._queue
+            if batch:
+                self._process(batch)
+            if closing or self._checkpoint_due():
+                try:
+                    self._checkpoint()
+                except Exception:  # noqa: BLE001 - the log still holds everything; keep serving
+                    log.exception("checkpoint failed; the operation log keeps the data")
+            if closing:
+                assert self._log is not None
+                self._log.close()
+                return
+
+    def _process(self, batch: list[_Request]) -> None:
+        """Validate a batch, make it durable in one commit, then apply and acknowledge it."""
+        stage = _Stage(self.version)
+        staged: list[_Request] = []
+        for request in batch:
+            before = len(stage.ops)
+            try:
+                request.result = self._stage(request, stage)
+            except StoreError as error:
+                request.error = error
+            if len(stage.ops) > before:
+                staged.append(request)
+        if stage.ops and self._log is not None:
+            try:
+                self._log.append(stage.ops, stage.new_spaces)
+            except Exception as error:  # noqa: BLE001 - refuse the batch, change nothing
+                log.exception("commit of %d operations failed", len(stage.ops))
+                for request in staged:
+                    request.result = None
+                    request.error = StoreUnavailable(f"could not make the push durable: {error}")
+                stage.ops = []
+        with self._changed:
+            for op in stage.ops:
+                self._apply(op)
+            if stage.ops:
+                self._changed.notify_all()
+        for request in batch:
+            request.done.set()
+
+    def _stage(self, request: _Request, stage: _Stage) -> PushResult:
+        """Check one request against the state plus the batch so far; record its operation."""
+        if not request.client_id:
+            raise InvalidPush("client_id must not be empty")
+        record = stage.clients.get(request.client_id) or self.clients.get(request.client_id) or ClientRecord()
+        if request.kind == "revoke":
+            if request.client_id not in self.contributions and request.client_id not in stage.clients:
+                raise UnknownClient(f"client {request.client_id!r} has no contributions")
+            version = stage.version + 1
+            stage.ops.append(Operation(version, "revoke", request.client_id, "", record.last_seq, [],
+                                       np.zeros(0, np.int64), np.zeros((0, 0)), request.actor, time.time()))
+            stage.version = version
+            return PushResult(record.last_seq, version, 0)
+        if record.last_seq and request.seq == record.last_seq:
+            return PushResult(request.seq, record.last_version, record.last_classes, duplicate=True)
+        if request.seq != record.last_seq + 1:
+            raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
+        self._check_deltas(request, stage)
+        version = stage.version + 1
+        stage.ops.append(Operation(version, "push", request.client_id, request.space, request.seq,
+                                   request.class_ids, request.counts, request.means, at=time.time()))
+        stage.version = version
+        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids))
+        return PushResult(request.seq, version, len(request.class_ids))
+
+    def _check_deltas(self, request: _Request, stage: _Stage) -> None:
+        counts, means = request.counts, request.means
+        assert counts is not None and means is not None
+        if not request.space:
+            raise InvalidPush("space must name the encoder fingerprint; it is empty")
+        n = len(request.class_ids)
+        if n == 0:
+            raise InvalidPush("a push needs at least one class")
+        if means.ndim != 2 or means.shape[0] != n or counts.shape != (n,):
+            raise InvalidPush(f"{n} class_ids need {n} counts and {n} mean rows")
+        if len(set(request.class_ids)) != n:
+            raise InvalidPush("a class_id appears more than once in one push")
+        if counts.min() <= 0:
+            raise InvalidPush("every count must be >= 1")
+        if not np.isfinite(means).all() or np.abs(means * counts[:, None]).max() > MAX_ABS_SUM:
+            raise InvalidPush(f"means must be finite and |count * mean| <= {MAX_ABS_SUM:g}")
+        dim = self.dims.get(request.space) or stage.new_spaces.get(request.space)
+        if dim is None:
+            stage.new_spaces[request.space] = means.shape[1]
+        elif dim != means.shape[1]:
+            raise InvalidPush(f"space {request.space!r} has dim {dim}; this push has dim {means.shape[1]}")
+
+    def _apply(self, op: Operation) -> None:
+        """Apply one durable operation to memory (also used to replay the log at start-up)."""
+        if op.kind == "push":
+            dim = op.means.shape[1]
+            self.dims.setdefault(op.space, dim)
+            sums = op.means * op.counts[:, None]
+            self.spaces.setdefault(op.space, PrototypeTable(dim)).add_sums(op.class_ids, op.counts, sums, op.version)
+            mine = self.contributions.setdefault(op.client_id, {})
+            mine.setdefault(op.space, PrototypeTable(dim)).add_sums(op.class_ids, op.counts, sums, op.version)
+            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids))
+            self._dirty_classes.update((op.space, c) for c in op.class_ids)
+            self._dirty_contributions.update((op.client_id, op.space, c) for c in op.class_ids)
+            self._dirty_clients.add(op.client_id)
+        elif op.kind == "revoke":
+            for space, table in self.contributions.get(op.client_id, {}).items():
+                rows = table.live_rows()
+                ids = [table.class_ids[r] for r in rows]
+                counts, sums = table.counts[rows].copy(), table.sums[rows].copy()
+                self.spaces[space].add_sums(ids, -counts, -sums, op.version)
+                table.add_sums(ids, -counts, -sums, op.version)
+                self._dirty_classes.update((space, c) for c in ids)
+                self._dirty_contributions.update((op.client_id, space, c) for c in ids)
+        else:
+            raise ValueError(f"unknown operation kind {op.kind!r}")
+        self.version = op.version
+
+    # ----------------------------------------------------------------------------- durability
+    def _checkpoint_due(self) -> bool:
+        pending = self.version - self._checkpoint_version
+        return pending >= self.checkpoint_every or (
+            pending > 0 and time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds)
+
+    def _checkpoint(self) -> None:
+        """Write changed rows and truncate the log (runs on the writer thread)."""
+        assert self._log is not None
+        if self.version == self._checkpoint_version:
+            return
+        with self._lock:
+            classes = [self._row(self.spaces[s], s, c) for s, c in self._dirty_classes]
+            contributions = [self._row(self.contributions[cl][s], s, c, cl) for cl, s, c in self._dirty_contributions]
+            clients = [(c, r.last_seq, r.last_version, r.last_classes)
+                       for c in self._dirty_clients for r in [self.clients.get(c, ClientRecord())]]
+            version = self.version
+        self._log.checkpoint(version, classes, contributions, clients)
+        self._checkpoint_version = version
+        self._last_checkpoint = time.monotonic()
+        self._dirty_classes.clear()
+        self._dirty_contributions.clear()
+        self._dirty_clients.clear()
+
+    @staticmethod
+    def _row(table: PrototypeTable, space: str, class_id: str, client_id: str = "") -> TableRow:
+        row = table.index[class_id]
+        return TableRow(space, class_id, int(table.counts[row]), table.sums[row].copy(), int(table.versions[row]),
+                        client_id)
+
+    def _load(self) -> None:
+        """Restore memory from the checkpointed tables, then replay the log after the checkpoint."""
+        assert self._log is not None
+        self.store_id = self._log.meta("store_id") or "unknown"
+        self.dims = self._log.load_spaces()
+        grouped: dict[tuple[str, str], list[TableRow]] = {}
+        for row in self._log.load_rows("classes"):
+            grouped.setdefault(("", row.space), []).append(row)
+        for row in self._log.load_rows("contributions"):
+            grouped.setdefault((row.client_id, row.space), []).append(row)
+        for (client_id, space), rows in grouped.items():
+            table = PrototypeTable(self.dims[space], capacity=len(rows))
+            table.set_rows([r.class_id for r in rows], np.array([r.count for r in rows]),
+                           np.stack([r.sum for r in rows]), np.array([r.version for r in rows]))
+            if client_id:
+                self.contributions.setdefault(client_id, {})[space] = table
+            else:
+                self.spaces[space] = table
+        for client_id, last_seq, last_version, last_classes in self._log.load_clients():
+            self.clients[client_id] = ClientRecord(last_seq, last_version, last_classes)
+        self.version = self._checkpoint_version = int(self._log.meta("checkpoint_version") or 0)
+        replayed = 0
+        for op in self._log.load_log(self.version):
+            self._apply(op)
+            replayed += 1
+        log.info("store %s loaded: version %d (%d operations replayed from the log)", self.path, self.version,
+                 replayed)
