@@ -52,7 +52,8 @@ def encode_matrix(array: np.ndarray, dtype: str | int = "float32") -> pb.Matrix:
     array = np.asarray(array)
     if array.ndim != 2:
         raise InvalidMessage(f"matrix must be 2-D (rows x dim), got shape {array.shape}")
-    packed = np.ascontiguousarray(array, dtype=DTYPES[code])
+    with np.errstate(over="ignore"):
+        packed = np.ascontiguousarray(array, dtype=DTYPES[code])
     if array.size and not np.isfinite(packed.astype(np.float64)).all():
         raise InvalidMessage(f"matrix has values that are not finite in {dtype_name(code)}")
     return pb.Matrix(dtype=code, dim=array.shape[1], rows=array.shape[0], data=packed.tobytes())

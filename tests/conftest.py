@@ -1,9 +1,8 @@
-"""Shared fixtures: the real data directory, free loopback ports, a fresh repository root."""
+"""Shared fixtures: the real data directory."""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,3 @@ def shared_data() -> Path:
         pytest.skip(message)
     return root
 
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

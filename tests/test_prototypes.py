@@ -1,0 +1,74 @@
+"""Prototype math: merged means equal the centralised mean whatever the order, split or revisits."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedrecon.proto.prototypes import PrototypeTable, nearest_prototype, squared_distances
+from fedrecon.server.store import PrototypeStore
+
+DIM = 6
+
+# A contribution: (client, class, number of examples, seed for their values). Each becomes one delta.
+contributions = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(1, 7), st.integers(0, 2**16)), min_size=1, max_size=25
+)
+
+
+def _examples(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(scale=10.0, size=(count, DIM))
+
+
+@settings(max_examples=60, deadline=None)
+@given(contributions, st.randoms(use_true_random=False))
+def test_store_merge_equals_centralised_mean(items, rnd) -> None:
+    rnd.shuffle(items)
+    store = PrototypeStore()  # in-memory: same validation and merge code as the durable store
+    seqs: dict[int, int] = {}
+    central: dict[str, list[np.ndarray]] = {}
+    for client, cls, count, seed in items:
+        x = _examples(count, seed)
+        central.setdefault(f"c{cls}", []).append(x)
+        seqs[client] = seqs.get(client, 0) + 1
+        store.push(f"client{client}", "space", seqs[client], [f"c{cls}"], [count], x.mean(0, keepdims=True))
+    pulled = store.pull("space")
+    for class_id, count, mean in zip(pulled.class_ids, pulled.counts, pulled.means, strict=True):
+        everything = np.concatenate(central[class_id])
+        assert count == len(everything)
+        np.testing.assert_allclose(mean, everything.mean(0), rtol=0, atol=1e-9)
+    assert sorted(pulled.class_ids) == sorted(central)
+
+
+def test_duplicates_within_one_call_and_revisits() -> None:
+    table = PrototypeTable()
+    table.add_examples(["a", "b", "a"], np.array([[0.0, 0.0], [5.0, 5.0], [2.0, 4.0]]))
+    table.add(["a"], [2], np.array([[4.0, 4.0]]))
+    _, count = table.get("a")
+    assert count == 4
+    np.testing.assert_allclose(table.means(table.rows(["a"], create=False)), [[2.5, 3.0]])
+
+
+def test_removed_class_is_exactly_empty() -> None:
+    table = PrototypeTable(3)
+    table.add(["a"], [3], np.array([[0.1, 0.2, 0.3]]))
+    sums = table.sums.copy()
+    table.add_sums(["a"], [-3], -sums)
+    assert table.counts.tolist() == [0] and not table.sums.any() and len(table.live_rows()) == 0
+
+
+def test_nearest_prototype_matches_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    q, p = rng.normal(size=(50, 16)), rng.normal(size=(30, 16))
+    brute = ((q[:, None, :] - p[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(squared_distances(q, p), brute, atol=1e-9)
+    assert (nearest_prototype(q, p) == brute.argmin(1)).all()
+
+
+def test_dim_mismatch_raises() -> None:
+    table = PrototypeTable(4)
+    try:
+        table.add(["a"], [1], np.zeros((1, 5)))
+    except ValueError as error:
+        assert "dim 5" in str(error)
+    else:
+        raise AssertionError("dim mismatch accepted")

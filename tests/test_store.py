@@ -1,0 +1,143 @@
+"""The store: exactly-once pushes, sequence gaps, incremental pulls, spaces, refusals, durability, revocation."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrecon.server.store import InvalidPush, PrototypeStore, SequenceGap, UnknownClient, VersionAhead
+
+
+def _mean(value: float, dim: int = 4) -> np.ndarray:
+    return np.full((1, dim), value)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path: Path):
+    s = PrototypeStore(None if request.param == "memory" else tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+def snapshot(store: PrototypeStore) -> dict:
+    """Everything observable: version, per-space tables, per-client contributions and seqs."""
+    out = {"version": store.version, "clients": dict(store.clients)}
+    for space, table in store.spaces.items():
+        out[space] = {c: (table.get(c)[0].tolist(), table.get(c)[1], int(table.versions[table.index[c]]))
+                      for c in table.class_ids}
+    for client, spaces in store.contributions.items():
+        for space, table in spaces.items():
+            out[(client, space)] = {c: (table.get(c)[0].tolist(), table.get(c)[1]) for c in table.class_ids}
+    return out
+
+
+def test_retry_returns_first_answer_and_changes_nothing(store) -> None:
+    first = store.push("a", "s", 1, ["x"], [2], _mean(1.0))
+    before = snapshot(store)
+    again = store.push("a", "s", 1, ["x"], [2], _mean(1.0))
+    assert (again.seq, again.version, again.classes, again.duplicate) == (1, first.version, 1, True)
+    assert snapshot(store) == before
+
+
+def test_gap_is_refused_with_expected_seq(store) -> None:
+    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    before = snapshot(store)
+    for bad in (3, 7):
+        with pytest.raises(SequenceGap) as info:
+            store.push("a", "s", bad, ["x"], [1], _mean(1.0))
+        assert info.value.expected == 2 and "expected seq 2" in str(info.value)
+    with pytest.raises(SequenceGap):
+        store.push("b", "s", 2, ["x"], [1], _mean(1.0))  # a new client starts at 1
+    assert snapshot(store) == before
+
+
+def test_pull_returns_only_changes_since_version(store) -> None:
+    v1 = store.push("a", "s", 1, ["x", "y"], [1, 1], np.zeros((2, 4))).version
+    v2 = store.push("b", "s", 1, ["y", "z"], [1, 1], np.ones((2, 4))).version
+    assert sorted(store.pull("s", 0).class_ids) == ["x", "y", "z"]
+    assert sorted(store.pull("s", v1).class_ids) == ["y", "z"]
+    assert store.pull("s", v2).class_ids == []
+    assert store.pull("s", v2).version == v2
+    with pytest.raises(VersionAhead, match="since=99"):
+        store.pull("s", 99)
+
+
+def test_spaces_never_mix(store) -> None:
+    store.push("a", "enc-1", 1, ["x"], [1], _mean(1.0))
+    store.push("a", "enc-2", 2, ["x"], [1], _mean(5.0, dim=8))
+    np.testing.assert_allclose(store.pull("enc-1").means, _mean(1.0))
+    np.testing.assert_allclose(store.pull("enc-2").means, _mean(5.0, dim=8))
+    assert store.pull("unknown").class_ids == []
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("a", "s", 2, ["x"], [1], np.zeros((1, 8))), "dim 4"),
+        (("a", "s", 2, [], [], np.zeros((0, 4))), "at least one class"),
+        (("a", "s", 2, ["x"], [0], np.zeros((1, 4))), ">= 1"),
+        (("a", "s", 2, ["x", "x"], [1, 1], np.zeros((2, 4))), "more than once"),
+        (("a", "s", 2, ["x"], [1], np.full((1, 4), np.nan)), "finite"),
+        (("a", "s", 2, ["x"], [2**40], np.full((1, 4), 1e25)), "finite"),
+        (("a", "", 2, ["x"], [1], np.zeros((1, 4))), "space"),
+        (("", "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id"),
+    ],
+)
+def test_bad_push_changes_nothing(store, args, match) -> None:
+    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    before = snapshot(store)
+    with pytest.raises(InvalidPush, match=match):
+        store.push(*args)
+    assert snapshot(store) == before
+    store.push("a", "s", 2, ["y"], [1], _mean(2.0))  # the refused push did not consume seq 2
+
+
+def test_restart_restores_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    rng = np.random.default_rng(3)
+    store = PrototypeStore(path, checkpoint_every=7)  # some state checkpointed, the rest only in the log
+    for seq in range(1, 21):
+        for client in ("a", "b"):
+            ids = [f"c{i}" for i in rng.choice(30, size=5, replace=False)]
+            store.push(client, "s", seq, ids, rng.integers(1, 9, 5), rng.normal(size=(5, 4)))
+    before = snapshot(store)
+    crashed = tmp_path / "crashed.db"  # copy the files while the store is open: what a SIGKILL leaves behind
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{path}{suffix}").exists():
+            shutil.copy(f"{path}{suffix}", f"{crashed}{suffix}")
+    store.close()
+    for db in (path, crashed):
+        reopened = PrototypeStore(db)
+        assert snapshot(reopened) == before
+        reopened.close()
+
+
+def test_revoke_is_exact_unlearning(store) -> None:
+    rng = np.random.default_rng(4)
+    reference = PrototypeStore()
+    for seq in range(1, 6):
+        for client in ("a", "b", "c"):
+            ids = [f"c{i}" for i in rng.choice(8, size=3, replace=False)]
+            counts, means = rng.integers(1, 5, 3), rng.normal(size=(3, 4))
+            store.push(client, "s", seq, ids, counts, means)
+            if client != "b":
+                reference.push(client, "s", seq, ids, counts, means)
+    version = store.version
+    result = store.revoke("b", actor="admin")
+    assert result.version == version + 1
+    got, want = store.pull("s"), reference.pull("s")
+    order = np.argsort(got.class_ids)
+    assert sorted(got.class_ids) == sorted(want.class_ids)
+    want_order = np.argsort(want.class_ids)
+    np.testing.assert_array_equal(got.counts[order], want.counts[want_order])
+    np.testing.assert_allclose(got.means[order], want.means[want_order], atol=1e-9)
+    assert len(store.pull("s", version).class_ids) > 0  # the changes are visible to incremental pulls
+    with pytest.raises(UnknownClient):
+        store.revoke("nobody")
+
+
+def test_wait_for_change(store) -> None:
+    assert not store.wait_for_change(0, timeout=0.01)
+    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    assert store.wait_for_change(0, timeout=0.01)
