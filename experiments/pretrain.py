@@ -1,0 +1,234 @@
+"""`fedrecon pretrain`: train a Conv4 prototypical network (Snell et al. 2017) on in-memory images.
+
+Two recipes: `proto`, episodic N-way K-shot Q-query prototypical loss; `proxy`, a prototype loss
+against one learned centre per training class (all classes in every step, so more signal per image),
+scored as -squared distance like the few-shot evaluation. Adam with step decay; held-out classes are
+scored by few-shot episodes; `<out>.state.pt` makes runs resumable; `<out>` is a shippable encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fedrecon.client.data.images import ImageSet
+from fedrecon.client.encoder import Conv4, Encoder, default_config, save_checkpoint
+from fedrecon.experiments.fewshot import episode_accuracies, summarize
+
+
+def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
+    """(training set, validation set or None, validation description) for `--dataset`."""
+    if args.dataset == "omniglot":
+        from fedrecon.client.data.omniglot import load_omniglot
+
+        rot = tuple(args.rotations)
+        train = load_omniglot(args.data_dir, True, args.image_size, rot, cache_dir=args.cache_dir)
+        if args.val_alphabets > 0:
+            alphabets = sorted({c.split("/")[0] for c in train.class_ids})
+            held = set(alphabets[-args.val_alphabets :])
+            keep = [c for c in train.class_ids if c.split("/")[0] not in held]
+            val_ids = [c for c in train.class_ids if c.split("/")[0] in held and c.endswith(f"rot{rot[0]:03d}")]
+            return train.subset(keep), train.subset(val_ids), f"held-out background alphabets {sorted(held)}"
+        if args.monitor_evaluation:
+            val = load_omniglot(args.data_dir, False, args.image_size, cache_dir=args.cache_dir)
+            return train, val, "monitor only: images_evaluation (never used to select weights)"
+        return train, None, "none"
+    if args.dataset == "glyphs":
+        from fedrecon.client.data.glyphs import make_glyphs
+
+        train = make_glyphs(args.glyph_classes, 20, args.seed, args.image_size, cache_dir=args.cache_dir)
+        val = make_glyphs(200, 20, args.seed + 1_000_003, args.image_size, cache_dir=args.cache_dir)
+        return train, val, "200 held-out glyph classes (another seed)"
+    if args.dataset == "mini-imagenet":
+        from fedrecon.client.data.mini_imagenet import load_mini_imagenet
+
+        train = load_mini_imagenet(args.data_dir, "train", args.image_size)
+        return train, load_mini_imagenet(args.data_dir, "val", args.image_size), "mini-ImageNet val split"
+    raise SystemExit(f"pretrain: unknown --dataset {args.dataset!r}")
+
+
+def lr_at(args: argparse.Namespace, step: int) -> float:
+    """Learning rate at `step`: step decay by `--decay` every `--decay-every`, or cosine when 0."""
+    if args.decay_every > 0:
+        return args.lr * args.decay ** (step // args.decay_every)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, args.episodes)))
+
+
+class Sampler:
+    """Draws episodes and batches from an ImageSet's uint8 pixels held as one torch tensor."""
+
+    def __init__(self, data: ImageSet, rng: np.random.Generator) -> None:
+        self.data, self.rng = data, rng
+        self.pixels = torch.from_numpy(data.pixels)
+        self.by_class = [data.indices(i) for i in range(len(data.class_ids))]
+
+    def episode(self, ways: int, per_class: int) -> tuple[torch.Tensor, np.ndarray]:
+        """(images (ways * per_class, C, H, W) float, chosen class labels) grouped class by class."""
+        classes = self.rng.choice(len(self.by_class), ways, replace=False)
+        idx = np.concatenate([self.rng.choice(self.by_class[c], per_class, replace=False) for c in classes])
+        return self.pixels[torch.from_numpy(idx)].float().div_(255.0), classes
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uniform random batch of images and their labels."""
+        idx = torch.from_numpy(self.rng.choice(len(self.data), size, replace=False))
+        return self.pixels[idx].float().div_(255.0), torch.from_numpy(self.data.labels)[idx]
+
+
+def proto_loss(emb: torch.Tensor, ways: int, shots: int, queries: int) -> tuple[torch.Tensor, float]:
+    """Prototypical loss of one episode laid out class by class (shots then queries)."""
+    emb = emb.view(ways, shots + queries, -1)
+    protos = emb[:, :shots].mean(1)
+    q = emb[:, shots:].reshape(ways * queries, -1)
+    logits = -torch.cdist(q, protos).pow(2)
+    target = torch.arange(ways, device=emb.device).repeat_interleave(queries)
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean().item()
+
+
+def proxy_loss(emb: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Prototype loss against learned per-class centres (-squared distance logits)."""
+    logits = -((emb * emb).sum(1, keepdim=True) - 2 * emb @ centres.T + (centres * centres).sum(1)[None])
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean().item()
+
+
+def validate(model: Conv4, config: dict, val: ImageSet, ways: int, episodes: int, device: torch.device) -> float:
+    """Held-out `ways`-way 1-shot accuracy (eval-mode BatchNorm), embedding every image once."""
+    enc = Encoder(model, config, device)
+    acc = episode_accuracies(enc.embed(val.pixels), val.labels, ways, 1, 5, episodes, seed=12345)
+    model.train()
+    return summarize(acc)[0]
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run (or resume) training; writes `<out>` at each validation and at the end; returns a summary."""
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device) if args.device else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    train_set, val, val_desc = load_data(args)
+    c, s = train_set.image_shape[0], train_set.image_shape[1]
+    config = default_config(args.dataset, s, c)
+    model = Conv4(c).to(device)
+    centres = None
+    params = list(model.parameters())
+    if args.method == "proxy":
+        centres = torch.nn.Parameter(torch.zeros(len(train_set.class_ids), 64 * (s // 16) ** 2, device=device))
+    groups = [{"params": params, "scale": 1.0}]
+    if centres is not None:
+        groups.append({"params": [centres], "scale": args.centre_lr_scale})
+    opt = torch.optim.Adam(groups, lr=args.lr)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    state_path = out.with_name(out.name + ".state.pt")
+    step, history, elapsed = 0, [], 0.0
+    if args.resume and state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        if centres is not None:
+            centres.data.copy_(st["centres"])
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        step, history, elapsed = st["step"], st["history"], st["elapsed"]
+        print(f"resumed from {state_path} at step {step}")
+    sampler = Sampler(train_set, rng)
+    tmean, tstd = config["preprocessing"]["mean"], config["preprocessing"]["std"]
+    mean = torch.tensor(tmean, device=device).view(1, c, 1, 1)
+    std = torch.tensor(tstd, device=device).view(1, c, 1, 1)
+    print(f"training {args.method} on {len(train_set.class_ids)} classes / {len(train_set)} images, "
+          f"validation: {val_desc}, device {device}")
+    model.train()
+    t_start = time.time() - elapsed
+    bar = tqdm(total=args.episodes, initial=step, desc="pretrain", mininterval=2)
+    run_acc = run_loss = 0.0
+    while step < args.episodes:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(args, step) * g["scale"]
+        if args.method == "proto":
+            x, _ = sampler.episode(args.ways, args.shots + args.queries)
+            x = ((x.to(device) - mean) / std)
+            loss, acc = proto_loss(model(x), args.ways, args.shots, args.queries)
+        else:
+            x, y = sampler.batch(args.batch_size)
+            x = ((x.to(device) - mean) / std)
+            loss, acc = proxy_loss(model(x), y.to(device), centres)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
+        run_acc = 0.98 * run_acc + 0.02 * acc if step > 1 else acc
+        bar.update(1)
+        bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}", lr=f"{lr_at(args, step - 1):.1e}")
+        if step % args.val_every == 0 or step == args.episodes:
+            entry = {"step": step, "loss": round(run_loss, 4), "train_acc": round(run_acc, 4),
+                     "seconds": round(time.time() - t_start, 1)}
+            if val is not None:
+                entry[f"val_{args.val_ways}way_1shot"] = round(
+                    validate(model, config, val, args.val_ways, args.val_episodes, device), 4)
+            history.append(entry)
+            tqdm.write(json.dumps(entry))
+            info = {"command": args.command_line, "step": step, "history": history, "validation": val_desc}
+            save_checkpoint(out, model, config, training=info)
+            blob = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "centres": centres.data if centres is not None else None, "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "history": history, "elapsed": time.time() - t_start}
+            torch.save(blob, state_path.with_name(state_path.name + ".tmp"))
+            state_path.with_name(state_path.name + ".tmp").replace(state_path)
+    bar.close()
+    enc = Encoder(model, config, device)
+    summary = {"out": str(out), "fingerprint": enc.fingerprint, "steps": step,
+               "seconds": round(time.time() - t_start, 1), "last": history[-1] if history else None}
+    return summary
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `fedrecon pretrain`."""
+    p = parser
+    p.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet", "glyphs"])
+    p.add_argument("--data-dir", default=None, help="data directory (omniglot, mini-imagenet)")
+    p.add_argument("--out", required=True, help="encoder checkpoint to write (.pt)")
+    p.add_argument("--method", default="proto", choices=["proto", "proxy"])
+    p.add_argument("--ways", type=int, default=60)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--queries", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=512, help="images per step for --method proxy")
+    p.add_argument("--centre-lr-scale", type=float, default=10.0, help="LR multiplier of proxy centres")
+    p.add_argument("--episodes", type=int, default=2000, help="training steps")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--decay", type=float, default=0.5)
+    p.add_argument("--decay-every", type=int, default=0, help="steps per LR decay; 0 = cosine to --episodes")
+    p.add_argument("--image-size", type=int, default=None, help="28 (omniglot, glyphs) or 84 (mini-imagenet)")
+    p.add_argument("--rotations", type=int, nargs="+", default=[0, 90, 180, 270], help="omniglot only")
+    p.add_argument("--val-alphabets", type=int, default=0, help="omniglot: hold out this many alphabets")
+    p.add_argument("--monitor-evaluation", action="store_true", help="omniglot: also score images_evaluation")
+    p.add_argument("--glyph-classes", type=int, default=1000)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--val-ways", type=int, default=20)
+    p.add_argument("--val-episodes", type=int, default=300)
+    p.add_argument("--cache-dir", default=None, help="cache decoded images here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print a JSON summary as the last line."""
+    import sys
+
+    if args.image_size is None:
+        args.image_size = 84 if args.dataset == "mini-imagenet" else 28
+    if args.dataset != "glyphs" and not args.data_dir:
+        raise SystemExit(f"pretrain: --data-dir is required for {args.dataset}")
+    args.command_line = "fedrecon " + " ".join(sys.argv[1:])
+    print(json.dumps(train(args)))
+    return 0
