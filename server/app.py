@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.service import Identify, Limits, ReconnaissanceService, identify_from_message
-from fedrecon.server.store import PrototypeStore
+from fedrecon.server.store import PrototypeStore, PullResult
 
 log = logging.getLogger("fedrecon.server")
 
@@ -48,10 +49,12 @@ class ReconServer:
         tls: TlsConfig | None = None,
         identify: Identify = identify_from_message,
         interceptors: tuple[grpc.ServerInterceptor, ...] = (),
+        pull: Callable[[str, int], PullResult] | None = None,
+        services: tuple[tuple[str, Callable[[grpc.Server], None]], ...] = (),
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
-        self.service = ReconnaissanceService(store, self.limits, identify)
+        self.service = ReconnaissanceService(store, self.limits, identify, pull)
         options = [
             ("grpc.max_receive_message_length", self.limits.max_message_bytes),
             ("grpc.max_send_message_length", -1),
@@ -63,8 +66,11 @@ class ReconServer:
         rpc.add_ReconnaissanceServicer_to_server(self.service, self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        for _, add_service in services:  # e.g. the Admin service
+            add_service(self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
+            (SERVICE_NAME, *(name for name, _ in services), health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.grpc_server)
         target = f"{host}:{port}"
         if tls is None:
             self.port = self.grpc_server.add_insecure_port(target)

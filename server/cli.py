@@ -9,8 +9,12 @@ import sys
 import threading
 from pathlib import Path
 
-from fedrecon.server.app import ReconServer, TlsConfig
+from fedrecon.server.app import TlsConfig
+from fedrecon.server.assemble import build_server
+from fedrecon.server.auth import TokenStore
 from fedrecon.server.logs import setup_logging
+from fedrecon.server.ratelimit import RateLimits
+from fedrecon.server.robust import RobustConfig
 from fedrecon.server.service import Limits
 from fedrecon.server.store import PrototypeStore
 
@@ -34,6 +38,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates (mutual TLS)")
+    parser.add_argument("--tokens", type=Path, help="token file (hashed bearer tokens -> client id, role); "
+                        "create with `fedrecon admin token add`")
+    parser.add_argument("--insecure", action="store_true",
+                        help="run without authentication (local experiments only; logged loudly)")
+    parser.add_argument("--checkpoint-every", type=int, default=20_000,
+                        help="checkpoint the tables after this many operations (tiny values: crash tests)")
+    parser.add_argument("--max-pushes-per-second", type=float, default=0.0,
+                        help="per-client push rate limit (0: off); excess pushes get RESOURCE_EXHAUSTED")
+    parser.add_argument("--push-burst", type=int, default=0, help="pushes a client may save up (default: the rate)")
+    parser.add_argument("--max-streams-per-client", type=int, default=0,
+                        help="concurrent watch streams per client (0: off)")
+    parser.add_argument("--robust", action="append", default=[], metavar="SPACE",
+                        help="merge this space robustly (repeatable; '*' for every space)")
+    parser.add_argument("--robust-estimator", default="trimmed", choices=["trimmed", "median", "mean"])
+    parser.add_argument("--robust-trim", type=float, default=0.2, help="fraction trimmed at each end per coordinate")
+    parser.add_argument("--robust-count-cap", type=int, default=0, help="per-client count cap per class (0: off)")
+    parser.add_argument("--robust-norm-ratio", type=float, default=3.0,
+                        help="drop client means whose norm is this many times off the median norm")
+    parser.add_argument("--robust-outlier", type=float, default=3.0,
+                        help="drop client means farther than this many median distances from the median")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
@@ -56,10 +80,22 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
     limits = Limits(args.max_classes_per_push, args.max_message_bytes, args.max_class_id_bytes, args.max_dim,
                     args.max_watch_streams)
-    store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous)
+    if args.tokens is None and not args.insecure:
+        raise SystemExit("fedrecon server: give --tokens FILE (see `fedrecon admin token add`) or, for local "
+                         "experiments only, --insecure")
+    if args.tokens is not None and args.insecure:
+        raise SystemExit("fedrecon server: --tokens and --insecure exclude each other")
+    robust = RobustConfig(args.robust_estimator, args.robust_trim, args.robust_count_cap, args.robust_norm_ratio,
+                          args.robust_outlier)
+    rate_limits = RateLimits(args.max_pushes_per_second, args.push_burst, args.max_streams_per_client)
+    tls = tls_from_args(args)
+    tokens = TokenStore(args.tokens) if args.tokens is not None else None
+    store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
+                           checkpoint_every=args.checkpoint_every)
     try:
-        server = ReconServer(store, args.host, args.port, limits=limits, max_workers=args.workers,
-                             tls=tls_from_args(args)).start()
+        server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,
+                              limits=limits, rate_limits=rate_limits, robust={s: robust for s in args.robust},
+                              max_workers=args.workers).start()
     except Exception:
         store.close()
         raise

@@ -79,10 +79,12 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     """Push / Pull / Watch / Info over a `PrototypeStore`."""
 
     def __init__(self, store: PrototypeStore, limits: Limits | None = None,
-                 identify: Identify = identify_from_message) -> None:
+                 identify: Identify = identify_from_message,
+                 pull: Callable[[str, int], PullResult] | None = None) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.identify = identify
+        self.pull = pull or store.pull  # e.g. `RobustMerge.pull` for robust spaces
         self.stopping = threading.Event()
         self._watch_slots = threading.BoundedSemaphore(self.limits.max_watch_streams)
 
@@ -135,7 +137,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         try:
             self._check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
-            return self._reply(self.store.pull(request.space, request.since), request.dtype)
+            return self._reply(self.pull(request.space, request.since), request.dtype)
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Pull")
         raise AssertionError("unreachable")
@@ -152,7 +154,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
             while context.is_active() and not self.stopping.is_set():
                 if not self.store.wait_for_change(since, timeout=0.5):
                     continue
-                result = self.store.pull(request.space, since)
+                result = self.pull(request.space, since)
                 since = result.version
                 if result.class_ids:
                     yield self._reply(result, request.dtype)

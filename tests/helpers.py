@@ -19,10 +19,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: Path, *extra: str, port: int = 0) -> tuple[subprocess.Popen, str]:
-    """Start `fedrecon server` as a real process on loopback; returns it and the address it printed."""
+def start_server(db: Path, *extra: str, port: int = 0, insecure: bool = True) -> tuple[subprocess.Popen, str]:
+    """Start `fedrecon server` as a real process on loopback; returns it and the address it printed.
+
+    Open mode (`--insecure`) unless `insecure=False` (then pass `--tokens FILE` in `extra`).
+    """
+    mode = ["--insecure"] if insecure else []
     process = subprocess.Popen([*FEDRECON, "server", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
-                                *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                *mode, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline().strip()
     if not line:
         process.kill()

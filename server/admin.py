@@ -1,0 +1,130 @@
+"""The `Admin` gRPC service: exact revocation of a client, store statistics with the audit trail, export.
+
+Revocation goes through `PrototypeStore.revoke(client_id, actor)`: it is logged durably with the
+acting admin in the `audit` table and raises the global version, so pulls and watches see the
+changed classes. Under auth only `admin` tokens reach this service (see `auth.AuthInterceptor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+import grpc
+
+from fedrecon.proto import codec
+from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
+from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.server.auth import TokenIdentity, TokenStore
+from fedrecon.server.robust import RobustMerge
+from fedrecon.server.service import status_of
+from fedrecon.server.store import PrototypeStore, StoreError
+
+log = logging.getLogger("fedrecon.admin")
+
+SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
+
+
+def read_audit(store: PrototypeStore) -> list[tuple[int, str, str, str, float]]:
+    """The durable audit trail of a SQLite store, read over its own read-only connection."""
+    if store.path is None:
+        return []
+    conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return conn.execute("SELECT version, kind, client_id, actor, at FROM audit ORDER BY version").fetchall()
+    finally:
+        conn.close()
+
+
+class AdminService(arpc.AdminServicer):
+    """RevokeClient / Stats / Export over a store; `tokens` lets a revocation also disable the client's tokens."""
+
+    def __init__(self, store: PrototypeStore, tokens: TokenStore | None = None,
+                 robust: RobustMerge | None = None) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.robust = robust
+        self.identity = TokenIdentity(tokens) if tokens is not None else None
+        self._memory_audit: list[tuple[int, str, str, str, float]] = []
+
+    def _actor(self, context: grpc.ServicerContext) -> str:
+        if self.identity is not None:
+            return self.identity.principal(context).client_id
+        return f"insecure:{context.peer()}"
+
+    def _live_classes(self, client_id: str) -> int:
+        with self.store._lock:
+            return sum(int((t.counts > 0).sum()) for t in self.store.contributions.get(client_id, {}).values())
+
+    def RevokeClient(self, request: apb.RevokeClientRequest, context: grpc.ServicerContext  # noqa: N802
+                     ) -> apb.RevokeClientReply:
+        """Remove one client's contributions from every class, exactly, and record who did it."""
+        actor = self._actor(context)
+        if not request.client_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id must not be empty")
+        classes = self._live_classes(request.client_id)
+        try:
+            result = self.store.revoke(request.client_id, actor)
+        except StoreError as error:
+            context.abort(status_of(error), str(error))
+        disabled = 0
+        if request.disable_tokens:
+            if self.tokens is None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"contributions of {request.client_id!r} were revoked at version {result.version}, "
+                              "but this server has no token file (--insecure), so there are no tokens to disable")
+            disabled = self.tokens.remove_client(request.client_id)
+        if self.store.path is None:
+            self._memory_audit.append((result.version, "revoke", request.client_id, actor, time.time()))
+        log.warning("client revoked", extra={"client_id": request.client_id, "actor": actor,
+                                             "version": result.version, "classes": classes,
+                                             "tokens_disabled": disabled})
+        return apb.RevokeClientReply(version=result.version, classes=classes, tokens_disabled=disabled, actor=actor)
+
+    def Stats(self, request: apb.StatsRequest, context: grpc.ServicerContext) -> apb.StatsReply:  # noqa: N802
+        """Version, spaces, per-client seq/classes/examples and the audit trail."""
+        self._actor(context)
+        info = self.store.info()
+        with self.store._lock:
+            clients = []
+            for client_id, record in sorted(self.store.clients.items()):
+                tables = self.store.contributions.get(client_id, {}).values()
+                clients.append(apb.ClientStats(
+                    client_id=client_id, last_seq=record.last_seq,
+                    classes=sum(int((t.counts > 0).sum()) for t in tables),
+                    examples=sum(int(t.counts.sum()) for t in tables)))
+        audit = read_audit(self.store) if self.store.path is not None else list(self._memory_audit)
+        robust = sorted(self.robust.spaces) if self.robust is not None else []
+        return apb.StatsReply(
+            store_id=info["store_id"], version=info["version"], spaces=[pb.SpaceInfo(**s) for s in info["spaces"]],
+            clients=clients, robust_spaces=robust,
+            audit=[apb.AuditEntry(version=v, kind=k, client_id=c, actor=a, at=t) for v, k, c, a, t in audit])
+
+    def Export(self, request: apb.ExportRequest, context: grpc.ServicerContext) -> apb.ExportReply:  # noqa: N802
+        """The merged table of a space as pulls see it, or each client's contribution (float64 by default)."""
+        self._actor(context)
+        if not request.space:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "space must not be empty")
+        try:
+            dtype = codec.dtype_code(request.dtype or pb.FLOAT64)
+        except codec.InvalidMessage as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        tables = []
+        if request.per_client:
+            with self.store._lock:
+                version = self.store.version
+                clients = sorted(self.store.contributions)
+            for client_id in clients:
+                table = self.store.contribution(client_id, request.space)
+                rows = table.live_rows()
+                if len(rows):
+                    tables.append(apb.ExportTable(client_id=client_id, classes=codec.encode_deltas(
+                        [table.class_ids[r] for r in rows], table.counts[rows], table.means(rows), dtype)))
+        else:
+            pulled = self.robust.pull(request.space, 0) if self.robust is not None else self.store.pull(request.space)
+            version = pulled.version
+            tables.append(apb.ExportTable(classes=codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means,
+                                                                      dtype)))
+        return apb.ExportReply(space=request.space, version=version, tables=tables)
