@@ -1,0 +1,132 @@
+"""Prototype methods: `fedrecon` (per-class means merged by the real service) and `centralized` (one table).
+
+Both embed with the same frozen encoder. fedrecon keeps a `PrototypeMemory` per client, pushes the
+deltas after each mission round and pulls the merged table; centralized adds every example to one
+`PrototypeTable`. Count-weighted merging makes the two equal (up to the wire dtype's rounding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedrecon.client.memory import PrototypeMemory
+from fedrecon.experiments.methods.base import Method, check_batch
+from fedrecon.proto.prototypes import PrototypeTable
+
+
+class EmbeddingCache:
+    """Embeddings of images seen before, keyed by the image bytes (the encoder is frozen, so this is exact)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.cache: dict[bytes, np.ndarray] = {}
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embed only the images not cached yet; returns float32 (N, dim)."""
+        images = np.ascontiguousarray(images)
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in images]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            fresh = self.encoder.embed(images[missing])
+            for i, e in zip(missing, fresh, strict=True):
+                self.cache[keys[i]] = e
+        return np.stack([self.cache[k] for k in keys]) if keys else np.zeros((0, self.encoder.dim), np.float32)
+
+
+class FedRecon(Method):
+    """Federated reconnaissance: local prototype memories, pushed to and pulled from the merge service."""
+
+    name = "fedrecon"
+    defaults: ClassVar[dict[str, Any]] = {"transport": "inproc", "dtype": "float32", "transport_config": {}}
+
+    def __init__(self, encoder: Any, config: dict[str, Any] | None = None) -> None:
+        super().__init__(encoder, config)
+        transport = self.config["transport"]
+        if isinstance(transport, str):
+            from fedrecon.experiments.transports import make_transport
+
+            transport = make_transport(transport, {"dtype": self.config["dtype"], **self.config["transport_config"]})
+            self._owns_transport = True
+        else:
+            self._owns_transport = False
+        self.transport = transport
+        self.space: str = encoder.fingerprint
+        self.memories: dict[int, PrototypeMemory] = {
+            c: PrototypeMemory() for c in range(int(self.config.get("clients") or 0))}
+        self.server = PrototypeMemory()  # the evaluator's view of the merged table (not counted as traffic)
+        self.eval_cache: EmbeddingCache | None = None  # set by the runner so test images embed once per run
+
+    def memory(self, client: int) -> PrototypeMemory:
+        """A client's prototype memory (created on first use)."""
+        if client not in self.memories:
+            self.memories[client] = PrototypeMemory()
+        return self.memories[client]
+
+    def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
+        """Embed the mission's images and add them to the client's local sums and counts."""
+        check_batch(self.name, images, labels)
+        self.memory(client).add_examples(list(labels), self.encoder.embed(images))
+
+    def merge(self) -> None:
+        """Every client pushes its pending deltas, then every client pulls what changed since its last pull."""
+        for c, memory in sorted(self.memories.items()):
+            class_ids, counts, means = memory.pending()
+            if class_ids:
+                _, nbytes = self.transport.push(f"client-{c}", self.space, class_ids, counts, means)
+                self.bytes_up += nbytes
+                memory.mark_pushed()
+        for c, memory in sorted(self.memories.items()):
+            pulled, nbytes = self.transport.pull(f"client-{c}", self.space, memory.global_version)
+            self.bytes_down += nbytes
+            memory.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
+        pulled, _ = self.transport.pull("evaluator", self.space, self.server.global_version)
+        self.server.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
+
+    def _embed_eval(self, images: np.ndarray) -> np.ndarray:
+        return self.eval_cache.embed(images) if self.eval_cache is not None else self.encoder.embed(images)
+
+    def predict(self, client: int | None, images: np.ndarray) -> list[str]:
+        """Nearest prototype over the client's union of global and local classes (None: the server's table)."""
+        if client is not None and client not in self.memories:
+            raise KeyError(f"fedrecon: client {client} has never learned or merged")
+        memory = self.server if client is None else self.memories[client]
+        return memory.classify(self._embed_eval(images))
+
+    def prototypes(self, client: int | None = None) -> PrototypeTable:
+        """The table a client (or the server) classifies with."""
+        return (self.server if client is None else self.memories[client]).union()
+
+    def close(self) -> None:
+        """Close the transport if this method created it."""
+        if self._owns_transport:
+            self.transport.close()
+
+
+class Centralized(Method):
+    """All data in one place: one prototype table from every example (what fedrecon must equal)."""
+
+    name = "centralized"
+    defaults: ClassVar[dict[str, Any]] = {}
+    shared_after_merge = True
+
+    def __init__(self, encoder: Any, config: dict[str, Any] | None = None) -> None:
+        super().__init__(encoder, config)
+        self.table = PrototypeTable()
+        self.eval_cache: EmbeddingCache | None = None
+
+    def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
+        """Raw images go to the centre (counted as one byte per pixel up); added to the one table."""
+        check_batch(self.name, images, labels)
+        self.bytes_up += int(np.asarray(images).size)
+        self.table.add_examples(list(labels), self.encoder.embed(images))
+
+    def merge(self) -> None:
+        """Nothing to merge: the table is already central."""
+
+    def predict(self, client: int | None, images: np.ndarray) -> list[str]:
+        """Nearest prototype in the central table (every client answers the same)."""
+        embed = self.eval_cache.embed if self.eval_cache is not None else self.encoder.embed
+        return self.table.classify(embed(images))

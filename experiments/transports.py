@@ -1,0 +1,222 @@
+"""How the fedrecon method reaches the merge service: in process (`inproc`) or a real server over gRPC (`grpc`).
+
+Both run the same server code (`ReconnaissanceService` over a `PrototypeStore`) and the same wire codec, so
+they give bit-identical prototypes and byte counts for the same pushes. `TRANSPORTS` maps a name to a
+factory `(config) -> Transport`; other modules (e.g. `experiments/flower_transport.py`) add their own.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fedrecon.client.recon_client import Pulled, ReconClient, pulled_from_reply
+from fedrecon.proto import codec
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.server.service import ReconnaissanceService
+from fedrecon.server.store import PrototypeStore
+
+
+class TransportError(RuntimeError):
+    """The merge service refused a call or could not be reached."""
+
+
+class Transport(ABC):
+    """Push deltas and pull merged prototypes for many clients; returns message sizes for byte counting."""
+
+    name = "transport"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = dict(config or {})
+        self.dtype: str = self.config.get("dtype", "float32")
+        codec.dtype_code(self.dtype)
+
+    @abstractmethod
+    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
+             means: np.ndarray) -> tuple[int, int]:
+        """Push one client's deltas; returns (global version after it, request bytes)."""
+
+    @abstractmethod
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+        """Classes of `space` changed since `since`; returns (pulled, reply bytes)."""
+
+    def close(self) -> None:
+        """Stop what the transport started (idempotent)."""
+        return None
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def push_request_size(client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
+                      means: np.ndarray, dtype: str) -> int:
+    """Serialized size of the PushRequest these deltas make (what goes up the wire)."""
+    deltas = codec.encode_deltas(class_ids, counts, means, dtype)
+    return pb.PushRequest(client_id=client_id, space=space, seq=seq, deltas=deltas).ByteSize()
+
+
+def pull_reply_size(pulled: Pulled, dtype: str) -> int:
+    """Serialized size of the PullReply that carried `pulled` (re-encoding gives the same bytes)."""
+    classes = codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means, dtype)
+    return pb.PullReply(space=pulled.space, version=pulled.version, classes=classes).ByteSize()
+
+
+class _DirectContext:
+    """The bits of `grpc.ServicerContext` the service uses, for calling it without a network."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise TransportError(f"{code.name}: {details}")
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+
+class InprocTransport(Transport):
+    """The service and an in-memory store in this process: same code path as the server, no sockets."""
+
+    name = "inproc"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self.store = PrototypeStore(self.config.get("db"))
+        self.service = ReconnaissanceService(self.store)
+        self.seqs: dict[str, int] = {}
+        self._context = _DirectContext()
+
+    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
+             means: np.ndarray) -> tuple[int, int]:
+        """Encode, hand to the service's Push, return (version, request bytes)."""
+        seq = self.seqs.get(client_id, 0) + 1
+        request = pb.PushRequest(client_id=client_id, space=space, seq=seq,
+                                 deltas=codec.encode_deltas(class_ids, counts, means, self.dtype))
+        reply = self.service.Push(request, self._context)
+        self.seqs[client_id] = seq
+        return reply.version, request.ByteSize()
+
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+        """The service's Pull, decoded like a client decodes it."""
+        request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(self.dtype))
+        reply = self.service.Pull(request, self._context)
+        return pulled_from_reply(reply), reply.ByteSize()
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+
+@functools.cache
+def server_needs_insecure() -> bool:
+    """Whether this `fedrecon server` has an `--insecure` flag (required for token-less servers when present)."""
+    out = subprocess.run([sys.executable, "-m", "fedrecon", "server", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    return "--insecure" in out.stdout
+
+
+class ServerProcess:
+    """A real `fedrecon server --port 0 --memory` process on loopback; `.address` is what it printed."""
+
+    def __init__(self, extra: Sequence[str] = (), db: str | None = None) -> None:
+        argv = [sys.executable, "-m", "fedrecon", "server", "--host", "127.0.0.1", "--port", "0",
+                "--log-level", "warning"]
+        argv += ["--db", db] if db else ["--memory"]
+        if server_needs_insecure():
+            argv.append("--insecure")
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        line = self.process.stdout.readline().strip() if self.process.stdout else ""
+        if not line:
+            self.process.kill()
+            self.process.wait()
+            self._stderr.seek(0)
+            raise TransportError(f"fedrecon server did not start: {self._stderr.read()[-2000:]}")
+        self.address = line
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM and wait (kill if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self._stderr.close()
+
+
+class GrpcTransport(Transport):
+    """A real server process; each client id gets its own `ReconClient` channel over loopback."""
+
+    name = "grpc"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        address = self.config.get("address")
+        self.server = None if address else ServerProcess(self.config.get("server_args", ()))
+        self.address = address or self.server.address
+        self.clients: dict[str, ReconClient] = {}
+
+    def client(self, client_id: str) -> ReconClient:
+        """The channel of one client (opened on first use)."""
+        if client_id not in self.clients:
+            self.clients[client_id] = ReconClient(self.address, client_id, dtype=self.dtype, timeout=30.0)
+        return self.clients[client_id]
+
+    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
+             means: np.ndarray) -> tuple[int, int]:
+        """A real Push RPC (exactly-once numbering by the client library)."""
+        try:
+            ack = self.client(client_id).push(space, class_ids, counts, means)
+        except grpc.RpcError as error:
+            raise TransportError(f"push of {client_id} failed: {error.code().name}: {error.details()}") from error
+        return ack.version, push_request_size(client_id, space, ack.seq, class_ids, counts, means, self.dtype)
+
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+        """A real Pull RPC."""
+        try:
+            pulled = self.client(client_id).pull(space, since=since)
+        except grpc.RpcError as error:
+            raise TransportError(f"pull of {client_id} failed: {error.code().name}: {error.details()}") from error
+        return pulled, pull_reply_size(pulled, self.dtype)
+
+    def close(self) -> None:
+        """Close every channel and stop the server process."""
+        for c in self.clients.values():
+            c.close()
+        self.clients.clear()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+TRANSPORTS: dict[str, Callable[[dict[str, Any]], Transport]] = {
+    "inproc": InprocTransport,
+    "grpc": GrpcTransport,
+}
+
+
+def make_transport(name: str, config: dict[str, Any] | None = None) -> Transport:
+    """Build a registered transport; loads `experiments/flower_transport.py` lazily for `flower`."""
+    if name not in TRANSPORTS:
+        try:
+            import fedrecon.experiments.flower_transport  # noqa: F401  (registers itself)
+        except ImportError:
+            pass
+    if name not in TRANSPORTS:
+        raise ValueError(f"unknown transport {name!r}; known: {sorted(TRANSPORTS)}")
+    return TRANSPORTS[name](config or {})
