@@ -1,0 +1,199 @@
+"""The fedrecon Flower `ClientApp`: learn a mission's classes as prototypes, return deltas, evaluate.
+
+Messages carry a `config` ConfigRecord (task: data set, data dir, encoder, wire dtype; the mission or
+evaluation slice; the sync versions) and a `prototypes` ArrayRecord (merged classes changed since this
+client's last round). The client keeps the merged table it has seen in `context.state`, so each round
+only the changes travel. A supernode's `--node-config "data-dir='...'"` overrides the task's data dir.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrecon.client.encoder import Encoder, load_encoder
+from fedrecon.client.memory import PrototypeMemory
+from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
+
+STATE_ARRAYS = "fedrecon-global"
+STATE_META = "fedrecon-meta"
+DEFAULT_CACHE = Path(".fedrecon-cache")
+
+app = ClientApp()
+
+
+# --------------------------------------------------------------------------------- data and encoder
+def _data_dir(task: dict[str, Any], context: Context | None) -> str:
+    node = dict(context.node_config) if context is not None else {}
+    return str(node.get("data-dir") or task.get("data-dir") or "")
+
+
+@functools.lru_cache(maxsize=4)
+def load_data(dataset: str, data_dir: str, glyph_classes: int, glyph_drawings: int, data_seed: int) -> Any:
+    """The task's data set (cached per process): `glyphs` (generated), or Omniglot `images_evaluation`."""
+    if dataset == "glyphs":
+        try:
+            from fedrecon.client.data import make_glyphs  # type: ignore[attr-defined]
+        except ImportError:  # the glyph generator may live in its own module
+            from fedrecon.client.data.glyphs import make_glyphs  # type: ignore[no-redef]
+        cache = Path(data_dir) if data_dir else DEFAULT_CACHE
+        return make_glyphs(glyph_classes, glyph_drawings, data_seed, cache_dir=cache)
+    if dataset == "omniglot":
+        from fedrecon.client.data.omniglot import load_omniglot
+
+        if not data_dir:
+            raise ValueError("dataset 'omniglot' needs data-dir (the folder with images_evaluation.zip)")
+        return load_omniglot(data_dir, background=False, cache_dir=DEFAULT_CACHE)
+    raise ValueError(f"unknown dataset {dataset!r}; expected 'glyphs' or 'omniglot'")
+
+
+@functools.lru_cache(maxsize=4)
+def get_encoder(name: str, seed: int = 0) -> Encoder:
+    """The frozen encoder (cached per process): a shipped name, a checkpoint path, or `random`."""
+    if name == "random":
+        return Encoder.random(seed=seed, device="cpu")
+    return load_encoder(name, device="cpu")
+
+
+def task_of(config: ConfigRecord) -> dict[str, Any]:
+    """The task keys of a message config, with defaults."""
+    return {"dataset": str(config.get("dataset", "glyphs")), "data-dir": str(config.get("data-dir", "")),
+            "encoder": str(config.get("encoder", "glyphs")), "glyph-classes": int(config.get("glyph-classes", 200)),
+            "glyph-drawings": int(config.get("glyph-drawings", 20)), "data-seed": int(config.get("data-seed", 0)),
+            "encoder-seed": int(config.get("encoder-seed", 0))}
+
+
+def data_for(task: dict[str, Any], context: Context | None = None) -> Any:
+    """Load the data set a task names (honouring the node's data-dir)."""
+    return load_data(task["dataset"], _data_dir(task, context), task["glyph-classes"], task["glyph-drawings"],
+                     task["data-seed"])
+
+
+def encoder_for(task: dict[str, Any]) -> Encoder:
+    """Load the encoder a task names."""
+    return get_encoder(task["encoder"], task["encoder-seed"])
+
+
+def assigned_images(data: Any, assignment: Assignment) -> tuple[np.ndarray, list[str]]:
+    """The images an assignment names, stacked, with one class id per image."""
+    images, labels = [], []
+    for cid, idx in zip(assignment.classes, assignment.images, strict=True):
+        pics = data.images(cid)
+        if idx and max(idx) >= len(pics):
+            raise ValueError(f"class {cid!r} has {len(pics)} images; the assignment asks for index {max(idx)}")
+        images.append(pics[list(idx)])
+        labels += [cid] * len(idx)
+    if not images:
+        return np.zeros((0, *data.image_shape), np.float32), []
+    return np.concatenate(images), labels
+
+
+# --------------------------------------------------------------------------------- client state
+def restore_memory(context: Context, space: str) -> PrototypeMemory:
+    """The merged table this client holds (from `context.state`), empty on a first round."""
+    memory = PrototypeMemory()
+    if STATE_META in context.state:
+        meta = context.state[STATE_META]
+        if str(meta["space"]) == space:
+            ids, counts, means = read_prototypes(context.state[STATE_ARRAYS], list(meta["class-ids"]))
+            memory.apply_pull(ids, counts, means, int(meta["version"]))
+    return memory
+
+
+def save_memory(context: Context, memory: PrototypeMemory, space: str, dtype: str) -> None:
+    """Keep the merged table in `context.state` for the next round (means in the wire dtype)."""
+    table = memory.global_table
+    rows = table.live_rows()
+    context.state[STATE_ARRAYS] = prototypes_record(table.counts[rows], table.means(rows), dtype, table.dim or 0)
+    context.state[STATE_META] = ConfigRecord({"space": space, "version": memory.global_version,
+                                              "class-ids": [table.class_ids[r] for r in rows]})
+
+
+def apply_sync(memory: PrototypeMemory, msg: Message, client: int) -> None:
+    """Apply the merged prototypes the server sent; refuse a sync that skips versions this client lacks."""
+    config = msg.content["config"]
+    since = int(config["since"])
+    if since != memory.global_version:
+        raise RuntimeError(f"client {client}: server sent changes since version {since}, but this client holds "
+                           f"version {memory.global_version} (client state lost or server restarted)")
+    ids, counts, means = read_prototypes(msg.content["prototypes"], list(config["global-classes"]))
+    memory.apply_pull(ids, counts, means, int(config["version"]))
+
+
+def _reply_config(config: ConfigRecord, **extra: Any) -> ConfigRecord:
+    return ConfigRecord({"client": int(config["client"]), "space": str(config["space"]), **extra})
+
+
+# --------------------------------------------------------------------------------- handlers
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Describe the task's data set and encoder: space fingerprint, dim, class ids and images per class."""
+    config = msg.content["config"]
+    if str(config.get("method", "fedrecon")) == "fedavg":
+        from fedrecon.client.flower_fedavg import describe_model
+
+        return Message(describe_model(task_of(config), config, context), reply_to=msg)
+    task = task_of(config)
+    data = data_for(task, context)
+    encoder = encoder_for(task)
+    if tuple(data.image_shape) != (encoder.config["channels"], encoder.config["image_size"],
+                                   encoder.config["image_size"]):
+        raise ValueError(f"encoder {task['encoder']!r} expects images of {encoder.config['image_size']} px, "
+                         f"data set {task['dataset']!r} has {data.image_shape}")
+    reply = ConfigRecord({"space": encoder.fingerprint, "dim": encoder.dim, "class-ids": list(data.class_ids),
+                          "sizes": [int(data.count(c)) for c in data.class_ids]})
+    return Message(RecordDict({"config": reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Apply the server's sync, learn the mission's classes, and return their per-class deltas."""
+    config = msg.content["config"]
+    if str(config.get("method", "fedrecon")) == "fedavg":
+        from fedrecon.client.flower_fedavg import train_fedavg
+
+        return Message(train_fedavg(msg, context), reply_to=msg)
+    task, client, space, dtype = task_of(config), int(config["client"]), str(config["space"]), str(config["dtype"])
+    encoder = encoder_for(task)
+    if encoder.fingerprint != space:
+        raise RuntimeError(f"client {client}: encoder space {encoder.fingerprint} != the federation's {space}")
+    memory = restore_memory(context, space)
+    apply_sync(memory, msg, client)
+    images, labels = assigned_images(data_for(task, context), Assignment.from_config(config, "mission"))
+    if len(images):
+        memory.add_examples(labels, encoder.embed(images))
+    ids, counts, means = memory.pending()
+    memory.mark_pushed()
+    save_memory(context, memory, space, dtype)
+    reply = RecordDict({"prototypes": prototypes_record(counts, means, dtype, encoder.dim),
+                        "config": _reply_config(config, **{"class-ids": ids}),
+                        "metrics": MetricRecord({"num-examples": int(counts.sum()), "classes": len(ids)})})
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Apply the server's sync and classify the evaluation slice against every class this client knows."""
+    config = msg.content["config"]
+    if str(config.get("method", "fedrecon")) == "fedavg":
+        from fedrecon.client.flower_fedavg import evaluate_fedavg
+
+        return Message(evaluate_fedavg(msg, context), reply_to=msg)
+    task, client, space = task_of(config), int(config["client"]), str(config["space"])
+    memory = restore_memory(context, space)
+    apply_sync(memory, msg, client)
+    save_memory(context, memory, space, str(config["dtype"]))
+    images, labels = assigned_images(data_for(task, context), Assignment.from_config(config, "eval"))
+    correct = 0
+    if len(images):
+        predicted = memory.classify(encoder_for(task).embed(images))
+        correct = int(sum(p == t for p, t in zip(predicted, labels, strict=True)))
+    reply = RecordDict({"config": _reply_config(config),
+                        "metrics": MetricRecord({"correct": correct, "queries": len(labels),
+                                                 "num-examples": len(labels)})})
+    return Message(reply, reply_to=msg)

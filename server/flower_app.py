@@ -1,0 +1,161 @@
+"""The fedrecon Flower `ServerApp`: federated reconnaissance (or the FedAvg baseline) over a Flower grid.
+
+`flwr run .` reads `[tool.flwr.app.config]` from pyproject.toml (override with `--run-config`):
+dataset (`glyphs` | `omniglot`), data-dir, encoder, clients, missions, ways, shots, queries, seed,
+dtype, db (SQLite path for a durable store; empty: in memory), method (`fedrecon` | `fedavg`),
+out (write results JSON there). The results are also logged as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrecon.server.flower import PrototypeAveraging, ReconPlan, describe, plan_missions
+from fedrecon.server.store import PrototypeStore
+
+log = logging.getLogger("fedrecon.flower")
+
+
+@dataclass
+class FlowerSettings:
+    """Run configuration of the Flower app (keys as in pyproject, with `-` for `_`)."""
+
+    dataset: str = "glyphs"
+    data_dir: str = ""
+    encoder: str = ""
+    encoder_seed: int = 0
+    glyph_classes: int = 200
+    glyph_drawings: int = 20
+    data_seed: int = 0
+    clients: int = 5
+    missions: int = 3
+    ways: int = 5
+    shots: int = 5
+    queries: int = 5
+    seed: int = 0
+    dtype: str = "float32"
+    db: str = ""
+    eval_clients: int = 0
+    method: str = "fedrecon"
+    epochs: int = 5
+    lr: float = 0.001
+    out: str = ""
+    timeout: float = 600.0
+    wait_nodes: float = 120.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FlowerSettings:
+        """Build from a run config; unknown keys are an error that lists the known ones."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ValueError(f"unknown run-config keys {unknown}; known: {sorted(known)}")
+        values = {}
+        for key, value in config.items():
+            f = known[key]
+            values[f.name] = type(getattr(cls(), f.name))(value)
+        out = cls(**values)
+        if out.method not in ("fedrecon", "fedavg"):
+            raise ValueError(f"method must be 'fedrecon' or 'fedavg', got {out.method!r}")
+        return out
+
+    def task(self) -> dict[str, Any]:
+        """What every client needs to know to load the same data and encoder."""
+        return {"dataset": self.dataset, "data-dir": self.data_dir, "encoder": self.encoder or self.dataset,
+                "encoder-seed": self.encoder_seed, "glyph-classes": self.glyph_classes,
+                "glyph-drawings": self.glyph_drawings, "data-seed": self.data_seed, "method": self.method}
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+    """Block until `needed` nodes are connected (deployment: SuperNodes join asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {needed} Flower nodes connected after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def build_plan(grid: Grid, settings: FlowerSettings) -> tuple[ReconPlan, str, int]:
+    """Ask a node for the data set and encoder, then plan the missions (seeded)."""
+    described = describe(grid, settings.task(), settings.timeout)
+    plan = plan_missions(described.class_ids, described.sizes, clients=settings.clients, rounds=settings.missions,
+                         ways=settings.ways, shots=settings.shots, queries=settings.queries, seed=settings.seed)
+    return plan, described.space, described.dim
+
+
+def run_prototype_averaging(
+    grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None
+) -> tuple[dict[str, Any], PrototypeStore]:
+    """Run reconnaissance: describe, plan, `missions` rounds of merge + evaluation; results as a dict."""
+    t0 = time.perf_counter()
+    wait_for_nodes(grid, settings.clients, settings.wait_nodes)
+    plan, space, dim = build_plan(grid, settings)
+    if store is None:
+        store = PrototypeStore(settings.db or None)
+    strategy = PrototypeAveraging(store, plan, space, task=settings.task(), dtype=settings.dtype,
+                                  eval_clients=settings.eval_clients or None)
+    strategy.start(grid, ArrayRecord(), num_rounds=plan.rounds, timeout=settings.timeout)
+    rounds = strategy.report()
+    info = store.info()
+    results = {"method": "fedrecon", "transport": "flower", "settings": vars(settings).copy(), "space": space,
+               "dim": dim, "rounds": rounds, "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+               "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
+               "bytes_up": sum(r["bytes_up"] for r in rounds),
+               "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
+               "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
+               / max(1, len(rounds)),
+               "store": info, "wall_s": time.perf_counter() - t0}
+    return results, store
+
+
+def run_settings(grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None) -> dict[str, Any]:
+    """Run the configured method and write/log its results (a given store is left open)."""
+    if settings.method == "fedavg":
+        from fedrecon.server.flower_fedavg import run_fedavg
+
+        results = run_fedavg(grid, settings)
+    else:
+        results, used = run_prototype_averaging(grid, settings, store)
+        if store is None:
+            used.close()
+    line = json.dumps(results, default=float)
+    log.info("fedrecon results: %s", line)
+    print(line, flush=True)
+    if settings.out:
+        path = Path(settings.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return results
+
+
+def make_server_app(
+    settings: FlowerSettings | None = None, sink: Callable[[dict[str, Any]], None] | None = None,
+    store: PrototypeStore | None = None,
+) -> ServerApp:
+    """A ServerApp; with `settings` it ignores the run config (Python-API simulation), `sink` gets results,
+    `store` (optional) is the store to merge into."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        chosen = settings or FlowerSettings.from_config(dict(context.run_config))
+        results = run_settings(grid, chosen, store)
+        if sink is not None:
+            sink(results)
+
+    return server_app
+
+
+app = make_server_app()
