@@ -19,7 +19,7 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     for path in fresh:
         committed = REPO_ROOT / "proto" / "fedrecon" / "v1" / path.name
         assert committed.exists(), f"{committed} is missing; run `make stubs`"
-        assert filecmp.cmp(path, committed, shallow=False), f"{committed.name} drifted from the .proto; run `make stubs`"
+        assert filecmp.cmp(path, committed, shallow=False), f"{committed.name} drifted; run `make stubs`"
 
 
 def test_imports_are_namespaced() -> None:

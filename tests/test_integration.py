@@ -12,7 +12,7 @@ from helpers import FEDRECON, start_server
 DIM = 16
 
 # Client "b" runs as its own Python process: pushes, then re-sends its last push with the same seq.
-CLIENT_B = """
+CLIENT_B = f"""
 import json, sys
 import numpy as np
 from fedrecon.client.recon_client import ReconClient
@@ -27,11 +27,11 @@ with ReconClient(address, "b", state_path=state, dtype="float64") as client:
             acks.append(client.push("space-1", ids, d[f"counts{{k}}"], d[f"means{{k}}"]).to_dict())
     last = acks[-1]
     retry = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"],
-                           deltas=codec.encode_deltas(["x"], [1], np.zeros((1, {dim})), "float64"))
+                           deltas=codec.encode_deltas(["x"], [1], np.zeros((1, {DIM})), "float64"))
     reply = client.stub.Push(retry, timeout=10)
     acks.append({{"seq": reply.seq, "version": reply.version, "duplicate": reply.duplicate}})
 print(json.dumps(acks))
-""".format(dim=DIM)
+"""
 
 
 def _batches(rng: np.random.Generator, classes: list[str], n: int, central: dict) -> list[tuple]:
