@@ -1,0 +1,89 @@
+"""A demo client process: its own data and encoder, a `ReconClient` to the server, driven by JSON lines on stdin.
+
+Commands (one JSON object per line; one JSON reply per line on stdout):
+- `{"cmd": "learn", "visits": [[class_id, [idx, ...]], ...], "test": [[class_id, [idx, ...]], ...]}`:
+  embed and learn the mission, score the client's own knowledge on `test` (before merging), push.
+- `{"cmd": "sync", "test": [...]}`: pull what the server merged, score on `test`.
+- `{"cmd": "quit"}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.recon_client import ReconClient
+from fedrecon.experiments.datasets import load_dataset, load_encoder_spec, take
+from fedrecon.experiments.transports import pull_reply_size, push_request_size
+
+
+def gather(data: object, pairs: list[list]) -> tuple[np.ndarray, list[str]]:
+    """Images and labels of `[[class_id, [idx...]], ...]`."""
+    images = np.concatenate([take(data, cid, np.asarray(idx)) for cid, idx in pairs])
+    return images, [cid for cid, idx in pairs for _ in idx]
+
+
+def score(memory: PrototypeMemory, embeddings: np.ndarray, labels: list[str]) -> float:
+    """Accuracy (%) of the memory's nearest-prototype answers."""
+    if not memory.class_ids():
+        return 0.0
+    return 100.0 * float(np.mean(np.asarray(memory.classify(embeddings), dtype=object) == np.asarray(labels,
+                                                                                                    dtype=object)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the coordinator's commands until `quit` or end of input."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--address", required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--dataset", required=True, help="JSON dataset spec (as in the experiment configs)")
+    p.add_argument("--data-dir")
+    p.add_argument("--encoder", required=True)
+    args = p.parse_args(argv)
+    spec = json.loads(args.dataset)
+    encoder = load_encoder_spec(args.encoder, spec["name"])
+    data = load_dataset(spec, args.data_dir, encoder.config["image_size"])
+    memory = PrototypeMemory()
+    space = encoder.fingerprint
+    client = ReconClient(args.address, args.client_id, timeout=30.0)
+    print(json.dumps({"ready": args.client_id, "space": space}), flush=True)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            break
+        reply: dict = {}
+        if msg["cmd"] == "learn":
+            t0 = time.perf_counter()
+            images, labels = gather(data, msg["visits"])
+            memory.add_examples(labels, encoder.embed(images))
+            learn_s = time.perf_counter() - t0
+            # what this client alone answers on the merged superset, before it pulls the others' classes
+            test_images, test_labels = gather(data, msg["test"])
+            reply["before"] = score(memory, encoder.embed(test_images), test_labels)
+            t1 = time.perf_counter()
+            ids, counts, means = memory.pending()
+            ack = client.push(space, ids, counts, means)
+            memory.mark_pushed()
+            n = len({cid for cid, _ in msg["visits"]})
+            reply["update_ms_per_class"] = 1000.0 * (learn_s + time.perf_counter() - t1) / max(1, n)
+            reply["bytes_up"] = push_request_size(args.client_id, space, ack.seq, ids, counts, means, client.dtype)
+            reply["classes_pushed"] = len(ids)
+        elif msg["cmd"] == "sync":
+            pulled = client.pull(space, since=memory.global_version)
+            memory.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
+            reply["bytes_down"] = pull_reply_size(pulled, client.dtype)
+            reply["classes_known"] = len(memory.class_ids())
+            test_images, test_labels = gather(data, msg["test"])
+            reply["after"] = score(memory, encoder.embed(test_images), test_labels)
+        print(json.dumps(reply), flush=True)
+    client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""Results of an experiment: summary statistics, results.json, CSV, markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "fedrecon-results/1"
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% normal-approximation half-width over runs (0 for a single run)."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+    return float(v.mean()), float(half)
+
+
+def _curve(runs: list[dict[str, Any]], value: Any) -> list[list[float]]:
+    """[[classes_seen, mean, ci95], ...] by round index over the runs that reached it."""
+    out = []
+    for i in range(max(len(r["rounds"]) for r in runs)):
+        rows = [r["rounds"][i] for r in runs if len(r["rounds"]) > i]
+        vals = [v for v in (value(row) for row in rows) if v is not None]
+        if not vals:
+            continue
+        m, ci = mean_ci95(vals)
+        out.append([float(np.mean([row["classes_seen"] for row in rows])), round(m, 4), round(ci, 4)])
+    return out
+
+
+def summarize_method(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-method numbers over its runs: final accuracy, curves, bytes, update time, wall time."""
+    final, final_ci = mean_ci95([r["rounds"][-1]["mean"] for r in runs])
+    server_final, _ = mean_ci95([r["rounds"][-1]["server"] for r in runs])
+    groups = sorted({g for r in runs for row in r["rounds"] for g in row["groups"]})
+    n_rounds = max(len(r["rounds"]) for r in runs)
+    per_merge = [[float(np.mean([r["rounds"][i][k] for r in runs if len(r["rounds"]) > i]))
+                  for k in ("bytes_up", "bytes_down")] for i in range(n_rounds)]
+    local = [v for r in runs for row in r["rounds"] for v in row["local"].values()]
+    return {
+        "runs": len(runs),
+        "final_accuracy": round(final, 4),
+        "final_ci95": round(final_ci, 4),
+        "final_server_accuracy": round(server_final, 4),
+        "curve": _curve(runs, lambda row: row["mean"]),
+        "server_curve": _curve(runs, lambda row: row["server"]),
+        "group_curves": {g: _curve(runs, lambda row, g=g: row["groups"].get(g)) for g in groups},
+        "local_accuracy": round(mean_ci95(local)[0], 4) if local else None,
+        "local_curve": _curve(runs, lambda row: float(np.mean(list(row["local"].values()))) if row["local"]
+                              else None),
+        "bytes_up": float(np.mean([r["bytes_up"] for r in runs])),
+        "bytes_down": float(np.mean([r["bytes_down"] for r in runs])),
+        "bytes_per_merge": per_merge,
+        "update_ms_per_class": round(float(np.mean([r["update_ms_per_class"] for r in runs])), 4),
+        "wall_seconds": round(float(sum(r["wall_seconds"] for r in runs)), 3),
+        "per_run": runs,
+    }
+
+
+def targets(methods: dict[str, dict[str, Any]], wanted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, computed from whatever methods ran (`met` only where a target is set)."""
+    out: dict[str, dict[str, Any]] = {}
+    fed = methods.get("fedrecon")
+    if fed is None:
+        return out
+
+    def item(value: float, target: float | None, better: str) -> dict[str, Any]:
+        met = None if target is None else (value >= target if better == ">=" else value < target
+                                           if better == "<" else abs(value - target) < 1e-9)
+        return {"value": round(value, 4), "target": f"{better} {target}" if target is not None else None, "met": met}
+
+    out["fedrecon_final_accuracy"] = item(fed["final_accuracy"], wanted.get("final_accuracy"), ">=")
+    if "centralized" in methods:
+        out["fedrecon_minus_centralized_pp"] = item(fed["final_accuracy"] - methods["centralized"]["final_accuracy"],
+                                                    0.0, "==")
+    if "lower" in methods:
+        out["fedrecon_minus_lower_pp"] = item(fed["final_accuracy"] - methods["lower"]["final_accuracy"],
+                                              wanted.get("minus_lower_pp"), ">=")
+    out["fedrecon_update_ms_per_class"] = item(fed["update_ms_per_class"], wanted.get("update_ms_per_class"), "<")
+    return out
+
+
+def summarize(config: dict[str, Any], data: Any, encoder: Any, per_method: dict[str, list[dict[str, Any]]],
+              schedules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results document written as results.json."""
+    methods = {m: summarize_method(runs) for m, runs in per_method.items() if runs}
+    return {
+        "schema": SCHEMA,
+        "experiment": config["experiment"]["name"],
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": config,
+        "dataset": {"name": data.name, "classes": len(data.class_ids), "images": len(data),
+                    "meta": {k: v for k, v in data.meta.items() if isinstance(v, str | int | float | list)}},
+        "encoder": {"fingerprint": encoder.fingerprint, "dim": encoder.dim,
+                    "dataset": encoder.config.get("dataset"), "image_size": encoder.config.get("image_size")},
+        "schedules": schedules,
+        "anchors": config.get("anchors", {}),
+        "methods": methods,
+        "targets": targets(methods, config.get("targets", {})),
+    }
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} GB"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per method: runs, final accuracy +- ci95, server accuracy, bytes, update time, wall time."""
+    lines = [f"### {results['experiment']} ({results['dataset']['name']}, "
+             f"{results['schedules'][0]['classes'] if results['schedules'] else '?'} classes, "
+             f"encoder {results['encoder']['fingerprint']})", "",
+             "| method | runs | final accuracy % | server % | bytes up | bytes down | update ms/class | wall s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results["methods"].items():
+        lines.append(f"| {name} | {m['runs']} | {m['final_accuracy']:.2f} ± {m['final_ci95']:.2f} | "
+                     f"{m['final_server_accuracy']:.2f} | {_fmt_bytes(m['bytes_up'])} | {_fmt_bytes(m['bytes_down'])} "
+                     f"| {m['update_ms_per_class']:.2f} | {m['wall_seconds']:.1f} |")
+    groups = {(n, g): c for n, m in results["methods"].items() for g, c in m["group_curves"].items()}
+    if groups:
+        lines += ["", "| method | group | server accuracy % after the last merge |", "|---|---|---:|"]
+        lines += [f"| {n} | {g} | {c[-1][1]:.2f} ± {c[-1][2]:.2f} |" for (n, g), c in groups.items() if c]
+    for name, anchor in results.get("anchors", {}).items():
+        lines.append(f"\nanchor {name}: {anchor[1]}% after {anchor[0]} classes")
+    return "\n".join(lines)
+
+
+def write_csv(results: dict[str, Any], path: Path) -> Path:
+    """One row per method and merge: classes seen, mean accuracy, ci95, server accuracy, bytes per merge."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "merge", "classes_seen", "mean_accuracy", "ci95", "server_accuracy",
+                    "bytes_up", "bytes_down"])
+        for name, m in results["methods"].items():
+            for i, (point, server) in enumerate(zip(m["curve"], m["server_curve"], strict=False)):
+                up, down = m["bytes_per_merge"][i] if i < len(m["bytes_per_merge"]) else (0, 0)
+                w.writerow([name, i, point[0], point[1], point[2], server[1], up, down])
+    return path
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    """accuracy.png (accuracy vs classes seen, with anchors) and bytes.png (bytes per merge per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in results["methods"].items():
+        c = np.asarray(m["curve"], dtype=np.float64)
+        if len(c):
+            ax.plot(c[:, 0], c[:, 1], marker="o", ms=3, label=name)
+            ax.fill_between(c[:, 0], c[:, 1] - c[:, 2], c[:, 1] + c[:, 2], alpha=0.2)
+        for g, gc in m["group_curves"].items():
+            gc = np.asarray(gc, dtype=np.float64)
+            if len(gc):
+                ax.plot(gc[:, 0], gc[:, 1], ls="--", lw=1, label=f"{name} (server, {g})")
+    for name, (x, y) in results.get("anchors", {}).items():
+        ax.scatter([x], [y], marker="*", s=120, zorder=5, label=f"{name} (published)")
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("accuracy over all classes seen (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{results['experiment']}: {results['dataset']['name']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "accuracy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in results["methods"].items():
+        per = np.asarray(m["bytes_per_merge"], dtype=np.float64)
+        if len(per) and per.sum() > 0:
+            ax.plot(np.arange(1, len(per) + 1), per.sum(1), marker="o", ms=3, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("merge")
+    ax.set_ylabel("bytes moved per merge (up + down)")
+    ax.set_title(f"{results['experiment']}: communication")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "bytes.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_all(results: dict[str, Any], out: str | Path) -> list[Path]:
+    """results.json, results.csv, summary.md, accuracy.png, bytes.png under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json"]
+    paths[0].write_text(json.dumps(results, indent=1, default=_json_default))
+    paths.append(write_csv(results, out / "results.csv"))
+    paths.append(out / "summary.md")
+    paths[-1].write_text(markdown_table(results) + "\n")
+    paths += plot(results, out)
+    return paths
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
