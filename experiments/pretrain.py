@@ -45,8 +45,9 @@ def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]
         from fedrecon.client.data.glyphs import make_glyphs
 
         train = make_glyphs(args.glyph_classes, 20, args.seed, args.image_size, cache_dir=args.cache_dir)
-        val = make_glyphs(200, 20, args.seed + 1_000_003, args.image_size, cache_dir=args.cache_dir)
-        return train, val, "200 held-out glyph classes (another seed)"
+        n_val = args.glyph_val_classes
+        val = make_glyphs(n_val, 20, args.seed + 1_000_003, args.image_size, cache_dir=args.cache_dir)
+        return train, val, f"{n_val} held-out glyph classes (another seed)"
     if args.dataset == "mini-imagenet":
         from fedrecon.client.data.mini_imagenet import load_mini_imagenet
 
@@ -211,6 +212,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--val-alphabets", type=int, default=0, help="omniglot: hold out this many alphabets")
     p.add_argument("--monitor-evaluation", action="store_true", help="omniglot: also score images_evaluation")
     p.add_argument("--glyph-classes", type=int, default=1000)
+    p.add_argument("--glyph-val-classes", type=int, default=200)
     p.add_argument("--val-every", type=int, default=200)
     p.add_argument("--val-ways", type=int, default=20)
     p.add_argument("--val-episodes", type=int, default=300)

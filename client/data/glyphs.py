@@ -19,7 +19,7 @@ from fedrecon.client.data.images import ImageSet
 
 VERSION = 1
 CHARACTERS_PER_ALPHABET = 20
-RENDER = 4  # render at RENDER x the output size, then downsample with antialiasing
+RENDER = 3  # render at RENDER x the output size, then downsample with antialiasing
 
 
 def _alphabet_style(seed: int, alphabet: int) -> dict:
@@ -47,7 +47,7 @@ def _character(seed: int, index: int) -> tuple[dict, list[np.ndarray]]:
     return style, strokes
 
 
-def _bezier(ctrl: np.ndarray, n: int = 24) -> np.ndarray:
+def _bezier(ctrl: np.ndarray, n: int = 14) -> np.ndarray:
     t = np.linspace(0, 1, n)[:, None]
     return ((1 - t) ** 3 * ctrl[0] + 3 * (1 - t) ** 2 * t * ctrl[1] + 3 * (1 - t) * t**2 * ctrl[2]
             + t**3 * ctrl[3])
@@ -71,9 +71,9 @@ def _draw(style: dict, strokes: list[np.ndarray], rng: np.random.Generator, size
         pts = _bezier(ctrl + rng.normal(0, 0.035, ctrl.shape))
         pts = (pts - 0.5) @ affine.T + 0.5 + shift
         xy = [tuple(p) for p in (pts * big).tolist()]
-        pen.line(xy, fill=255, width=width, joint="curve")
+        pen.line(xy, fill=255, width=width)
         r = width / 2
-        for x, y in (xy[0], xy[-1]):
+        for x, y in xy:  # round joints and caps
             pen.ellipse((x - r, y - r, x + r, y + r), fill=255)
     return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
 
