@@ -37,10 +37,8 @@ def _data_dir(task: dict[str, Any], context: Context | None) -> str:
 def load_data(dataset: str, data_dir: str, glyph_classes: int, glyph_drawings: int, data_seed: int) -> Any:
     """The task's data set (cached per process): `glyphs` (generated), or Omniglot `images_evaluation`."""
     if dataset == "glyphs":
-        try:
-            from fedrecon.client.data import make_glyphs  # type: ignore[attr-defined]
-        except ImportError:  # the glyph generator may live in its own module
-            from fedrecon.client.data.glyphs import make_glyphs  # type: ignore[no-redef]
+        from fedrecon.client.data.glyphs import make_glyphs
+
         cache = Path(data_dir) if data_dir else DEFAULT_CACHE
         return make_glyphs(glyph_classes, glyph_drawings, data_seed, cache_dir=cache)
     if dataset == "omniglot":
@@ -53,10 +51,10 @@ def load_data(dataset: str, data_dir: str, glyph_classes: int, glyph_drawings: i
 
 
 @functools.lru_cache(maxsize=4)
-def get_encoder(name: str, seed: int = 0) -> Encoder:
-    """The frozen encoder (cached per process): a shipped name, a checkpoint path, or `random`."""
+def get_encoder(name: str, seed: int = 0, dataset: str = "glyphs") -> Encoder:
+    """The frozen encoder (cached per process): a shipped name, a checkpoint path, or `random` (seeded)."""
     if name == "random":
-        return Encoder.random(seed=seed, device="cpu")
+        return Encoder.random(dataset, seed=seed, device="cpu")
     return load_encoder(name, device="cpu")
 
 
@@ -76,7 +74,7 @@ def data_for(task: dict[str, Any], context: Context | None = None) -> Any:
 
 def encoder_for(task: dict[str, Any]) -> Encoder:
     """Load the encoder a task names."""
-    return get_encoder(task["encoder"], task["encoder-seed"])
+    return get_encoder(task["encoder"], task["encoder-seed"], task["dataset"])
 
 
 def assigned_images(data: Any, assignment: Assignment) -> tuple[np.ndarray, list[str]]:
