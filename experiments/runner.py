@@ -146,8 +146,11 @@ def run_method(name: str, encoder: Any, run: RunData, config: dict[str, Any], ca
             bar.set_postfix(acc=f"{np.mean(clients):.1f}", classes=len(seen))
     finally:
         method.close()
+    embed_s = float(getattr(method, "embed_seconds", 0.0))
+    per_class = 1000.0 / max(1, class_updates)
     return {"rounds": rounds, "bytes_up": method.bytes_up, "bytes_down": method.bytes_down,
-            "update_ms_per_class": 1000.0 * update_s / max(1, class_updates), "class_updates": class_updates,
+            "update_ms_per_class": per_class * update_s, "class_updates": class_updates,
+            "embed_ms_per_class": per_class * embed_s, "merge_ms_per_class": per_class * (update_s - embed_s),
             "wall_seconds": time.perf_counter() - start}
 
 

@@ -192,9 +192,9 @@ def test_override_syntax() -> None:
 def test_glyphs_experiment_writes_results_schema(tmp_path: Path) -> None:
     config = load_config("glyphs-fed")
     config["experiment"].update({"encoder": "random", "runs": 2})
-    config["dataset"].update({"classes": 24, "drawings": 10})
-    config["protocol"].update({"classes": 24, "clients": 3, "classes_per_mission": 2, "train_shots": 6,
-                               "test_shots": 4})
+    config["dataset"].update({"classes": 12, "drawings": 8})
+    config["protocol"].update({"classes": 12, "clients": 2, "classes_per_mission": 2, "train_shots": 5,
+                               "test_shots": 3})
     config["runs"] = {"upper": 1, "icarl": 1, "fedavg": 1, "lower": 1}
     for m in ("lower", "upper", "icarl", "fedavg"):
         config["methods"][m]["batch_size"] = 32
@@ -203,14 +203,14 @@ def test_glyphs_experiment_writes_results_schema(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "results.json").read_text())
     assert {p.name for p in paths} == {"results.json", "results.csv", "summary.md", "accuracy.png", "bytes.png"}
     assert doc["schema"] == "fedrecon-results/1" and doc["experiment"] == "glyphs-fed"
-    assert doc["encoder"]["fingerprint"].startswith("conv4-") and doc["dataset"]["classes"] == 24
+    assert doc["encoder"]["fingerprint"].startswith("conv4-") and doc["dataset"]["classes"] == 12
     assert set(doc["methods"]) == {"fedrecon", "centralized", "lower", "upper", "icarl", "fedavg"}
     for name, m in doc["methods"].items():
         assert m["runs"] == (2 if name in ("fedrecon", "centralized") else 1)
         for key in ("final_accuracy", "curve", "bytes_up", "bytes_down", "update_ms_per_class", "wall_seconds"):
             assert key in m, (name, key)
         assert all(len(p) == 3 and 0 <= p[1] <= 100 for p in m["curve"])
-        assert m["curve"][-1][0] == 24
+        assert m["curve"][-1][0] == 12 and len(m["curve"]) == 3
     assert doc["targets"]["fedrecon_minus_centralized_pp"]["value"] == 0.0
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "| fedrecon |" in (tmp_path / "summary.md").read_text()

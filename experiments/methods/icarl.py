@@ -91,9 +91,12 @@ class ICaRL(Method):
         for cid, ims in state.exemplars.items():
             state.exemplars[cid] = ims[:m]
 
-    def _select(self, state: _Client, cid: str, images: np.ndarray, m: int) -> np.ndarray:
-        feats = outputs(state.net, images, features=True)
-        return images[herding(feats, m)]
+    def _select(self, state: _Client, pools: dict[str, np.ndarray], m: int) -> dict[str, np.ndarray]:
+        """Herd `m` exemplars per class out of each pool (features from one forward pass over all pools)."""
+        ids = list(pools)
+        feats = outputs(state.net, np.concatenate([pools[c] for c in ids]), features=True)
+        bounds = np.cumsum([0] + [len(pools[c]) for c in ids])
+        return {c: pools[c][herding(feats[bounds[i] : bounds[i + 1]], m)] for i, c in enumerate(ids)}
 
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Train on the mission plus the exemplars with distillation on old outputs, then update the memory."""
@@ -126,11 +129,13 @@ class ICaRL(Method):
         lab = np.asarray(labels, dtype=object)
         classes_after = len(set(state.exemplars) | set(new))
         m = max(1, int(self.config["memory"]) // classes_after)
+        pools = {}
         for cid in new:
             pool = arr[lab == cid]
             if cid in state.exemplars:  # a revisit: choose again among the old exemplars and the new images
                 pool = np.concatenate([state.exemplars[cid], pool])
-            state.exemplars[cid] = self._select(state, cid, pool, m)
+            pools[cid] = pool
+        state.exemplars.update(self._select(state, pools, m))
         self._reduce(state)
         state.means = None
         self.round[client] = self.round.get(client, 0) + len(images)
@@ -150,9 +155,9 @@ class ICaRL(Method):
                 pooled.setdefault(cid, []).append(ims)
         server = _Client(net, {})
         m = max(1, int(self.config["memory"]) // max(1, len(pooled)))
-        for cid, group in pooled.items():
-            pool = np.unique(np.concatenate(group), axis=0)  # the server's own copy may repeat a client's
-            server.exemplars[cid] = self._select(server, cid, pool, m)
+        # the server's own copy may repeat a client's exemplars: keep each image once
+        pools = {cid: np.unique(np.concatenate(group), axis=0) for cid, group in pooled.items()}
+        server.exemplars = self._select(server, pools, m)
         self.server = server
         self.clients.clear()
         self.round.clear()
@@ -166,7 +171,9 @@ class ICaRL(Method):
             raise ValueError("icarl: no classes learned yet")
         if state.means is None:
             ids = list(state.exemplars)
-            means = np.stack([normalize(outputs(state.net, state.exemplars[c], features=True)).mean(0) for c in ids])
+            feats = normalize(outputs(state.net, np.concatenate([state.exemplars[c] for c in ids]), features=True))
+            bounds = np.cumsum([0] + [len(state.exemplars[c]) for c in ids])
+            means = np.stack([feats[bounds[i] : bounds[i + 1]].mean(0) for i in range(len(ids))])
             state.means = (ids, normalize(means))
         ids, means = state.means
         feats = normalize(outputs(state.net, images, features=True))

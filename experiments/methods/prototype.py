@@ -8,6 +8,7 @@ deltas after each mission round and pulls the merged table; centralized adds eve
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,6 +59,7 @@ class FedRecon(Method):
             c: PrototypeMemory() for c in range(int(self.config.get("clients") or 0))}
         self.server = PrototypeMemory()  # the evaluator's view of the merged table (not counted as traffic)
         self.eval_cache: EmbeddingCache | None = None  # set by the runner so test images embed once per run
+        self.embed_seconds = 0.0  # time in the encoder's forward pass while learning (reported apart)
 
     def memory(self, client: int) -> PrototypeMemory:
         """A client's prototype memory (created on first use)."""
@@ -68,7 +70,10 @@ class FedRecon(Method):
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Embed the mission's images and add them to the client's local sums and counts."""
         check_batch(self.name, images, labels)
-        self.memory(client).add_examples(list(labels), self.encoder.embed(images))
+        t0 = time.perf_counter()
+        embeddings = self.encoder.embed(images)
+        self.embed_seconds += time.perf_counter() - t0
+        self.memory(client).add_examples(list(labels), embeddings)
 
     def merge(self) -> None:
         """Every client pushes its pending deltas, then every client pulls what changed since its last pull."""
@@ -116,12 +121,16 @@ class Centralized(Method):
         super().__init__(encoder, config)
         self.table = PrototypeTable()
         self.eval_cache: EmbeddingCache | None = None
+        self.embed_seconds = 0.0
 
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Raw images go to the centre (counted as one byte per pixel up); added to the one table."""
         check_batch(self.name, images, labels)
         self.bytes_up += int(np.asarray(images).size)
-        self.table.add_examples(list(labels), self.encoder.embed(images))
+        t0 = time.perf_counter()
+        embeddings = self.encoder.embed(images)
+        self.embed_seconds += time.perf_counter() - t0
+        self.table.add_examples(list(labels), embeddings)
 
     def merge(self) -> None:
         """Nothing to merge: the table is already central."""
