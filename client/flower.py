@@ -132,8 +132,8 @@ def _reply_config(config: ConfigRecord, **extra: Any) -> ConfigRecord:
 def query(msg: Message, context: Context) -> Message:
     """Describe the task's data set and encoder: space fingerprint, dim, class ids and images per class."""
     config = msg.content["config"]
-    if str(config.get("method", "fedrecon")) == "fedavg":
-        from fedrecon.client.flower_fedavg import describe_model
+    if "head-size" in config:  # the fedavg baseline asks for its initial model
+        from fedrecon.experiments.flower_fedavg import describe_model
 
         return Message(describe_model(task_of(config), config, context), reply_to=msg)
     task = task_of(config)
@@ -153,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
     """Apply the server's sync, learn the mission's classes, and return their per-class deltas."""
     config = msg.content["config"]
     if str(config.get("method", "fedrecon")) == "fedavg":
-        from fedrecon.client.flower_fedavg import train_fedavg
+        from fedrecon.experiments.flower_fedavg import train_fedavg
 
         return Message(train_fedavg(msg, context), reply_to=msg)
     task, client, space, dtype = task_of(config), int(config["client"]), str(config["space"]), str(config["dtype"])
@@ -179,7 +179,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Apply the server's sync and classify the evaluation slice against every class this client knows."""
     config = msg.content["config"]
     if str(config.get("method", "fedrecon")) == "fedavg":
-        from fedrecon.client.flower_fedavg import evaluate_fedavg
+        from fedrecon.experiments.flower_fedavg import evaluate_fedavg
 
         return Message(evaluate_fedavg(msg, context), reply_to=msg)
     task, client, space = task_of(config), int(config["client"]), str(config["space"])

@@ -123,7 +123,7 @@ def run_prototype_averaging(
 def run_settings(grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None) -> dict[str, Any]:
     """Run the configured method and write/log its results (a given store is left open)."""
     if settings.method == "fedavg":
-        from fedrecon.server.flower_fedavg import run_fedavg
+        from fedrecon.experiments.flower_fedavg import run_fedavg
 
         results = run_fedavg(grid, settings)
     else:
