@@ -69,7 +69,7 @@ class PrototypeTable:
         if needed <= self._capacity:
             return
         capacity = max(needed, 2 * self._capacity)
-        n = len(self.class_ids)
+        n = min(len(self.class_ids), self._capacity)  # rows() may register ids before growing
         sums = np.zeros((capacity, self.dim or 0), dtype=np.float64)
         sums[:n] = self._sums[:n]
         counts = np.zeros(capacity, dtype=np.int64)
@@ -88,24 +88,31 @@ class PrototypeTable:
     def rows(self, class_ids: Sequence[str], create: bool = True) -> np.ndarray:
         """Row index of each class id; new ids get new rows when `create`, else -1."""
         index = self.index
-        out = np.empty(len(class_ids), dtype=np.int64)
-        for i, cid in enumerate(class_ids):
-            row = index.get(cid)
-            if row is None:
-                if not create:
-                    out[i] = -1
+        found = [index.get(cid) for cid in class_ids]  # one C-level pass; the common case is all known
+        if None in found:
+            if create:
+                self._grow(len(self.class_ids) + found.count(None))
+            for i, cid in enumerate(class_ids):
+                if found[i] is not None:
                     continue
-                row = len(self.class_ids)
-                self._grow(row + 1)
-                index[cid] = row
-                self.class_ids.append(cid)
-            out[i] = row
-        return out
+                row = index.get(cid)  # the same new id may appear twice in one call
+                if row is None:
+                    if not create:
+                        found[i] = -1
+                        continue
+                    row = len(self.class_ids)
+                    index[cid] = row
+                    self.class_ids.append(cid)
+                found[i] = row
+        return np.array(found, dtype=np.int64)
 
     def add_sums(
-        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, version: int = 0
+        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, version: int | np.ndarray = 0
     ) -> np.ndarray:
-        """Add raw float64 sums and counts per class (negative values subtract); returns the rows."""
+        """Add raw float64 sums and counts per class (negative values subtract); returns the rows.
+
+        `version` is one version for every row, or one per row (the highest per class is kept).
+        """
         sums = np.asarray(sums, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.int64)
         if sums.ndim != 2 or len(sums) != len(class_ids) or len(counts) != len(class_ids):
@@ -114,14 +121,18 @@ class PrototypeTable:
         rows = self.rows(class_ids)
         if len(set(rows.tolist())) == len(rows):
             self._sums[rows] += sums
-            self._counts[rows] += counts
-        else:  # the same class twice in one call
+            new_counts = self._counts[rows] + counts
+            self._counts[rows] = new_counts
+        else:  # the same class twice in one call: add in order, as separate calls would
             np.add.at(self._sums, rows, sums)
             np.add.at(self._counts, rows, counts)
-        self._versions[rows] = version
-        emptied = rows[self._counts[rows] == 0]
-        if len(emptied):  # a class removed entirely: drop float residue so it is exactly empty
-            self._sums[emptied] = 0.0
+            new_counts = self._counts[rows]
+        if np.ndim(version):  # one version per row (several operations applied together): the latest wins
+            np.maximum.at(self._versions, rows, np.asarray(version, dtype=np.int64))
+        else:
+            self._versions[rows] = version
+        if not new_counts.all():  # a class removed entirely: drop float residue so it is exactly empty
+            self._sums[rows[new_counts == 0]] = 0.0
         return rows
 
     def set_rows(
