@@ -122,7 +122,8 @@ def run_demo(dataset: str = "glyphs", data_dir: str | None = None, out: str | Pa
             row = {"merge": r + 1, "classes_seen": len(seen), "before": [x["before"] for x in learned],
                    "after": [x["after"] for x in synced], "bytes_up": sum(x["bytes_up"] for x in learned),
                    "bytes_down": sum(x["bytes_down"] for x in synced),
-                   "update_ms_per_class": float(np.mean([x["update_ms_per_class"] for x in learned]))}
+                   "update_ms_per_class": float(np.mean([x["update_ms_per_class"] for x in learned])),
+                   "embed_ms_per_class": float(np.mean([x["embed_ms_per_class"] for x in learned]))}
             rows.append(row)
             echo(f"{row['merge']:>5} {row['classes_seen']:>7} | "
                  + " ".join(f"{a:>9.1f}%" for a in row["before"]) + " | "
@@ -139,6 +140,7 @@ def run_demo(dataset: str = "glyphs", data_dir: str | None = None, out: str | Pa
               "final_accuracy_before_merge": float(np.mean(rows[-1]["before"])),
               "bytes_up": sum(r["bytes_up"] for r in rows), "bytes_down": sum(r["bytes_down"] for r in rows),
               "update_ms_per_class": float(np.mean([r["update_ms_per_class"] for r in rows])),
+              "embed_ms_per_class": float(np.mean([r["embed_ms_per_class"] for r in rows])),
               "wall_seconds": round(time.perf_counter() - start, 2)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     result["plot"] = str(plot_demo(result, out / "demo.png"))

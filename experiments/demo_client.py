@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.recon_client import ReconClient
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True, help="JSON dataset spec (as in the experiment configs)")
     p.add_argument("--data-dir")
     p.add_argument("--encoder", required=True)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (several clients share the cores)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     spec = json.loads(args.dataset)
     encoder = load_encoder_spec(args.encoder, spec["name"])
     data = load_dataset(spec, args.data_dir, encoder.config["image_size"])
@@ -58,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             break
         reply: dict = {}
         if msg["cmd"] == "learn":
-            t0 = time.perf_counter()
             images, labels = gather(data, msg["visits"])
-            memory.add_examples(labels, encoder.embed(images))
+            t0 = time.perf_counter()
+            embeddings = encoder.embed(images)
+            embed_s = time.perf_counter() - t0
+            memory.add_examples(labels, embeddings)
             learn_s = time.perf_counter() - t0
             # what this client alone answers on the merged superset, before it pulls the others' classes
             test_images, test_labels = gather(data, msg["test"])
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             memory.mark_pushed()
             n = len({cid for cid, _ in msg["visits"]})
             reply["update_ms_per_class"] = 1000.0 * (learn_s + time.perf_counter() - t1) / max(1, n)
+            reply["embed_ms_per_class"] = 1000.0 * embed_s / max(1, n)
             reply["bytes_up"] = push_request_size(args.client_id, space, ack.seq, ids, counts, means, client.dtype)
             reply["classes_pushed"] = len(ids)
         elif msg["cmd"] == "sync":
