@@ -24,6 +24,8 @@ from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 
 log = logging.getLogger("fedrecon.client")
 
+# Refusals after which the push was certainly not applied.
+NOT_APPLIED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
@@ -177,7 +179,7 @@ class ReconClient:
         try:
             return self._send_push(request)
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            if error.code() in NOT_APPLIED:  # refused outright: a re-run must not send it again as pending
                 self.state.pending, self.state.pending_seq = None, 0
                 self.state.save()
             raise

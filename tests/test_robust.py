@@ -1,0 +1,88 @@
+"""Robust merge: count caps, outlier and norm checks, trimmed mean / median over clients, served by Pull per space."""
+
+import numpy as np
+import pytest
+
+from fedrecon.client.recon_client import ReconClient
+from fedrecon.server.assemble import build_server
+from fedrecon.server.robust import RobustConfig, RobustMerge, keep_mask, robust_class
+from fedrecon.server.store import PrototypeStore
+
+RNG = np.random.default_rng(3)
+HONEST = np.array([1.0, -2.0, 0.5, 3.0]) + RNG.normal(scale=0.05, size=(6, 4))
+
+
+def test_outliers_are_dropped_and_honest_clients_kept() -> None:
+    for bad in (HONEST[0] * 25, -HONEST[0], RNG.normal(scale=10, size=4)):
+        means = np.vstack([HONEST, bad])
+        keep = keep_mask(means, RobustConfig())
+        assert keep[:6].all() and not keep[6]
+    assert keep_mask(HONEST, RobustConfig()).all()
+
+
+def test_count_cap_limits_inflated_counts() -> None:
+    counts = np.array([5, 5, 5, 10**9])
+    means = np.vstack([HONEST[:3], HONEST[3] + 0.01])  # plausible mean, absurd count
+    total, mean, keep = robust_class(counts, means, RobustConfig(estimator="mean", count_cap=5))
+    assert total == 20 and keep.all()
+    np.testing.assert_allclose(mean, means.mean(axis=0))
+
+
+@pytest.mark.parametrize("estimator", ["trimmed", "median", "mean"])
+def test_estimators_resist_one_poisoned_client(estimator: str) -> None:
+    counts = np.array([4] * 6 + [1000])
+    means = np.vstack([HONEST, -40 * HONEST[0]])
+    _, mean, _ = robust_class(counts, means, RobustConfig(estimator=estimator, count_cap=10))
+    assert np.linalg.norm(mean - HONEST.mean(axis=0)) < 0.1
+    plain = (counts[:, None] * means).sum(0) / counts.sum()
+    assert np.linalg.norm(plain - HONEST.mean(axis=0)) > 10
+
+
+def test_few_contributors_fall_back_to_a_space_level_norm_check() -> None:
+    means = np.array([[1.0, 0.0], [50.0, 0.0]])
+    _, mean, keep = robust_class(np.array([3, 3]), means, RobustConfig(), reference_norm=1.0)
+    assert keep.tolist() == [True, False] and mean.tolist() == [1.0, 0.0]
+    _, _, keep = robust_class(np.array([3]), np.array([[50.0, 0.0]]), RobustConfig(), reference_norm=1.0)
+    assert keep.tolist() == [True]  # never drops every contributor
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="estimator"):
+        RobustConfig(estimator="mode")
+    with pytest.raises(ValueError, match="trim"):
+        RobustConfig(trim=0.5)
+
+
+def _fill(store: PrototypeStore, space: str, seq: int = 1) -> None:
+    for i, mean in enumerate(HONEST):
+        store.push(f"h{i}", space, seq, ["a", "b"], np.array([3, 3]), np.vstack([mean, mean + 1]))
+    store.push("evil", space, seq, ["a", "b"], np.array([10**6, 10**6]), np.vstack([-30 * HONEST[0]] * 2))
+
+
+def test_pull_is_robust_only_for_configured_spaces() -> None:
+    with PrototypeStore(None) as store:
+        _fill(store, "robust")
+        _fill(store, "plain", seq=2)
+        merge = RobustMerge(store, {"robust": RobustConfig(count_cap=3)})
+        robust, plain = merge.pull("robust"), merge.pull("plain")
+        assert robust.counts.tolist() == [18, 18]
+        assert np.linalg.norm(robust.means[0] - HONEST.mean(axis=0)) < 0.1
+        assert np.linalg.norm(plain.means[0] - HONEST.mean(axis=0)) > 10
+        np.testing.assert_array_equal(plain.means, store.pull("plain").means)
+        version = store.version
+        store.revoke("evil")
+        changed = merge.pull("robust", since=version)
+        assert changed.class_ids == ["a", "b"] and changed.counts.tolist() == [18, 18]
+
+
+def test_server_serves_robust_means() -> None:
+    store = PrototypeStore(None)
+    _fill(store, "s")
+    server = build_server(store, insecure=True, robust={"*": RobustConfig(estimator="median", count_cap=3)}).start()
+    try:
+        with ReconClient(server.address, "reader", timeout=5) as client:
+            pulled = client.pull("s", dtype="float64")
+        np.testing.assert_allclose(pulled.means[0], np.median(HONEST, axis=0))
+        assert pulled.counts.tolist() == [18, 18]
+    finally:
+        server.stop(grace=1)
