@@ -70,6 +70,29 @@ class TableRow:
     client_id: str = ""
 
 
+def pack_means(means: np.ndarray) -> bytes:
+    """Log bytes of float64 means: float32 when every value survives the round trip exactly, else float64.
+
+    Pushes usually arrive as float32 (or float16/bfloat16) on the wire, so their means fit float32
+    exactly; logging them at 4 bytes halves the write volume of every commit and loses nothing.
+    """
+    packed = means.astype("<f4")
+    if np.array_equal(packed, means):
+        return packed.tobytes()
+    return means.astype("<f8").tobytes()
+
+
+def unpack_means(blob: bytes, rows: int, dim: int) -> np.ndarray:
+    """float64 (rows x dim) means from `pack_means` bytes (the width follows from the length)."""
+    if rows * dim == 0:
+        return np.zeros((rows, dim), dtype=np.float64)
+    if len(blob) == rows * dim * 8:
+        return np.frombuffer(blob, dtype="<f8").reshape(rows, dim)
+    if len(blob) == rows * dim * 4:
+        return np.frombuffer(blob, dtype="<f4").astype(np.float64).reshape(rows, dim)
+    raise ValueError(f"log row has {len(blob)} bytes of means; expected {rows} x {dim} float32 or float64")
+
+
 class SqliteLog:
     """The on-disk half of the store: schema, log appends (group commits), checkpoints, loading."""
 
@@ -110,7 +133,7 @@ class SqliteLog:
         operations = list(operations)
         rows = [
             (op.version, op.kind, op.client_id, op.space, op.seq, json.dumps(op.class_ids),
-             op.counts.astype("<i8").tobytes(), op.means.astype("<f8").tobytes(), op.means.shape[1] if
+             op.counts.astype("<i8").tobytes(), pack_means(op.means), op.means.shape[1] if
              op.means.ndim == 2 else 0, op.actor, op.at)
             for op in operations
         ]
@@ -166,7 +189,7 @@ class SqliteLog:
                 query, (after,)):
             class_ids = json.loads(ids)
             yield Operation(version, kind, client_id, space, seq, class_ids, np.frombuffer(counts, dtype="<i8"),
-                            np.frombuffer(means, dtype="<f8").reshape(len(class_ids), dim), actor, at)
+                            unpack_means(means, len(class_ids), dim), actor, at)
 
     def audit(self) -> list[tuple[int, str, str, str, float]]:
         """Administrative operations recorded (version, kind, client, actor, time)."""

@@ -139,9 +139,7 @@ class PrototypeStore:
         self._queue: deque[_Request] = deque()
         self._queue_cond = threading.Condition()
         self._closing = False
-        self._dirty_classes: set[tuple[str, str]] = set()
-        self._dirty_contributions: set[tuple[str, str, str]] = set()
-        self._dirty_clients: set[str] = set()
+        self._dirty_clients: set[str] = set()  # changed classes are found by their versions at checkpoint
         self._checkpoint_version = 0
         self._last_checkpoint = time.monotonic()
         self._log: SqliteLog | None = None
@@ -255,7 +253,14 @@ class PrototypeStore:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
                 closing = self._closing and not self._queue
             if batch:
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except Exception as error:  # noqa: BLE001 - never leave a caller waiting forever
+                    log.exception("processing a batch of %d requests failed", len(batch))
+                    for request in batch:
+                        if not request.done.is_set():
+                            request.result, request.error = None, StoreUnavailable(f"internal store error: {error}")
+                            request.done.set()
             if closing or self._checkpoint_due():
                 try:
                     self._checkpoint()
@@ -334,7 +339,8 @@ class PrototypeStore:
             raise InvalidPush("a class_id appears more than once in one push")
         if counts.min() <= 0:
             raise InvalidPush("every count must be >= 1")
-        if not np.isfinite(means).all() or np.abs(means * counts[:, None]).max() > MAX_ABS_SUM:
+        # max over rows of count * max|mean| is the largest |count * mean|; NaN propagates, so `not <=` catches it
+        if not (np.abs(means).max(axis=1) * counts).max() <= MAX_ABS_SUM:
             raise InvalidPush(f"means must be finite and |count * mean| <= {MAX_ABS_SUM:g}")
         dim = self.dims.get(request.space) or stage.new_spaces.get(request.space)
         if dim is None:
@@ -346,14 +352,21 @@ class PrototypeStore:
         """Apply one durable operation to memory (also used to replay the log at start-up)."""
         if op.kind == "push":
             dim = op.means.shape[1]
-            self.dims.setdefault(op.space, dim)
+            if op.space not in self.dims:
+                self.dims[op.space] = dim
             sums = op.means * op.counts[:, None]
-            self.spaces.setdefault(op.space, PrototypeTable(dim)).add_sums(op.class_ids, op.counts, sums, op.version)
-            mine = self.contributions.setdefault(op.client_id, {})
-            mine.setdefault(op.space, PrototypeTable(dim)).add_sums(op.class_ids, op.counts, sums, op.version)
+            table = self.spaces.get(op.space)
+            if table is None:
+                table = self.spaces[op.space] = PrototypeTable(dim)
+            table.add_sums(op.class_ids, op.counts, sums, op.version)
+            mine = self.contributions.get(op.client_id)
+            if mine is None:
+                mine = self.contributions[op.client_id] = {}
+            table = mine.get(op.space)
+            if table is None:
+                table = mine[op.space] = PrototypeTable(dim)
+            table.add_sums(op.class_ids, op.counts, sums, op.version)
             self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids))
-            self._dirty_classes.update((op.space, c) for c in op.class_ids)
-            self._dirty_contributions.update((op.client_id, op.space, c) for c in op.class_ids)
             self._dirty_clients.add(op.client_id)
         elif op.kind == "revoke":
             for space, table in self.contributions.get(op.client_id, {}).items():
@@ -362,8 +375,6 @@ class PrototypeStore:
                 counts, sums = table.counts[rows].copy(), table.sums[rows].copy()
                 self.spaces[space].add_sums(ids, -counts, -sums, op.version)
                 table.add_sums(ids, -counts, -sums, op.version)
-                self._dirty_classes.update((space, c) for c in ids)
-                self._dirty_contributions.update((op.client_id, space, c) for c in ids)
         else:
             raise ValueError(f"unknown operation kind {op.kind!r}")
         self.version = op.version
@@ -379,24 +390,29 @@ class PrototypeStore:
         assert self._log is not None
         if self.version == self._checkpoint_version:
             return
+        since = self._checkpoint_version
         with self._lock:
-            classes = [self._row(self.spaces[s], s, c) for s, c in self._dirty_classes]
-            contributions = [self._row(self.contributions[cl][s], s, c, cl) for cl, s, c in self._dirty_contributions]
+            classes = [r for space, table in self.spaces.items() for r in self._changed_rows(table, since, space)]
+            contributions = [r for client_id, tables in self.contributions.items()
+                             for space, table in tables.items()
+                             for r in self._changed_rows(table, since, space, client_id)]
             clients = [(c, r.last_seq, r.last_version, r.last_classes)
                        for c in self._dirty_clients for r in [self.clients.get(c, ClientRecord())]]
             version = self.version
         self._log.checkpoint(version, classes, contributions, clients)
         self._checkpoint_version = version
         self._last_checkpoint = time.monotonic()
-        self._dirty_classes.clear()
-        self._dirty_contributions.clear()
-        self._dirty_clients.clear()
+        self._dirty_clients.difference_update(c for c, *_ in clients)
 
     @staticmethod
-    def _row(table: PrototypeTable, space: str, class_id: str, client_id: str = "") -> TableRow:
-        row = table.index[class_id]
-        return TableRow(space, class_id, int(table.counts[row]), table.sums[row].copy(), int(table.versions[row]),
-                        client_id)
+    def _changed_rows(table: PrototypeTable, since: int, space: str, client_id: str = "") -> list[TableRow]:
+        """Rows of a table changed after version `since`, as checkpoint rows (sums copied)."""
+        rows = table.changed_since(since)
+        if not len(rows):
+            return []
+        counts, versions, sums = table.counts[rows].tolist(), table.versions[rows].tolist(), table.sums[rows]
+        return [TableRow(space, table.class_ids[r], counts[i], sums[i], versions[i], client_id)
+                for i, r in enumerate(rows.tolist())]
 
     def _load(self) -> None:
         """Restore memory from the checkpointed tables, then replay the log after the checkpoint."""
