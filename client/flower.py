@@ -148,6 +148,19 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"config": reply}), reply_to=msg)
 
 
+@app.query("relay")
+def relay(msg: Message, context: Context) -> Message:
+    """Relay endpoint of the experiments runner's `flower` transport: returns the prototypes it received
+    (a push's deltas going up, or a pull's merged classes that reached this client)."""
+    config = msg.content["config"]
+    op = str(config["op"])
+    ids, counts, means = read_prototypes(msg.content["prototypes"], list(config["class-ids"]), allow_empty=op == "pull")
+    dtype = str(msg.content["prototypes"]["means"].numpy().dtype)
+    reply = RecordDict({"prototypes": prototypes_record(counts, means, dtype, means.shape[1] if means.ndim == 2 else 0),
+                        "config": ConfigRecord({"class-ids": ids, "op": op})})
+    return Message(reply, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Apply the server's sync, learn the mission's classes, and return their per-class deltas."""

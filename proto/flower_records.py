@@ -28,8 +28,11 @@ def prototypes_record(counts: np.ndarray, means: np.ndarray, dtype: str = "float
                         "means": Array(np.ascontiguousarray(means.astype(dtype)))})
 
 
-def read_prototypes(record: ArrayRecord, class_ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Unpack (class_ids, int64 counts, float64 means) and check they agree in length."""
+def read_prototypes(
+    record: ArrayRecord, class_ids: Sequence[str], allow_empty: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Unpack (class_ids, int64 counts, float64 means) and check them; `allow_empty`: counts may be 0
+    (a pulled class whose every contribution was revoked)."""
     try:
         counts = record["counts"].numpy().astype(np.int64)
         means = record["means"].numpy().astype(np.float64)
@@ -38,8 +41,8 @@ def read_prototypes(record: ArrayRecord, class_ids: Sequence[str]) -> tuple[list
     ids = [str(c) for c in class_ids]
     if means.ndim != 2 or len(counts) != len(ids) or len(means) != len(ids):
         raise ValueError(f"prototype record: {len(ids)} class ids, {len(counts)} counts, means {means.shape}")
-    if (counts <= 0).any():
-        raise ValueError("prototype record: every count must be positive")
+    if (counts < 0).any() or (not allow_empty and (counts == 0).any()):
+        raise ValueError(f"prototype record: every count must be {'>= 0' if allow_empty else 'positive'}")
     if not np.isfinite(means).all():
         raise ValueError("prototype record: means must be finite")
     return ids, counts, means
