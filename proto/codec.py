@@ -54,7 +54,7 @@ def encode_matrix(array: np.ndarray, dtype: str | int = "float32") -> pb.Matrix:
         raise InvalidMessage(f"matrix must be 2-D (rows x dim), got shape {array.shape}")
     with np.errstate(over="ignore"):
         packed = np.ascontiguousarray(array, dtype=DTYPES[code])
-    if array.size and not np.isfinite(packed.astype(np.float64)).all():
+    if array.size and not np.isfinite(packed).all():  # checked in the wire dtype: no float64 temporary
         raise InvalidMessage(f"matrix has values that are not finite in {dtype_name(code)}")
     return pb.Matrix(dtype=code, dim=array.shape[1], rows=array.shape[0], data=packed.tobytes())
 
@@ -72,7 +72,7 @@ def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
             f"{field}.data has {len(message.data)} bytes; expected rows*dim*{dtype.itemsize} = {expected}"
         )
     array = np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
-    if array.size and not np.isfinite(array.astype(np.float64)).all():
+    if array.size and not np.isfinite(array).all():
         raise InvalidMessage(f"{field} holds NaN or Inf")
     return array
 

@@ -173,10 +173,10 @@ class PrototypeTable:
 
     def means(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Prototypes `sum / count` (float64); classes with count 0 give zeros."""
-        sums = self.sums if rows is None else self._sums[rows]
+        out = self.sums.copy() if rows is None else self._sums[rows]  # one new array, divided in place
         counts = self.counts if rows is None else self._counts[rows]
-        safe = np.where(counts > 0, counts, 1).astype(np.float64)
-        return sums / safe[:, None]
+        out /= np.where(counts > 0, counts, 1).astype(np.float64)[:, None]
+        return out
 
     def live_rows(self) -> np.ndarray:
         """Rows whose count is positive (classes that exist)."""
