@@ -1,0 +1,99 @@
+"""Limits: message size, classes per push, class id length, pushes per second per client, concurrent streams."""
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from fedrecon.proto import codec
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.assemble import build_server
+from fedrecon.server.ratelimit import RateLimits, StreamSlots, TokenBuckets
+from fedrecon.server.service import Limits
+from fedrecon.server.store import PrototypeStore
+
+
+def _push(stub, client: str, seq: int, n: int = 1, dim: int = 2, class_len: int = 1) -> grpc.StatusCode:
+    ids = [f"{i:0{class_len}d}" for i in range(n)]
+    request = pb.PushRequest(client_id=client, space="s", seq=seq,
+                             deltas=codec.encode_deltas(ids, [1] * n, np.zeros((n, dim))))
+    try:
+        stub.Push(request, timeout=5)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()
+
+
+@pytest.fixture
+def limited():
+    store = PrototypeStore(None)
+    server = build_server(store, insecure=True,
+                          limits=Limits(max_classes_per_push=10, max_message_bytes=4096, max_class_id_bytes=8),
+                          rate_limits=RateLimits(pushes_per_second=2, push_burst=2, max_streams_per_client=1)).start()
+    channel = grpc.insecure_channel(server.address)
+    yield store, rpc.ReconnaissanceStub(channel)
+    channel.close()
+    server.stop(grace=0.5)
+
+
+def test_size_and_shape_limits(limited) -> None:
+    store, stub = limited
+    assert _push(stub, "a", 1, n=11) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _push(stub, "b", 1, class_len=9) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _push(stub, "c", 1, n=1, dim=2000) == grpc.StatusCode.RESOURCE_EXHAUSTED  # > 4096 bytes
+    assert store.version == 0
+
+
+def test_push_rate_per_client(limited) -> None:
+    store, stub = limited
+    assert [_push(stub, "a", s) for s in (1, 2)] == [grpc.StatusCode.OK] * 2  # the burst
+    assert _push(stub, "a", 3) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _push(stub, "b", 1) == grpc.StatusCode.OK  # another client has its own budget
+    assert store.client_record("a").last_seq == 2 and store.version == 3
+
+
+def test_concurrent_streams_per_client(limited) -> None:
+    store, stub = limited
+    first = stub.Watch(pb.WatchRequest(space="s"), timeout=10)
+    got = threading.Event()
+
+    def read() -> None:
+        try:
+            for _ in first:
+                got.set()
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert _push(stub, "a", 1) == grpc.StatusCode.OK
+        assert got.wait(5)  # the first stream is open and streaming
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in stub.Watch(pb.WatchRequest(space="s"), timeout=10):
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        first.cancel()
+        reader.join(5)
+
+
+def test_token_bucket_refills_with_time() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(rate=4, burst=2, clock=lambda: now[0])
+    assert [buckets.take("x") for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("x") == pytest.approx(0.25)
+    now[0] += 0.25
+    assert buckets.take("x") == 0.0
+    assert buckets.take("y") == 0.0
+    with pytest.raises(ValueError):
+        TokenBuckets(rate=0, burst=1)
+
+
+def test_stream_slots() -> None:
+    slots = StreamSlots(2)
+    assert slots.acquire("k") and slots.acquire("k") and not slots.acquire("k")
+    slots.release("k")
+    assert slots.acquire("k")
