@@ -149,6 +149,22 @@ def test_simulation_merges_like_the_other_transports(simulated, transport) -> No
     assert results["final_accuracy"] == pytest.approx(correct / total)
 
 
+@pytest.mark.slow
+def test_fedavg_baseline_runs_on_flowers_fedavg(tmp_path) -> None:
+    """The fedavg baseline: Flower's FedAvg over the same plan; reports accuracy, model bytes, wall time."""
+    settings = small_settings(tmp_path, method="fedavg", epochs=1, missions=1)
+    results: list[dict] = []
+    run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=settings.clients,
+                   backend_config=BACKEND)
+    (r,) = results
+    assert r["method"] == "fedavg" and len(r["rounds"]) == 1
+    assert r["rounds"][0]["classes_seen"] == settings.clients * settings.ways
+    assert 0.0 <= r["final_accuracy"] <= 1.0
+    # every client downloads and uploads the whole model (Conv4 + head): far more than a prototype merge
+    assert r["rounds"][0]["bytes_up"] == settings.clients * r["model_bytes"]
+    assert r["model_bytes"] > 100_000
+
+
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     handle = log.open("w")
     return subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
