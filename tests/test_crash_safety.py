@@ -40,3 +40,52 @@ def test_kills_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
     assert result["acked"] > 0 and result["checks"] == 4
     assert result["lost"] == result["doubled"] == result["mismatched"] == 0
     assert result["client_exit_codes"] == [0, 0, 0, 0]
+
+
+CHILD = r'''
+import os, sys
+import numpy as np
+from fedrecon.server import durable
+from fedrecon.server.store import PrototypeStore
+from fedrecon.benchmarks.crash_safety import SPACE, push_content
+
+db, where, pushes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if where == "checkpoint":  # die inside the checkpoint transaction: rows written, log deleted, not committed
+    original = durable.SqliteLog.set_meta
+    def dying(self, key, value):
+        original(self, key, value)
+        if key == "checkpoint_version" and os.environ.get("ARMED"):
+            os._exit(137)
+    durable.SqliteLog.set_meta = dying
+elif where == "append":  # die right after a push is committed, before it is applied or acknowledged
+    original_append = durable.SqliteLog.append
+    def dying_append(self, *args, **kwargs):
+        original_append(self, *args, **kwargs)
+        if os.environ.get("ARMED"):
+            os._exit(137)
+    durable.SqliteLog.append = dying_append
+store = PrototypeStore(db, checkpoint_every=10**9, checkpoint_seconds=10**9)
+for seq in range(1, pushes + 1):
+    if seq == pushes:
+        os.environ["ARMED"] = "1"
+    store.push("client0", SPACE, seq, *push_content(0, seq, 40, 8))
+    print(seq, flush=True)
+store._checkpoint()
+print("survived", flush=True)
+'''
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "append"])
+def test_kill_inside_a_checkpoint_or_log_write(tmp_path: Path, where: str) -> None:
+    db = tmp_path / "crash.db"
+    out = subprocess.run([sys.executable, "-c", CHILD, str(db), where, "6"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 137, out.stderr[-2000:]  # the process really died at that point
+    acked = [int(x) for x in out.stdout.split() if x.isdigit()]
+    (tmp_path / "acks0.txt").write_text("".join(f"{s}\n" for s in acked))
+    check = verify(db, tmp_path, 1, 40, 8, final=False)
+    assert check["lost"] == check["doubled"] == check["mismatched"] == 0
+    assert check["stored"] == 6  # every push was committed, including the one never acknowledged
+    with PrototypeStore(db) as store:  # the retry of the unacknowledged push is answered, not applied again
+        again = store.push("client0", SPACE, 6, *push_content(0, 6, 40, 8))
+        assert again.duplicate and store.version == 6
