@@ -1,7 +1,10 @@
 """Robust merge: count caps, outlier and norm checks, trimmed mean / median over clients, served by Pull per space."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from helpers import start_server
 
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.server.assemble import build_server
@@ -86,3 +89,19 @@ def test_server_serves_robust_means() -> None:
         assert pulled.counts.tolist() == [18, 18]
     finally:
         server.stop(grace=1)
+
+
+def test_cli_server_robust_options(tmp_path: Path) -> None:
+    process, address = start_server(tmp_path / "s.db", "--robust", "*", "--robust-estimator", "median",
+                                    "--robust-count-cap", "3")
+    try:
+        for i, mean in enumerate(HONEST):
+            with ReconClient(address, f"h{i}", timeout=10) as client:
+                client.push("s", ["a"], [3], mean[None], dtype="float64")
+        with ReconClient(address, "evil", timeout=10) as client:
+            client.push("s", ["a"], [10**6], -30 * HONEST[:1], dtype="float64")
+            pulled = client.pull("s", dtype="float64")
+        np.testing.assert_allclose(pulled.means[0], np.median(HONEST, axis=0))
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
