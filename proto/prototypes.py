@@ -25,7 +25,13 @@ def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray
     """Index of the nearest prototype for each query (squared Euclidean distance)."""
     if len(prototypes) == 0:
         raise ValueError("nearest_prototype: no prototypes to classify against")
-    return squared_distances(queries, prototypes).argmin(1)
+    q = np.asarray(queries, dtype=np.float64)
+    p = np.asarray(prototypes, dtype=np.float64)
+    # |q|^2 is the same for every prototype of a query, so the arg-min needs only |p|^2 - 2 q.p
+    scores = q @ p.T
+    scores *= -2.0
+    scores += np.einsum("ij,ij->i", p, p)[None, :]
+    return scores.argmin(1)
 
 
 class PrototypeTable:

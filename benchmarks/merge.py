@@ -1,0 +1,136 @@
+"""Merge throughput: acknowledged durable class-updates/s from 1, 8, 32 client processes over loopback gRPC.
+
+Next to it, on the same updates and in the same run: the in-memory numpy merge (`PrototypeTable.add`,
+the ceiling), the store called directly (in memory and durable, no gRPC), and the gRPC server with an
+in-memory store (transport + service cost without SQLite). Each ratio says what one layer costs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fedrecon.benchmarks.common import ServerProcess, percentiles, ratio
+from fedrecon.benchmarks.push_worker import requests_for, run_worker
+from fedrecon.proto import codec
+from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.server.store import PrototypeStore
+
+SPACE = "bench-space"
+
+
+def _decoded(dim: int, batch: int, universe: int, clients: int) -> list[tuple[str, codec.Deltas]]:
+    """The pushes the client processes send, decoded as the server sees them."""
+    out = []
+    for k in range(clients):
+        for request in requests_for(f"client-{k}", SPACE, dim, batch, universe, seed=k):
+            out.append((request.client_id, codec.decode_deltas(request.deltas)))
+    return out
+
+
+def numpy_merge_rate(dim: int, batch: int, universe: int, seconds: float) -> float:
+    """Class-updates/s of the bare in-memory merge (`PrototypeTable.add`) on the benchmark's pushes."""
+    pushes = _decoded(dim, batch, universe, 8)
+    table = PrototypeTable(dim)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _, d in pushes:
+            table.add(d.class_ids, d.counts, d.means, n)
+            n += 1
+    return n * batch / (time.perf_counter() - start)
+
+
+def store_rate(path: Path | None, dim: int, batch: int, universe: int, seconds: float, threads: int) -> float:
+    """Class-updates/s of `PrototypeStore.push` called directly by `threads` threads (no gRPC)."""
+    pushes = _decoded(dim, batch, universe, threads)
+    store = PrototypeStore(path)
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def pusher(k: int) -> None:
+        mine = [d for cid, d in pushes if cid == f"client-{k}"]
+        seq = 0
+        while time.perf_counter() < stop:
+            d = mine[seq % len(mine)]
+            seq += 1
+            store.push(f"client-{k}", SPACE, seq, d.class_ids, d.counts, d.means)
+        counts[k] = seq
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=pusher, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    store.close()
+    return sum(counts) * batch / elapsed
+
+
+def grpc_rate(address: str, clients: int, dim: int, batch: int, universe: int, seconds: float, tag: str) -> dict:
+    """Acknowledged class-updates/s from `clients` processes pushing concurrently to `address`."""
+    ctx = mp.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    readies, procs = [], []
+    for k in range(clients):
+        ready = ctx.Event()
+        p = ctx.Process(target=run_worker, args=(address, f"{tag}-client-{k}", SPACE, dim, batch, universe,
+                                                 seconds, k, ready, go, results), daemon=True)
+        p.start()
+        readies.append(ready)
+        procs.append(p)
+    for ready in readies:
+        if not ready.wait(120):
+            raise RuntimeError("a benchmark client process did not connect within 120 s")
+    go.set()
+    rows = [results.get(timeout=seconds + 120) for _ in range(clients)]
+    for p in procs:
+        p.join(30)
+    errors = [r[5] for r in rows if r[5]]
+    if errors:
+        raise RuntimeError(f"benchmark clients failed: {errors[:3]}")
+    pushes = sum(r[1] for r in rows)
+    elapsed = max(r[3] for r in rows) - min(r[2] for r in rows)
+    lat = percentiles([x for r in rows for x in r[4]])
+    return {"clients": clients, "pushes": pushes, "seconds": elapsed, "updates_per_s": pushes * batch / elapsed,
+            "pushes_per_s": pushes / elapsed, "push_latency_p50_ms": lat["p50_ms"],
+            "push_latency_p99_ms": lat["p99_ms"]}
+
+
+def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: int = 64,
+        client_counts: tuple[int, ...] | None = None, seconds: float | None = None,
+        synchronous: str = "FULL") -> dict:
+    """All merge-throughput figures as a flat dict (keys `merge.*` in bench.json)."""
+    client_counts = client_counts or ((8,) if quick else (1, 8, 32))
+    seconds = seconds or (2.0 if quick else 6.0)
+    short = min(seconds, 1.0 if quick else 2.0)
+    universe = 4096
+    out: dict = {"dim": dim, "batch": batch, "seconds_per_run": seconds, "synchronous": synchronous}
+    out["inmemory_updates_per_s"] = numpy_merge_rate(dim, batch, universe, short)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        out["store_direct_memory_updates_per_s"] = store_rate(None, dim, batch, universe, short, 8)
+        out["store_direct_durable_updates_per_s_8_threads"] = store_rate(
+            Path(tmp) / "direct.db", dim, batch, universe, short, 8)
+        runs = {}
+        if not quick:  # the transport ceiling: the same server with an in-memory store
+            with ServerProcess(None) as server:
+                runs["memory_8"] = grpc_rate(server.address, 8, dim, batch, universe, seconds, "mem")
+        for n in client_counts:
+            with ServerProcess(Path(tmp) / f"server-{n}.db", "--synchronous", synchronous) as server:
+                runs[f"durable_{n}"] = grpc_rate(server.address, n, dim, batch, universe, seconds, f"dur{n}")
+    for n in client_counts:
+        r = runs[f"durable_{n}"]
+        out[f"durable_updates_per_s_{n}_clients"] = r["updates_per_s"]
+        out[f"durable_push_p50_ms_{n}_clients"] = r["push_latency_p50_ms"]
+        out[f"durable_push_p99_ms_{n}_clients"] = r["push_latency_p99_ms"]
+    key8 = f"durable_updates_per_s_{8 if 8 in client_counts else client_counts[-1]}_clients"
+    out["ratio_durable_8_to_inmemory"] = ratio(out[key8], out["inmemory_updates_per_s"])
+    if "memory_8" in runs:
+        out["memory_server_updates_per_s_8_clients"] = runs["memory_8"]["updates_per_s"]
+        out["ratio_durable_8_to_memory_server"] = ratio(out[key8], out["memory_server_updates_per_s_8_clients"])
+    out["ratio_durable_8_to_target_50k"] = ratio(out[key8], 50_000)
+    out["runs"] = runs
+    return out

@@ -1,0 +1,64 @@
+"""One benchmark client process: pushes pre-encoded 64-class deltas over gRPC as fast as acks come back.
+
+Kept separate and light (grpc, numpy, the stubs) so that spawning 32 of them is cheap. The request
+bodies are encoded once, so the client's own cost is the gRPC call and nothing else; every push is a
+real, numbered, acknowledged (durable when the server is) push.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.synchronize import Event
+
+import grpc
+import numpy as np
+
+from fedrecon.proto import codec
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+
+
+def requests_for(client_id: str, space: str, dim: int, batch: int, universe: int, variants: int = 8,
+                 seed: int = 0) -> list[pb.PushRequest]:
+    """`variants` pushes of `batch` classes each (blocks of a shared class universe, so classes overlap)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in range(variants):
+        start = (seed * 7919 + v * batch) % universe
+        ids = [f"class-{(start + i) % universe:06d}" for i in range(batch)]
+        counts = rng.integers(1, 20, size=batch)
+        means = rng.standard_normal((batch, dim)).astype(np.float32)
+        out.append(pb.PushRequest(client_id=client_id, space=space, deltas=codec.encode_deltas(ids, counts, means)))
+    return out
+
+
+def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, universe: int, duration: float,
+               seed: int, ready: Event, go: Event, results) -> None:  # noqa: ANN001 - a multiprocessing queue
+    """Push until `duration` seconds after `go`; put (pushes, first_start, last_end, latencies) on `results`."""
+    requests = requests_for(client_id, space, dim, batch, universe, seed=seed)
+    channel = grpc.insecure_channel(address)
+    stub = rpc.ReconnaissanceStub(channel)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    ready.set()
+    go.wait()
+    latencies: list[float] = []
+    seq = 0
+    start = time.perf_counter()
+    deadline = start + duration
+    now = start
+    try:
+        while now < deadline:
+            request = requests[seq % len(requests)]
+            seq += 1
+            request.seq = seq
+            reply = stub.Push(request, timeout=60)
+            if reply.seq != seq or reply.duplicate:
+                raise RuntimeError(f"push {seq} of {client_id} was not applied as new: {reply}")
+            after = time.perf_counter()
+            latencies.append(after - now)
+            now = after
+        results.put((client_id, seq, start, now, latencies, None))
+    except Exception as error:  # noqa: BLE001 - report to the parent instead of dying silently
+        results.put((client_id, seq, start, time.perf_counter(), latencies, repr(error)))
+    finally:
+        channel.close()

@@ -1,0 +1,101 @@
+"""Smoke test: every benchmark runs at tiny size and reports the keys bench.json promises, with sane values.
+
+No timing assertions: only that figures exist, are positive and finite, and that exact quantities
+(message sizes, parameter counts) are what they must be.
+"""
+
+import json
+import math
+import subprocess
+
+import numpy as np
+import pytest
+from helpers import FEDRECON
+
+from fedrecon.benchmarks import classify, client_cost, fedavg, merge, scale, suite, sync, wire
+
+
+def positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_wire_sizes_are_exact() -> None:
+    r = wire.run(quick=True)
+    # float16 halves exactly the vector bytes: the ratios differ by exactly 0.5 of raw float32
+    assert r["ratio_fp32_d64_b16"] - r["ratio_fp16_d64_b16"] == pytest.approx(0.5)
+    assert r["ratio_fp16_d64_b16"] == pytest.approx(r["ratio_bf16_d64_b16"])
+    assert 1.0 < r["ratio_fp32_d64_b16"] < 1.3 and 1.0 < r["ratio_fp32_d1600_b16"] < r["ratio_fp32_d64_b16"]
+    assert r["ratio_fp32_d64_b16_short_ids"] < r["ratio_fp32_d64_b16"]
+    # the socket carries at least the message, plus a little HTTP/2 framing
+    assert r["socket"]["socket_bytes_up_per_class"] >= r["socket"]["message_bytes_per_class"]
+    assert r["socket_ratio_fp32_d64_b16"] < 1.5 and positive(r["socket_ratio_fp32_d64_b16_gzip"])
+    assert "skipped" in r["accuracy"]
+
+
+def test_merge_throughput_tiny(tmp_path) -> None:
+    r = merge.run(quick=True, workdir=tmp_path, client_counts=(2,), seconds=0.5)
+    for key in ("durable_updates_per_s_2_clients", "inmemory_updates_per_s", "store_direct_memory_updates_per_s",
+                "store_direct_durable_updates_per_s_8_threads", "ratio_durable_8_to_inmemory"):
+        assert positive(r[key]), key
+    run = r["runs"]["durable_2"]
+    assert run["pushes"] > 0 and run["updates_per_s"] == pytest.approx(run["pushes"] * 64 / run["seconds"])
+
+
+def test_sync_latency_tiny() -> None:
+    r = sync.run(quick=True, sizes=(200,), repeats=3)
+    for key in ("full_0k_p50_ms", "store_full_0k_p50_ms", "incremental10_0k_p50_ms", "ratio_full_0k_to_store"):
+        assert positive(r[key]), key
+
+
+def test_client_cost_tiny() -> None:
+    r = client_cost.run(quick=True, shots=5, warmup_classes=1, timed_classes=1)
+    for key in ("ms_per_class", "lower_ms_per_class", "icarl_ms_per_class", "speedup_vs_icarl"):
+        assert positive(r[key]), key
+    assert r["torch_threads"] == 1 and r["fedrecon"]["n"] == 3
+
+
+def test_classify_and_scale_tiny() -> None:
+    r = classify.run(quick=True, batch=8, sizes=(50, 1200))
+    assert positive(r["batch_p50_ms_50"]) and positive(r["per_query_us_1k"]) and positive(r["embed_batch_p50_ms"])
+    s = scale.inproc(clients=40, classes_per_client=5, universe=30)
+    assert s["inproc_clients"] == 40 and positive(s["inproc_seconds"]) and positive(s["inproc_peak_traced_mb"])
+
+
+def test_fedavg_bytes() -> None:
+    r = fedavg.run()
+    assert r["conv4_parameters"] == 111_936
+    assert r["fedavg_bytes_per_merge"] == 10 * 2 * 111_936 * 4
+    assert r["bytes_ratio"] == pytest.approx(r["fedavg_bytes_per_merge"] / r["prototype_bytes_per_merge"])
+    assert r["bytes_ratio"] > 1
+
+
+def test_headlines_mark_targets() -> None:
+    results = {"wire": {"ratio_fp32_d64_b16": 1.05, "ratio_fp16_d64_b16": 0.6},
+               "merge": {"durable_updates_per_s_8_clients": 40_000.0, "inmemory_updates_per_s": 400_000.0}}
+    rows = {row["figure"]: row for row in suite.headline_rows(results)}
+    assert rows["wire.ratio_fp32_d64_b16"]["met"] is True and rows["wire.ratio_fp16_d64_b16"]["met"] is False
+    merged = rows["merge.durable_updates_per_s_8_clients"]
+    assert merged["met"] is False and merged["ratio"] == pytest.approx(0.1)
+    assert rows["pull.full_10k_p50_ms"]["value"] is None and rows["pull.full_10k_p50_ms"]["met"] is None
+    assert "| merge.durable_updates_per_s_8_clients | 40,000 |" in suite.markdown(results, "fedrecon bench")
+
+
+def test_bench_command_writes_json_and_table(tmp_path) -> None:
+    out = tmp_path / "bench"
+    done = subprocess.run([*FEDRECON, "bench", "--quick", "--only", "wire,fedavg", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = json.loads((out / "bench.json").read_text())
+    assert written["wire"]["ratio_fp32_d64_b16"] == pytest.approx(wire.run(quick=True)["ratio_fp32_d64_b16"])
+    assert positive(written["fedavg"]["bytes_ratio"]) and written["machine"]["nproc"] >= 1
+    table = (out / "bench.md").read_text()
+    assert "fedavg.bytes_ratio" in table and "fedrecon bench --quick" in table
+    bad = subprocess.run([*FEDRECON, "bench", "--only", "nosuch", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "nosuch" in bad.stderr
+
+
+def test_numpy_reference_matches_store_merge() -> None:
+    """The merge benchmark's ceiling merges the same numbers the store does."""
+    pushes = merge._decoded(8, 4, 16, 2)
+    assert len(pushes) == 16 and all(d.means.shape == (4, 8) for _, d in pushes)
+    assert np.all(np.concatenate([d.counts for _, d in pushes]) >= 1)
