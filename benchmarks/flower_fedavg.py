@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=5, help="fedavg local epochs per mission")
+    parser.add_argument("--epochs", type=int, default=50, help="fedavg local epochs per mission")
     parser.add_argument("--lr", type=float, default=1e-3, help="fedavg Adam learning rate")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)

@@ -1,11 +1,13 @@
-"""Many virtual clients through Flower's Simulation Engine: wall time and peak memory, printed as JSON.
+"""Many clients on one host: wall time and peak memory, printed as JSON.
 
-Default: 1,000 virtual clients, each learning one mission of 3 glyph classes (5 shots), merged by the
-`PrototypeAveraging` strategy, then an evaluation round on 10 clients over the whole superset. Peak
-memory is the largest summed RSS of this process and all its descendants (Ray's GCS, raylet and
-ClientApp actors), sampled every 0.2 s.
+`--engine flower` (default): 1,000 virtual clients on Flower's Simulation Engine, each learning one
+mission of 3 glyph classes (5 shots), merged by the `PrototypeAveraging` strategy, then an evaluation
+round on 10 clients over the whole superset. `--engine inproc`: the same kind of plan through
+fedrecon's own in-process transport (e.g. 10,000 clients). Peak memory is the largest summed RSS of
+this process and all its descendants (Ray's GCS, raylet and ClientApp actors), sampled every 0.2 s.
 
     python -m fedrecon.benchmarks.flower_scale --clients 1000
+    python -m fedrecon.benchmarks.flower_scale --engine inproc --clients 10000 --shots 3 --queries 2
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import platform
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -77,6 +80,92 @@ class PeakMemory:
         self._sample()
 
 
+def _common(args: argparse.Namespace, classes: int) -> dict[str, Any]:
+    return {"benchmark": "flower_scale", "method": args.method, "clients": args.clients, "missions": args.missions,
+            "ways": args.ways, "shots": args.shots, "queries": args.queries, "classes": classes,
+            "encoder": args.encoder}
+
+
+def run_flower(args: argparse.Namespace, classes: int) -> dict[str, Any]:
+    """The ServerApp/ClientApp on Flower's Simulation Engine (Ray), one virtual SuperNode per client."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    from flwr.simulation import run_simulation
+
+    from fedrecon.client.flower import app as client_app
+    from fedrecon.server.flower_app import FlowerSettings, make_server_app
+
+    settings = FlowerSettings(dataset="glyphs", data_dir=str(Path(args.cache_dir).resolve()), encoder=args.encoder,
+                              glyph_classes=classes, glyph_drawings=args.shots + args.queries,
+                              clients=args.clients, missions=args.missions, ways=args.ways, shots=args.shots,
+                              queries=args.queries, eval_clients=args.eval_clients, method=args.method,
+                              timeout=3600.0)
+    results: list[dict] = []
+    backend = {"client_resources": {"num_cpus": args.num_cpus, "num_gpus": 0.0},
+               "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}
+    t0 = time.perf_counter()
+    run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=args.clients,
+                   backend_config=backend)
+    wall = time.perf_counter() - t0
+    if not results:
+        raise SystemExit("the simulation produced no results (see the log above)")
+    r = results[0]
+    return {**_common(args, classes), "engine": "flower-simulation (ray)", "eval_clients": args.eval_clients,
+            "final_accuracy": r["final_accuracy"], "curve": r["curve"], "bytes_up": r["bytes_up"],
+            "bytes_down": r["bytes_down"], "bytes_per_merge": r["bytes_per_merge"],
+            "app_wall_s": round(r["wall_s"], 2), "wall_s": round(wall, 2)}
+
+
+def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
+    """The same plan through fedrecon's own in-process transport: every client embeds its mission, keeps a
+    `PrototypeMemory` and pushes; then an evaluator pulls the merged table and classifies sampled queries."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from fedrecon.client.flower import assigned_images, get_encoder, load_data
+    from fedrecon.client.memory import PrototypeMemory
+    from fedrecon.experiments.transports import InprocTransport
+    from fedrecon.proto.flower_records import Assignment
+    from fedrecon.server.flower import plan_missions
+
+    torch.set_num_threads(1)  # many tiny embedding calls: threads only contend (Ray's actors run 1 thread too)
+    t0 = time.perf_counter()
+    data = load_data("glyphs", str(Path(args.cache_dir).resolve()), classes, args.shots + args.queries, 0)
+    encoder = get_encoder(args.encoder, 0, "glyphs")
+    plan = plan_missions(data.class_ids, [data.count(c) for c in data.class_ids], clients=args.clients,
+                         rounds=args.missions, ways=args.ways, shots=args.shots, queries=args.queries, seed=0)
+    setup_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    bytes_up = 0
+    with InprocTransport({"dtype": "float32"}) as transport:
+        for r, row in enumerate(plan.missions):
+            for k, mission in enumerate(tqdm(row, desc=f"mission round {r + 1}", unit="client", leave=False)):
+                images, labels = assigned_images(data, mission)
+                memory = PrototypeMemory()
+                memory.add_examples(labels, encoder.embed(images))
+                ids, counts, means = memory.pending()
+                bytes_up += transport.push(f"client-{k}", encoder.fingerprint, ids, counts, means)[1]
+        merge_s = time.perf_counter() - t1
+        pulled, bytes_pull = transport.pull("evaluator", encoder.fingerprint, 0)
+    evaluator = PrototypeMemory()
+    evaluator.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
+    rng = np.random.default_rng(0)
+    superset = plan.superset(plan.rounds)
+    picks = [(superset[i], plan.queries[superset[i]][0]) for i in rng.choice(len(superset),
+                                                                           min(args.eval_queries, len(superset)),
+                                                                           replace=False)]
+    correct = 0
+    for start in range(0, len(picks), 500):
+        chunk = picks[start : start + 500]
+        images, labels = assigned_images(data, Assignment(tuple(c for c, _ in chunk), tuple((i,) for _, i in chunk)))
+        predicted = evaluator.classify(encoder.embed(images))
+        correct += sum(p == t for p, t in zip(predicted, labels, strict=True))
+    return {**_common(args, classes), "engine": "fedrecon inproc transport", "eval_queries": len(picks),
+            "final_accuracy": correct / len(picks), "merged_classes": len(pulled.class_ids),
+            "bytes_up": bytes_up, "bytes_full_pull": bytes_pull, "setup_s": round(setup_s, 2),
+            "learn_and_merge_s": round(merge_s, 2), "wall_s": round(time.perf_counter() - t0, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulation and print one JSON object with the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,40 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=".fedrecon-cache", help="glyph cache folder")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per ClientApp actor")
     parser.add_argument("--method", default="fedrecon", choices=["fedrecon", "fedavg"])
+    parser.add_argument("--engine", default="flower", choices=["flower", "inproc"],
+                        help="flower: Flower's Simulation Engine; inproc: fedrecon's in-process transport (no Flower)")
+    parser.add_argument("--eval-queries", type=int, default=5000,
+                        help="inproc: held-out images sampled from the whole superset for the accuracy")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    from flwr.simulation import run_simulation
-
-    from fedrecon.client.flower import app as client_app
-    from fedrecon.server.flower_app import FlowerSettings, make_server_app
-
     classes = args.clients * args.missions * args.ways
-    settings = FlowerSettings(dataset="glyphs", data_dir=str(Path(args.cache_dir).resolve()), encoder=args.encoder,
-                              glyph_classes=classes, glyph_drawings=args.shots + args.queries,
-                              clients=args.clients, missions=args.missions, ways=args.ways, shots=args.shots,
-                              queries=args.queries, eval_clients=args.eval_clients, method=args.method,
-                              timeout=3600.0)
-    results: list[dict] = []
-    backend = {"client_resources": {"num_cpus": args.num_cpus, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}
-    t0 = time.perf_counter()
+    runner = run_inproc if args.engine == "inproc" else run_flower
     with PeakMemory() as memory:
-        run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=args.clients,
-                       backend_config=backend)
-    wall = time.perf_counter() - t0
-    if not results:
-        raise SystemExit("the simulation produced no results (see the log above)")
-    r = results[0]
-    figures = {"benchmark": "flower_scale", "engine": "flower-simulation (ray)", "method": args.method,
-               "clients": args.clients, "missions": args.missions, "ways": args.ways, "shots": args.shots,
-               "classes": classes, "eval_clients": args.eval_clients, "encoder": args.encoder,
-               "final_accuracy": r["final_accuracy"], "curve": r["curve"], "bytes_up": r["bytes_up"],
-               "bytes_down": r["bytes_down"], "bytes_per_merge": r["bytes_per_merge"],
-               "app_wall_s": round(r["wall_s"], 2), "wall_s": round(wall, 2),
-               "peak_rss_mb": round(memory.peak / 2**20, 1), "driver_peak_rss_mb": round(memory.driver_peak / 2**20, 1),
-               "cpus": os.cpu_count(), "python": platform.python_version()}
+        figures = runner(args, classes)
+    figures.update({"peak_rss_mb": round(memory.peak / 2**20, 1),
+                    "driver_peak_rss_mb": round(memory.driver_peak / 2**20, 1), "cpus": os.cpu_count(),
+                    "python": platform.python_version()})
     line = json.dumps(figures)
     print(line)
     if args.out:

@@ -46,7 +46,7 @@ class FlowerSettings:
     db: str = ""
     eval_clients: int = 0
     method: str = "fedrecon"
-    epochs: int = 5
+    epochs: int = 50
     lr: float = 0.001
     out: str = ""
     timeout: float = 600.0
