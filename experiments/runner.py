@@ -94,13 +94,19 @@ class RunData:
 
 
 def run_method(name: str, encoder: Any, run: RunData, config: dict[str, Any], cache: EmbeddingCache,
-               seed: int, progress: bool = True) -> dict[str, Any]:
-    """Run one method through one schedule; per-round accuracies, bytes and update time."""
+               seed: int, progress: bool = True, cold: bool = True) -> dict[str, Any]:
+    """Run one method through one schedule; per-round accuracies, bytes and update time.
+
+    `cold=False` lets prototype methods reuse cached training embeddings (same frozen encoder, same
+    numbers, much faster); their update time is then not representative, so results report the cold runs.
+    """
     schedule = run.schedule
     n_clients = schedule.clients + (1 if schedule.base_rounds else 0)
     method = METHODS[name](encoder, {**config, "clients": n_clients, "seed": seed})
     if hasattr(method, "eval_cache"):
         method.eval_cache = cache
+    if hasattr(method, "learn_cache") and not cold:
+        method.learn_cache = cache
     rounds, update_s, class_updates = [], 0.0, 0
     known: dict[int, set[str]] = {}
     base = set(schedule.groups.get("base", []))
@@ -149,7 +155,7 @@ def run_method(name: str, encoder: Any, run: RunData, config: dict[str, Any], ca
     embed_s = float(getattr(method, "embed_seconds", 0.0))
     per_class = 1000.0 / max(1, class_updates)
     return {"rounds": rounds, "bytes_up": method.bytes_up, "bytes_down": method.bytes_down,
-            "update_ms_per_class": per_class * update_s, "class_updates": class_updates,
+            "update_ms_per_class": per_class * update_s, "class_updates": class_updates, "cold": cold,
             "embed_ms_per_class": per_class * embed_s, "merge_ms_per_class": per_class * (update_s - embed_s),
             "wall_seconds": time.perf_counter() - start}
 
@@ -204,7 +210,8 @@ def run_experiment(config: dict[str, Any], data_dir: str | Path | None = None, p
             mconf = dict(config.get("methods", {}).get(m, {}))
             if m == "fedrecon":
                 mconf = {**transport_config, **mconf}
-            per_method[m].append(run_method(m, encoder, run_data, mconf, cache, seed + run, progress))
+            cold = run == 0 or not exp.get("cache_embeddings", True)
+            per_method[m].append(run_method(m, encoder, run_data, mconf, cache, seed + run, progress, cold))
     return results_mod.summarize(config, data, encoder, per_method, schedules)
 
 

@@ -215,8 +215,9 @@ def make_transport(name: str, config: dict[str, Any] | None = None) -> Transport
     if name not in TRANSPORTS:
         try:
             import fedrecon.experiments.flower_transport  # noqa: F401  (registers itself)
-        except ImportError:
-            pass
+        except ModuleNotFoundError as error:  # only "the module is not there"; its own import errors surface
+            if error.name != "fedrecon.experiments.flower_transport":
+                raise
     if name not in TRANSPORTS:
         raise ValueError(f"unknown transport {name!r}; known: {sorted(TRANSPORTS)}")
     return TRANSPORTS[name](config or {})
