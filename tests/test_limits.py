@@ -31,7 +31,7 @@ def limited():
     store = PrototypeStore(None)
     server = build_server(store, insecure=True,
                           limits=Limits(max_classes_per_push=10, max_message_bytes=4096, max_class_id_bytes=8),
-                          rate_limits=RateLimits(pushes_per_second=2, push_burst=2, max_streams_per_client=1)).start()
+                          rate_limits=RateLimits(pushes_per_second=0.2, push_burst=2, max_streams_per_client=1)).start()
     channel = grpc.insecure_channel(server.address)
     yield store, rpc.ReconnaissanceStub(channel)
     channel.close()
