@@ -88,7 +88,10 @@ def run_demo(dataset: str = "glyphs", data_dir: str | None = None, out: str | Pa
         spec = {"name": "omniglot", "background": False, "cache_dir": str(out / "cache")}
     else:
         raise SystemExit(f"fedrecon demo: unknown dataset {dataset!r} (glyphs or omniglot)")
-    enc = load_encoder_spec(encoder_spec, dataset)
+    try:
+        enc = load_encoder_spec(encoder_spec, dataset)
+    except FileNotFoundError as error:
+        raise SystemExit(f"fedrecon demo: {error}; pass --encoder PATH (or --encoder random)") from error
     data = load_dataset(spec, data_dir, enc.config["image_size"])  # also fills the cache the clients read
     schedule = federated(data.class_ids, class_counts(data), np.random.default_rng(seed), classes=classes,
                          clients=clients, classes_per_mission=classes_per_mission, train_shots=train_shots,
