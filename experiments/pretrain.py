@@ -165,14 +165,16 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         opt.step()
         step += 1
-        run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
-        run_acc = 0.98 * run_acc + 0.02 * acc if step > 1 else acc
+        fresh = bar.n == bar.initial  # first step of this process: start the running means afresh
+        run_loss = loss.item() if fresh else 0.98 * run_loss + 0.02 * loss.item()
+        run_acc = acc if fresh else 0.98 * run_acc + 0.02 * acc
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}", lr=f"{lr_at(args, step - 1):.1e}")
-        if step % args.val_every == 0 or step == args.episodes:
+        validating = step % args.val_every == 0 or step == args.episodes
+        if validating or (args.save_every and step % args.save_every == 0):
             entry = {"step": step, "loss": round(run_loss, 4), "train_acc": round(run_acc, 4),
                      "seconds": round(time.time() - t_start, 1)}
-            if val is not None:
+            if val is not None and validating:
                 entry[f"val_{args.val_ways}way_1shot"] = round(
                     validate(model, config, val, args.val_ways, args.val_episodes, device), 4)
             history.append(entry)
@@ -214,6 +216,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--glyph-classes", type=int, default=1000)
     p.add_argument("--glyph-val-classes", type=int, default=200)
     p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (no validation)")
     p.add_argument("--val-ways", type=int, default=20)
     p.add_argument("--val-episodes", type=int, default=300)
     p.add_argument("--cache-dir", default=None, help="cache decoded images here")
