@@ -132,11 +132,13 @@ class Target:
         """Close the channel."""
         self.channel.close()
 
-    def digest(self) -> tuple[int, str]:
-        """(version, hash of every space's merged table and of every client's seq and totals)."""
+    def digest(self, also: str = "") -> tuple[int, str]:
+        """(version, hash of Stats (every space's classes/examples/version, every client's seq and totals) and of
+        the full merged tables of the known spaces plus `also`, the space an action names)."""
         stats = self.admin.Stats(apb.StatsRequest(), timeout=self.timeout)
         h = hashlib.sha256(stats.SerializeToString(deterministic=True))
-        for space in sorted(s.space for s in stats.spaces):
+        known = {s.space for s in stats.spaces}
+        for space in sorted(known & ({*SPACES, also} if also else set(SPACES))):
             reply = self.stub.Pull(pb.PullRequest(space=space, dtype=pb.FLOAT64), timeout=self.timeout)
             h.update(reply.SerializeToString(deterministic=True))
         return stats.version, h.hexdigest()
@@ -193,7 +195,7 @@ class Target:
 
     def send(self, action: dict) -> Outcome:
         """Perform one action; compare the store before and after."""
-        before = self.digest()
+        before = self.digest(action.get("space", ""))
         code: grpc.StatusCode | None = grpc.StatusCode.OK
         try:
             if action["kind"] == "push":
@@ -209,7 +211,7 @@ class Target:
                 self._read(action, before[0])
         except grpc.RpcError as error:
             code = error.code()
-        after = self.digest()
+        after = self.digest(action.get("space", ""))
         changed = after != before
         bug = code in BUG_STATUSES and not (action["kind"] == "raw" and code == grpc.StatusCode.INTERNAL)
         if action["kind"] == "watch" and code == grpc.StatusCode.DEADLINE_EXCEEDED:
