@@ -43,8 +43,10 @@ def numpy_merge_rate(dim: int, batch: int, universe: int, seconds: float) -> flo
     return n * batch / (time.perf_counter() - start)
 
 
-def store_rate(path: Path | None, dim: int, batch: int, universe: int, seconds: float, threads: int) -> float:
-    """Class-updates/s of `PrototypeStore.push` called directly by `threads` threads (no gRPC)."""
+def store_rate(path: Path | None, dim: int, batch: int, universe: int, seconds: float,
+               threads: int) -> tuple[float, float | None]:
+    """Class-updates/s of `PrototypeStore.push` called directly by `threads` threads (no gRPC), and the
+    mean number of pushes per group commit (None in memory)."""
     pushes = _decoded(dim, batch, universe, threads)
     store = PrototypeStore(path)
     counts = [0] * threads
@@ -67,11 +69,18 @@ def store_rate(path: Path | None, dim: int, batch: int, universe: int, seconds: 
         w.join()
     elapsed = time.perf_counter() - start
     store.close()
-    return sum(counts) * batch / elapsed
+    per_commit = store.committed_operations / store.commits if store.commits else None
+    return sum(counts) * batch / elapsed, per_commit
 
 
-def grpc_rate(address: str, clients: int, dim: int, batch: int, universe: int, seconds: float, tag: str) -> dict:
-    """Acknowledged class-updates/s from `clients` processes pushing concurrently to `address`."""
+def grpc_rate(server: ServerProcess, clients: int, dim: int, batch: int, universe: int, seconds: float,
+              tag: str) -> dict:
+    """Acknowledged class-updates/s from `clients` processes pushing concurrently to the server.
+
+    Also the CPU each acknowledged push cost the server process and the client processes, and from
+    those the rate two otherwise idle cores could sustain (an estimate: 2 / CPU seconds per push).
+    """
+    address = server.address
     ctx = mp.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
     readies, procs = [], []
@@ -85,8 +94,10 @@ def grpc_rate(address: str, clients: int, dim: int, batch: int, universe: int, s
     for ready in readies:
         if not ready.wait(120):
             raise RuntimeError("a benchmark client process did not connect within 120 s")
+    server_cpu = server.cpu_seconds()
     go.set()
     rows = [results.get(timeout=seconds + 120) for _ in range(clients)]
+    server_cpu = server.cpu_seconds() - server_cpu
     for p in procs:
         p.join(30)
     errors = [r[5] for r in rows if r[5]]
@@ -95,9 +106,13 @@ def grpc_rate(address: str, clients: int, dim: int, batch: int, universe: int, s
     pushes = sum(r[1] for r in rows)
     elapsed = max(r[3] for r in rows) - min(r[2] for r in rows)
     lat = percentiles([x for r in rows for x in r[4]])
+    server_us = server_cpu / pushes * 1e6 if pushes else float("nan")
+    client_us = sum(r[6] for r in rows) / pushes * 1e6 if pushes else float("nan")
     return {"clients": clients, "pushes": pushes, "seconds": elapsed, "updates_per_s": pushes * batch / elapsed,
             "pushes_per_s": pushes / elapsed, "push_latency_p50_ms": lat["p50_ms"],
-            "push_latency_p99_ms": lat["p99_ms"]}
+            "push_latency_p99_ms": lat["p99_ms"], "server_cpu_us_per_push": server_us,
+            "client_cpu_us_per_push": client_us,
+            "idle_2core_estimate_updates_per_s": 2e6 / (server_us + client_us) * batch if pushes else None}
 
 
 def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: int = 64,
@@ -111,21 +126,25 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
     out: dict = {"dim": dim, "batch": batch, "seconds_per_run": seconds, "synchronous": synchronous}
     out["inmemory_updates_per_s"] = numpy_merge_rate(dim, batch, universe, short)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        out["store_direct_memory_updates_per_s"] = store_rate(None, dim, batch, universe, short, 8)
-        out["store_direct_durable_updates_per_s_8_threads"] = store_rate(
-            Path(tmp) / "direct.db", dim, batch, universe, short, 8)
+        out["store_direct_memory_updates_per_s"] = store_rate(None, dim, batch, universe, short, 8)[0]
+        rate, per_commit = store_rate(Path(tmp) / "direct.db", dim, batch, universe, short, 8)
+        out["store_direct_durable_updates_per_s_8_threads"] = rate
+        out["store_direct_durable_pushes_per_commit"] = per_commit
         runs = {}
         if not quick:  # the transport ceiling: the same server with an in-memory store
             with ServerProcess(None) as server:
-                runs["memory_8"] = grpc_rate(server.address, 8, dim, batch, universe, seconds, "mem")
+                runs["memory_8"] = grpc_rate(server, 8, dim, batch, universe, seconds, "mem")
         for n in client_counts:
             with ServerProcess(Path(tmp) / f"server-{n}.db", "--synchronous", synchronous) as server:
-                runs[f"durable_{n}"] = grpc_rate(server.address, n, dim, batch, universe, seconds, f"dur{n}")
+                runs[f"durable_{n}"] = grpc_rate(server, n, dim, batch, universe, seconds, f"dur{n}")
     for n in client_counts:
         r = runs[f"durable_{n}"]
         out[f"durable_updates_per_s_{n}_clients"] = r["updates_per_s"]
         out[f"durable_push_p50_ms_{n}_clients"] = r["push_latency_p50_ms"]
         out[f"durable_push_p99_ms_{n}_clients"] = r["push_latency_p99_ms"]
+        out[f"durable_server_cpu_us_per_push_{n}_clients"] = r["server_cpu_us_per_push"]
+        out[f"durable_client_cpu_us_per_push_{n}_clients"] = r["client_cpu_us_per_push"]
+        out[f"durable_idle_2core_estimate_updates_per_s_{n}_clients"] = r["idle_2core_estimate_updates_per_s"]
     key8 = f"durable_updates_per_s_{8 if 8 in client_counts else client_counts[-1]}_clients"
     out["ratio_durable_8_to_inmemory"] = ratio(out[key8], out["inmemory_updates_per_s"])
     if "memory_8" in runs:

@@ -34,7 +34,7 @@ def requests_for(client_id: str, space: str, dim: int, batch: int, universe: int
 
 def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, universe: int, duration: float,
                seed: int, ready: Event, go: Event, results) -> None:  # noqa: ANN001 - a multiprocessing queue
-    """Push until `duration` seconds after `go`; put (pushes, first_start, last_end, latencies) on `results`."""
+    """Push until `duration` seconds after `go`; put (id, pushes, start, end, latencies, error, cpu s) on `results`."""
     requests = requests_for(client_id, space, dim, batch, universe, seed=seed)
     channel = grpc.insecure_channel(address)
     stub = rpc.ReconnaissanceStub(channel)
@@ -43,6 +43,7 @@ def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, u
     go.wait()
     latencies: list[float] = []
     seq = 0
+    cpu = time.process_time()
     start = time.perf_counter()
     deadline = start + duration
     now = start
@@ -57,8 +58,8 @@ def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, u
             after = time.perf_counter()
             latencies.append(after - now)
             now = after
-        results.put((client_id, seq, start, now, latencies, None))
+        results.put((client_id, seq, start, now, latencies, None, time.process_time() - cpu))
     except Exception as error:  # noqa: BLE001 - report to the parent instead of dying silently
-        results.put((client_id, seq, start, time.perf_counter(), latencies, repr(error)))
+        results.put((client_id, seq, start, time.perf_counter(), latencies, repr(error), time.process_time() - cpu))
     finally:
         channel.close()

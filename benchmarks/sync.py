@@ -45,11 +45,15 @@ def run(quick: bool = False, dim: int = 64, sizes: tuple[int, ...] | None = None
             space = f"space-{n}"
             _fill(pusher, store, space, n, dim, rng, seq)
             reps = max(5, repeats // 4) if n >= 100_000 else repeats
-            full = []
-            for _ in range(reps + 1):
-                start = time.perf_counter()
+            full, client_cpu = [], []
+            reader.pull(space, since=0)  # warm-up, untimed
+            server_cpu = server.cpu_seconds()
+            for _ in range(reps):
+                start, cpu = time.perf_counter(), time.process_time()
                 pulled = reader.pull(space, since=0)
                 full.append(time.perf_counter() - start)
+                client_cpu.append(time.process_time() - cpu)
+            server_cpu = server.cpu_seconds() - server_cpu
             if len(pulled.class_ids) != n:
                 raise RuntimeError(f"full pull returned {len(pulled.class_ids)} classes, expected {n}")
             reference = []
@@ -67,10 +71,13 @@ def run(quick: bool = False, dim: int = 64, sizes: tuple[int, ...] | None = None
                 incremental.append(time.perf_counter() - start)
                 if len(changed.class_ids) != 10:
                     raise RuntimeError(f"incremental pull returned {len(changed.class_ids)} classes, expected 10")
-            f, r, i = percentiles(full[1:]), percentiles(reference[1:]), percentiles(incremental)
+            f, r, i = percentiles(full), percentiles(reference[1:]), percentiles(incremental)
             label = f"{n // 1000}k"
             out[f"full_{label}_p50_ms"] = f["p50_ms"]
             out[f"full_{label}_p99_ms"] = f["p99_ms"]
+            # CPU per full pull (server process, and this client process): what an idle machine would need
+            out[f"full_{label}_server_cpu_ms"] = server_cpu / reps * 1e3
+            out[f"full_{label}_client_cpu_ms"] = float(np.median(client_cpu)) * 1e3
             out[f"store_full_{label}_p50_ms"] = r["p50_ms"]
             out[f"ratio_full_{label}_to_store"] = ratio(f["p50_ms"], r["p50_ms"])
             out[f"incremental10_{label}_p50_ms"] = i["p50_ms"]

@@ -97,7 +97,7 @@ class CountingProxy:
 
 
 def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str = "omniglot",
-                 gzip: bool = False) -> dict:
+                 gzip: bool = False, dtype: str = "float32") -> dict:
     """Bytes counted at the socket per class update for `pushes` pushes of `batch` classes (float32).
 
     `gzip` turns on gRPC message compression for the channel (it mostly shrinks the class ids).
@@ -124,7 +124,7 @@ def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str =
             message = 0
             for seq in range(1, pushes + 1):
                 deltas = codec.encode_deltas(ids, rng.integers(1, 20, size=batch),
-                                             rng.standard_normal((batch, dim)).astype(np.float32))
+                                             rng.standard_normal((batch, dim)).astype(np.float32), dtype)
                 request = pb.PushRequest(client_id="client-0001", space=SPACE, seq=seq, deltas=deltas)
                 message += request.ByteSize()
                 stub.Push(request, timeout=10)
@@ -133,7 +133,8 @@ def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str =
         proxy.close()
         server.stop(0)
     updates = pushes * batch
-    return {"dim": dim, "batch": batch, "pushes": pushes, "gzip": gzip, "socket_bytes_up_per_class": up / updates,
+    return {"dim": dim, "batch": batch, "pushes": pushes, "gzip": gzip, "dtype": dtype,
+            "socket_bytes_up_per_class": up / updates,
             "socket_bytes_down_per_class": down / updates, "message_bytes_per_class": message / updates,
             "socket_ratio_fp32": up / (updates * dim * 4), "framing_overhead_ratio": ratio(up, message)}
 
@@ -189,6 +190,8 @@ def run(quick: bool = False, data_dir: Path | None = None) -> dict:
     out["socket_ratio_fp32_d64_b16"] = out["socket"]["socket_ratio_fp32"]
     out["socket_gzip"] = socket_bytes(pushes=30 if quick else 200, gzip=True)
     out["socket_ratio_fp32_d64_b16_gzip"] = out["socket_gzip"]["socket_ratio_fp32"]
+    out["socket_gzip_fp16"] = socket_bytes(pushes=30 if quick else 200, gzip=True, dtype="float16")
+    out["socket_ratio_fp16_d64_b16_gzip"] = out["socket_gzip_fp16"]["socket_ratio_fp32"]
     if data_dir is None:
         out["accuracy"] = {"skipped": "no --data-dir given (needs Omniglot images_evaluation and shipped weights)"}
     else:

@@ -48,6 +48,11 @@ def dtype_name(code: int) -> str:
 
 def encode_matrix(array: np.ndarray, dtype: str | int = "float32") -> pb.Matrix:
     """Pack a 2-D array as `rows x dim` little-endian values of the given wire dtype."""
+    return encode_matrix_into(pb.Matrix(), array, dtype)
+
+
+def encode_matrix_into(target: pb.Matrix, array: np.ndarray, dtype: str | int = "float32") -> pb.Matrix:
+    """Like `encode_matrix`, but fills `target` in place (e.g. a field of a reply: no copy of a large payload)."""
     code = dtype_code(dtype)
     array = np.asarray(array)
     if array.ndim != 2:
@@ -56,7 +61,8 @@ def encode_matrix(array: np.ndarray, dtype: str | int = "float32") -> pb.Matrix:
         packed = np.ascontiguousarray(array, dtype=DTYPES[code])
     if array.size and not np.isfinite(packed).all():  # checked in the wire dtype: no float64 temporary
         raise InvalidMessage(f"matrix has values that are not finite in {dtype_name(code)}")
-    return pb.Matrix(dtype=code, dim=array.shape[1], rows=array.shape[0], data=packed.tobytes())
+    target.dtype, target.dim, target.rows, target.data = code, array.shape[1], array.shape[0], packed.tobytes()
+    return target
 
 
 def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
@@ -95,6 +101,15 @@ def encode_deltas(
     class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray, dtype: str | int = "float32"
 ) -> pb.ClassDeltas:
     """Build a ClassDeltas message from ids, counts and a (n x dim) array of means."""
+    return encode_deltas_into(pb.ClassDeltas(), class_ids, counts, means, dtype)
+
+
+def encode_deltas_into(
+    target: pb.ClassDeltas, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
+    dtype: str | int = "float32",
+) -> pb.ClassDeltas:
+    """Like `encode_deltas`, but fills `target` (e.g. `reply.classes`) in place: a large pull is not copied
+    from a temporary message into the reply (each copy of megabytes costs milliseconds)."""
     class_ids = list(class_ids)
     counts = np.asarray(counts, dtype=np.int64).reshape(-1)
     means = np.asarray(means)
@@ -106,7 +121,12 @@ def encode_deltas(
         )
     if len(counts) and counts.min() < 0:
         raise InvalidMessage("counts must be >= 0")
-    return pb.ClassDeltas(class_ids=class_ids, counts=counts.tolist(), means=encode_matrix(means, dtype))
+    code = dtype_code(dtype)
+    target.Clear()
+    encode_matrix_into(target.means, means, code)  # validates the values before anything else is filled
+    target.class_ids.extend(class_ids)
+    target.counts.extend(counts.tolist())
+    return target
 
 
 def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False) -> Deltas:

@@ -128,9 +128,9 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
                             duplicate=result.duplicate)
 
     def _reply(self, result: PullResult, dtype: int) -> pb.PullReply:
-        return pb.PullReply(space=result.space, version=result.version,
-                            classes=codec.encode_deltas(result.class_ids, result.counts, result.means, dtype or
-                                                        pb.FLOAT32))
+        reply = pb.PullReply(space=result.space, version=result.version)
+        codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, dtype or pb.FLOAT32)
+        return reply
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
         """Merged prototypes of a space changed since a version."""

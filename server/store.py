@@ -142,6 +142,8 @@ class PrototypeStore:
         self._dirty_clients: set[str] = set()  # changed classes are found by their versions at checkpoint
         self._checkpoint_version = 0
         self._last_checkpoint = time.monotonic()
+        self.commits = 0  # group commits made, and the operations they held (the mean batch size shows batching)
+        self.committed_operations = 0
         self._log: SqliteLog | None = None
         self._writer: threading.Thread | None = None
         if self.path is not None:
@@ -286,6 +288,8 @@ class PrototypeStore:
         if stage.ops and self._log is not None:
             try:
                 self._log.append(stage.ops, stage.new_spaces)
+                self.commits += 1
+                self.committed_operations += len(stage.ops)
             except Exception as error:  # noqa: BLE001 - refuse the batch, change nothing
                 log.exception("commit of %d operations failed", len(stage.ops))
                 for request in staged:
