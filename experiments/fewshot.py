@@ -81,7 +81,8 @@ def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: in
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Arguments of `fedrecon fewshot`."""
-    parser.add_argument("--weights", default="omniglot", help="shipped name (omniglot, glyphs) or a .pt path")
+    parser.add_argument("--weights", default="omniglot",
+                        help="shipped name (omniglot, glyphs), a .pt path, or `random` (untrained baseline)")
     parser.add_argument("--data-dir", default=None, help="directory holding the Omniglot zips or folders")
     parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "glyphs"])
     parser.add_argument("--ways", type=int, default=20)
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(min(torch.get_num_threads(), 2) if not torch.cuda.is_available() else 4)
     t0 = time.time()
-    encoder = load_encoder(args.weights)
+    encoder = Encoder.random(args.dataset, seed=args.seed) if args.weights == "random" else load_encoder(args.weights)
     data = load_eval_data(args.dataset, args.data_dir, encoder.config["image_size"], args.seed)
     result = evaluate(encoder, data, args.ways, args.shots, args.queries, args.episodes, args.seed,
                       progress=True)
