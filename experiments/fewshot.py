@@ -64,13 +64,18 @@ def evaluate(encoder: Encoder, data: ImageSet, ways: int, shots: int, queries: i
             "fingerprint": encoder.fingerprint}
 
 
-def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: int) -> ImageSet:
+def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: int,
+                   download: bool = False) -> ImageSet:
     """Omniglot images_evaluation (no rotations), or held-out glyph classes."""
     if dataset == "omniglot":
         from fedrecon.client.data.omniglot import load_omniglot
 
         if not data_dir:
             raise SystemExit("fewshot: --data-dir is required for omniglot")
+        if download:
+            from fedrecon.client.data.omniglot import download_omniglot
+
+            download_omniglot(data_dir, background=False)
         return load_omniglot(data_dir, background=False, image_size=image_size)
     if dataset == "glyphs":
         from fedrecon.client.data.glyphs import make_glyphs
@@ -85,6 +90,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="shipped name (omniglot, glyphs), a .pt path, or `random` (untrained baseline)")
     parser.add_argument("--data-dir", default=None, help="directory holding the Omniglot zips or folders")
     parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "glyphs"])
+    parser.add_argument("--download", action="store_true", help="fetch the official Omniglot zip into --data-dir")
     parser.add_argument("--ways", type=int, default=20)
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15, help="query images per class and episode")
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(torch.get_num_threads(), 2) if not torch.cuda.is_available() else 4)
     t0 = time.time()
     encoder = Encoder.random(args.dataset, seed=args.seed) if args.weights == "random" else load_encoder(args.weights)
-    data = load_eval_data(args.dataset, args.data_dir, encoder.config["image_size"], args.seed)
+    data = load_eval_data(args.dataset, args.data_dir, encoder.config["image_size"], args.seed, args.download)
     result = evaluate(encoder, data, args.ways, args.shots, args.queries, args.episodes, args.seed,
                       progress=True)
     result["weights"] = str(args.weights)

@@ -27,8 +27,10 @@ from fedrecon.experiments.fewshot import episode_accuracies, summarize
 def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
     """(training set, validation set or None, validation description) for `--dataset`."""
     if args.dataset == "omniglot":
-        from fedrecon.client.data.omniglot import load_omniglot
+        from fedrecon.client.data.omniglot import download_omniglot, load_omniglot
 
+        if args.download:
+            download_omniglot(args.data_dir)
         rot = tuple(args.rotations)
         train = load_omniglot(args.data_dir, True, args.image_size, rot, cache_dir=args.cache_dir)
         if args.val_alphabets > 0:
@@ -51,8 +53,9 @@ def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]
     if args.dataset == "mini-imagenet":
         from fedrecon.client.data.mini_imagenet import load_mini_imagenet
 
-        train = load_mini_imagenet(args.data_dir, "train", args.image_size)
-        return train, load_mini_imagenet(args.data_dir, "val", args.image_size), "mini-ImageNet val split"
+        train = load_mini_imagenet(args.data_dir, "train", args.image_size, args.csv_dir)
+        val = load_mini_imagenet(args.data_dir, "val", args.image_size, args.csv_dir)
+        return train, val, "mini-ImageNet val split"
     raise SystemExit(f"pretrain: unknown --dataset {args.dataset!r}")
 
 
@@ -199,6 +202,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet", "glyphs"])
     p.add_argument("--data-dir", default=None, help="data directory (omniglot, mini-imagenet)")
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.pt)")
+    p.add_argument("--download", action="store_true", help="omniglot: fetch the official zips into --data-dir")
+    p.add_argument("--csv-dir", default=None, help="mini-imagenet: folder of the split CSVs if not --data-dir")
     p.add_argument("--method", default="proto", choices=["proto", "proxy"])
     p.add_argument("--ways", type=int, default=60)
     p.add_argument("--shots", type=int, default=1)
