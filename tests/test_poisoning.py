@@ -1,9 +1,6 @@
 """Poisoning at CI size: one malicious client of 10 (scaled, random, sign-flipped means with inflated counts) wrecks
 the plain merge; the robust merge stays within 2 pp of clean."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +21,8 @@ def test_poisoned_deltas_cover_every_class_with_inflated_counts() -> None:
 
 @pytest.mark.slow
 def test_robust_merge_resists_one_malicious_client(tmp_path: Path) -> None:
-    result = run("glyphs", "random", classes=40, cache_dir=tmp_path)
+    result = run("glyphs", "random", classes=24, support=10, drawings=14, cache_dir=tmp_path)
     assert result["setup"]["clients"] == 10 and result["setup"]["malicious"] == 1
     assert result["clean"] > 0.3
     assert result["plain"] < result["clean"] - 0.2  # the attack works on the plain merge
     assert result["robust"] >= result["clean"] - 0.02
-
-
-@pytest.mark.data
-@pytest.mark.slow
-def test_poisoning_script_on_real_omniglot(shared_data: Path, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "fedrecon.benchmarks.poisoning", "--data-dir",
-                          str(shared_data / "omniglot"), "--encoder", "random", "--classes", "30", "--cache-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result["attacks"]) == {"scaled", "random", "sign_flip"}
-    assert result["robust"] >= result["clean"] - 0.02 and result["plain"] < result["clean"]
