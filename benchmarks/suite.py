@@ -47,6 +47,7 @@ HEADLINES: list[tuple[str, str | None, str, Callable[[float], bool] | None, str]
      "us CPU"),
     ("merge.durable_idle_2core_estimate_updates_per_s_8_clients", None, "", None, "updates/s (estimate)"),
     ("merge.memory_server_updates_per_s_8_clients", "merge.inmemory_updates_per_s", "", None, "updates/s"),
+    ("merge.sync_normal_updates_per_s_8_clients", "merge.durable_updates_per_s_8_clients", "", None, "updates/s"),
     ("merge.store_direct_durable_updates_per_s_8_threads", "merge.store_direct_memory_updates_per_s", "", None,
      "updates/s"),
     ("merge.inmemory_updates_per_s", None, "", None, "updates/s"),
