@@ -113,7 +113,10 @@ def remove_tokens(path: str | Path, client_id: str) -> int:
 
 
 class TokenStore:
-    """The token file, reloaded when it changes on disk, so added and removed tokens take effect at once."""
+    """The token file, reloaded when it changes on disk, so added and removed tokens take effect at once.
+
+    A file that disappears or stops parsing admits no one (fail closed) until it is readable again.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -139,8 +142,9 @@ class TokenStore:
         with self._lock:
             try:
                 self._reload()
-            except (OSError, TokenFileError):
-                log.exception("token file %s could not be reloaded; keeping the tokens loaded before", self.path)
+            except (OSError, TokenFileError):  # fail closed: a deleted or broken file admits no one
+                log.exception("token file %s could not be read; refusing every token until it can", self.path)
+                self._by_hash, self._stamp = {}, None
             return self._by_hash.get(hash_token(token))  # keyed by a hash of a 256-bit secret
 
     def remove_client(self, client_id: str) -> int:

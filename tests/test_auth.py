@@ -58,6 +58,11 @@ def test_token_file_holds_only_hashes(tmp_path: Path) -> None:
     assert os.stat(path).st_mode & 0o077 == 0
     assert TokenStore(path).lookup(tokens["root"]).role == "admin"
     assert TokenStore(path).lookup("frt_guess") is None
+    store = TokenStore(path)
+    path.write_text("{not json")  # a broken or deleted file admits no one
+    assert store.lookup(tokens["alice"]) is None
+    path.unlink()
+    assert store.lookup(tokens["alice"]) is None
 
 
 def test_bad_token_files_are_refused_clearly(tmp_path: Path) -> None:
