@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -90,8 +91,11 @@ def run(args: argparse.Namespace) -> int:
     rate_limits = RateLimits(args.max_pushes_per_second, args.push_burst, args.max_streams_per_client)
     tls = tls_from_args(args)
     tokens = TokenStore(args.tokens) if args.tokens is not None else None
-    store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
-                           checkpoint_every=args.checkpoint_every)
+    try:
+        store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
+                               checkpoint_every=args.checkpoint_every)
+    except (OSError, sqlite3.DatabaseError, RuntimeError) as error:
+        raise SystemExit(f"fedrecon server: cannot open database {args.db}: {error}") from error
     try:
         server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,
                               limits=limits, rate_limits=rate_limits, robust={s: robust for s in args.robust},

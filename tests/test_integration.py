@@ -103,3 +103,13 @@ def test_real_processes_merge_exactly_and_survive_sigkill(tmp_path: Path) -> Non
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(15) == 0
+
+
+def test_server_refuses_unusable_database_clearly(tmp_path: Path) -> None:
+    garbage = tmp_path / "not-a-db.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    for db in (garbage, tmp_path / "missing-folder" / "x.db"):
+        out = subprocess.run([*FEDRECON, "server", "--insecure", "--port", "0", "--db", str(db)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0
+        assert f"cannot open database {db}" in out.stderr and "Traceback" not in out.stderr
