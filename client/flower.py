@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from fedrecon.client.encoder import Encoder, load_encoder
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
+from fedrecon.proto.prototypes import PrototypeTable
 
 STATE_ARRAYS = "fedrecon-global"
 STATE_META = "fedrecon-meta"
@@ -113,9 +114,13 @@ def save_memory(context: Context, memory: PrototypeMemory, space: str, dtype: st
 
 
 def apply_sync(memory: PrototypeMemory, msg: Message, client: int) -> None:
-    """Apply the merged prototypes the server sent; refuse a sync that skips versions this client lacks."""
+    """Apply the merged prototypes the server sent; refuse a sync that skips versions this client lacks
+    (since 0 is a full table that replaces what the client holds)."""
     config = msg.content["config"]
     since = int(config["since"])
+    if since == 0 and memory.global_version:  # a full resync (the server lost track of this client): start over
+        memory.global_table = PrototypeTable(memory.global_table.dim)
+        memory.global_version = 0
     if since != memory.global_version:
         raise RuntimeError(f"client {client}: server sent changes since version {since}, but this client holds "
                            f"version {memory.global_version} (client state lost or server restarted)")

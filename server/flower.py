@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
-from fedrecon.server.store import PrototypeStore
+from fedrecon.server.store import PrototypeStore, StoreError
 
 log = logging.getLogger("fedrecon.flower")
 
@@ -142,6 +142,7 @@ class PrototypeAveraging(Strategy):
         self.client_prefix = client_prefix
         self.synced: dict[int, int] = {}
         self.sent: dict[int, _Sent] = {}
+        self.client_of: dict[int, int] = {}
         self.rounds: dict[int, RoundLog] = {}
         self._started: dict[int, float] = {}
         self.dim = 0
@@ -161,7 +162,7 @@ class PrototypeAveraging(Strategy):
         return self.rounds.setdefault(server_round, RoundLog(server_round))
 
     def _sync(self, client: int, config: dict) -> ArrayRecord:
-        """The merged prototypes changed since `client`'s last sync, and the versions they span."""
+        """The merged prototypes changed since `client`'s last sync (since 0: the full table, replacing its own)."""
         since = self.synced.get(client, 0)
         pulled = self.store.pull(self.space, since)
         if pulled.means.ndim == 2 and pulled.means.shape[1]:
@@ -181,6 +182,7 @@ class PrototypeAveraging(Strategy):
             targets = list(range(self.eval_clients))
             slices = self.plan.eval_slices(server_round, self.eval_clients)
         out = []
+        self.client_of = {nodes[k]: k for k in range(self.plan.clients)}
         for k in targets:
             config: dict = {**self.task, "server-round": server_round, "client": k, "space": self.space,
                             "dtype": self.dtype}
@@ -200,6 +202,9 @@ class PrototypeAveraging(Strategy):
         for msg in replies:
             if msg.has_error():
                 entry.failures += 1
+                client = self.client_of.get(int(msg.metadata.src_node_id))
+                if client is not None:  # its state is unknown now: send it the full table next time
+                    self.synced[client] = 0
                 log.warning("round %d: node %s failed: %s", entry.round, msg.metadata.src_node_id, msg.error.reason)
                 continue
             config = msg.content["config"]
@@ -235,7 +240,12 @@ class PrototypeAveraging(Strategy):
                 continue
             cid = self.client_id(client)
             seq = self.store.client_record(cid).last_seq + 1
-            self.store.push(cid, self.space, seq, ids, counts, means)
+            try:
+                self.store.push(cid, self.space, seq, ids, counts, means)
+            except StoreError as exc:  # one bad client must not end the run; its deltas are refused whole
+                entry.failures += 1
+                log.warning("round %d: deltas of client %d refused: %s", server_round, client, exc)
+                continue
             entry.merged_classes += len(ids)
             entry.merged_examples += int(counts.sum())
         metrics = MetricRecord({"merged-classes": entry.merged_classes, "merged-examples": entry.merged_examples,
