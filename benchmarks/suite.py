@@ -132,7 +132,8 @@ def markdown(results: dict, command: str) -> str:
 
 
 def run_suite(quick: bool, out: Path, only: tuple[str, ...] = BENCHMARKS, data_dir: Path | None = None,
-              flower_clients: int = 1_000, flower_timeout: float = 300.0, command: str = "fedrecon bench") -> dict:
+              flower_clients: int = 1_000, flower_timeout: float = 300.0, command: str = "fedrecon bench",
+              wire_encoder: str = "omniglot") -> dict:
     """Run the selected benchmarks, write OUTDIR/bench.json and OUTDIR/bench.md; returns the results."""
     unknown = set(only) - set(BENCHMARKS)
     if unknown:
@@ -140,7 +141,8 @@ def run_suite(quick: bool, out: Path, only: tuple[str, ...] = BENCHMARKS, data_d
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"quick": quick, "command": command, "machine": machine(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    extra: dict[str, dict[str, Any]] = {"wire": {"data_dir": data_dir},
+    extra: dict[str, dict[str, Any]] = {"wire": {"data_dir": data_dir, "encoder": wire_encoder,
+                                                 "cache_dir": out / "cache"},
                                         "scale": {"flower_clients": flower_clients, "flower_timeout": flower_timeout}}
     start = time.perf_counter()
     for name in tqdm([b for b in BENCHMARKS if b in only], desc="fedrecon bench"):
@@ -165,6 +167,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--data-dir", type=Path, help="data folder with omniglot/ (wire accuracy on Omniglot-600)")
+    parser.add_argument("--wire-encoder", default="omniglot",
+                        help="encoder (shipped name or checkpoint path) for the float16/bfloat16 accuracy check")
     parser.add_argument("--flower-clients", type=int, default=1_000,
                         help="virtual clients for the Flower Simulation Engine run (0: skip; full run only)")
     parser.add_argument("--flower-timeout", type=float, default=300.0, help="seconds the Flower run may take")
@@ -175,10 +179,11 @@ def run(args: argparse.Namespace) -> int:
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     command = "fedrecon bench" + (" --quick" if args.quick else "") + f" --out {args.out}" + (
         f" --data-dir {args.data_dir}" if args.data_dir else "") + (
+        f" --wire-encoder {args.wire_encoder}" if args.wire_encoder != "omniglot" else "") + (
         f" --only {args.only}" if set(only) != set(BENCHMARKS) else "")
     try:
         results = run_suite(args.quick, args.out, only, args.data_dir, args.flower_clients, args.flower_timeout,
-                            command)
+                            command, args.wire_encoder)
     except ValueError as error:
         raise SystemExit(f"fedrecon bench: {error}") from error
     print(json.dumps(results, indent=2, default=str))

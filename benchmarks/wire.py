@@ -140,8 +140,20 @@ def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str =
 
 
 def accuracy_change(data_dir: Path, encoder_name: str = "omniglot", n_classes: int = 600, shots: int = 15,
-                    queries: int = 5, seed: int = 0) -> dict:
+                    queries: int = 5, seed: int = 0, cache_dir: Path | None = None) -> dict:
     """600-way Omniglot (evaluation alphabets) accuracy with prototypes sent as float32 / float16 / bfloat16."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine more threads spin against each other
+    try:
+        return _accuracy_change(data_dir, encoder_name, n_classes, shots, queries, seed, cache_dir)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _accuracy_change(data_dir: Path, encoder_name: str, n_classes: int, shots: int, queries: int, seed: int,
+                     cache_dir: Path | None) -> dict:
     from tqdm import tqdm
 
     from fedrecon.client.data.omniglot import load_omniglot
@@ -149,7 +161,7 @@ def accuracy_change(data_dir: Path, encoder_name: str = "omniglot", n_classes: i
     from fedrecon.proto.prototypes import nearest_prototype
 
     encoder = load_encoder(encoder_name)
-    data = load_omniglot(data_dir, background=False, image_size=encoder.config["image_size"])
+    data = load_omniglot(data_dir, background=False, image_size=encoder.config["image_size"], cache_dir=cache_dir)
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(data.class_ids), size=min(n_classes, len(data.class_ids)), replace=False))
     protos, query_emb, query_lab = [], [], []
@@ -170,8 +182,9 @@ def accuracy_change(data_dir: Path, encoder_name: str = "omniglot", n_classes: i
     return out
 
 
-def run(quick: bool = False, data_dir: Path | None = None) -> dict:
-    """All wire figures (keys `wire.*` in bench.json)."""
+def run(quick: bool = False, data_dir: Path | None = None, encoder: str = "omniglot",
+        cache_dir: Path | None = None) -> dict:
+    """All wire figures (keys `wire.*` in bench.json); `encoder` (shipped name or path) for the accuracy check."""
     table = size_table()
     out: dict = {
         "ratio_fp32_d64_b16": table["omniglot_d64_b16_float32"]["ratio"],
@@ -196,7 +209,8 @@ def run(quick: bool = False, data_dir: Path | None = None) -> dict:
         out["accuracy"] = {"skipped": "no --data-dir given (needs Omniglot images_evaluation and shipped weights)"}
     else:
         try:
-            out["accuracy"] = accuracy_change(Path(data_dir), n_classes=100 if quick else 600)
+            out["accuracy"] = accuracy_change(Path(data_dir), encoder, n_classes=100 if quick else 600,
+                                              cache_dir=cache_dir)
         except (FileNotFoundError, OSError, ValueError, KeyError) as error:
             out["accuracy"] = {"skipped": f"could not run: {error}"}
     return out
