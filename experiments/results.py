@@ -169,10 +169,10 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, m in results["methods"].items():
+    for i, (name, m) in enumerate(results["methods"].items()):
         c = np.asarray(m["curve"], dtype=np.float64)
-        if len(c):
-            ax.plot(c[:, 0], c[:, 1], marker="o", ms=3, label=name)
+        if len(c):  # line styles differ so methods with equal numbers (fedrecon, centralized) both show
+            ax.plot(c[:, 0], c[:, 1], marker="os^vDx"[i % 6], ms=4, ls=["-", "--", "-.", ":"][i % 4], label=name)
             ax.fill_between(c[:, 0], c[:, 1] - c[:, 2], c[:, 1] + c[:, 2], alpha=0.2)
         for g, gc in m["group_curves"].items():
             gc = np.asarray(gc, dtype=np.float64)
