@@ -178,6 +178,8 @@ class PrototypeStore:
                 return PullResult(space, self.version, [], np.zeros(0, np.int64),
                                   np.zeros((0, self.dims.get(space, 0)), np.float64))
             rows = table.live_rows() if since == 0 else table.changed_since(since)
+            if len(rows) == len(table):  # every row (the usual full pull): slices, no per-row gathering
+                return PullResult(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
             return PullResult(space, self.version, [table.class_ids[r] for r in rows],
                               table.counts[rows].copy(), table.means(rows))
 
