@@ -167,8 +167,12 @@ def _protocol_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_experiment(config: dict[str, Any], data_dir: str | Path | None = None, progress: bool = True,
-                   log: Any = sys.stderr) -> dict[str, Any]:
-    """Run every configured method on `runs` seeded schedules; returns the results document."""
+                   log: Any = sys.stderr, out: str | Path | None = None) -> dict[str, Any]:
+    """Run every configured method on `runs` seeded schedules; returns the results document.
+
+    With `out`, the outputs are rewritten after every method's run, so a long run that is stopped keeps
+    what it finished.
+    """
     config = copy.deepcopy(config)
     exp = config["experiment"]
     spec = config["dataset"]
@@ -214,6 +218,8 @@ def run_experiment(config: dict[str, Any], data_dir: str | Path | None = None, p
             # time is real; every later prototype run reuses the cached embeddings (same numbers, faster)
             cold = (run == 0 and m == methods[0]) or not exp.get("cache_embeddings", True)
             per_method[m].append(run_method(m, encoder, run_data, mconf, cache, seed + run, progress, cold))
+            if out is not None:
+                results_mod.write_all(results_mod.summarize(config, data, encoder, per_method, schedules), out)
     return results_mod.summarize(config, data, encoder, per_method, schedules)
 
 
@@ -254,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the experiment, write the outputs, print the summary table and the targets as JSON."""
     config = config_from_args(args)
     out = Path(args.out or f"runs/{args.name}")
-    results = run_experiment(config, args.data_dir, progress=not args.quiet)
+    results = run_experiment(config, args.data_dir, progress=not args.quiet, out=out)
     paths = results_mod.write_all(results, out)
     print(results_mod.markdown_table(results))
     print(json.dumps({"out": str(out), "files": [str(p) for p in paths], "targets": results["targets"]}, indent=2))
