@@ -52,7 +52,8 @@ def test_socket_garbage(target, action) -> None:
 
 
 def _push(**fields) -> dict:
-    action = {"kind": "push", "client": "alice", "space": "s", "seq": "next", "ids": ["a", "b"], "counts": [1, 2],
+    # "named": a space the random tests never create, so its dim is 4
+    action = {"kind": "push", "client": "alice", "space": "named", "seq": "next", "ids": ["a", "b"], "counts": [1, 2],
               "values": [0.5] * 8, "dim": 4, "dtype": 1, "corrupt": "none", "extra": b""}
     action.update(fields)
     return action
@@ -74,6 +75,7 @@ REFUSED = {
     "duplicate_ids": _push(ids=["a", "a"]),
     "nul_id": _push(ids=["\x00" * 300, "b"]),
     "empty_space": _push(space=""),
+    "wrong_dim_for_space": _push(dim=8, values=[0.0] * 16),
     "seq_gap": _push(seq="gap"),
     "seq_zero": _push(seq="zero"),
     "seq_huge": _push(seq="huge"),
@@ -87,7 +89,7 @@ def test_named_attacks_are_refused_and_change_nothing(target) -> None:
         assert outcome.code not in (None, grpc.StatusCode.OK) and not outcome.changed and not outcome.bug, name
     replay = target.send(_push(seq="last", ids=["other"], counts=[5], values=[9.0] * 4))
     assert replay.code == grpc.StatusCode.OK and not replay.changed  # a retry is answered, not applied
-    wrong_space = target.send(_push(space="t", dim=8, values=[0.0] * 16))
+    wrong_space = target.send(_push(space="named-other", dim=8, values=[0.0] * 16))
     assert wrong_space.code == grpc.StatusCode.OK and wrong_space.changed  # a new space is its own table
 
 
