@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,26 @@ def test_missing_data_dir_is_an_error(tmp_path: Path) -> None:
     pretrain.register(parser)
     with pytest.raises(SystemExit):
         pretrain.run(parser.parse_args(["--dataset", "omniglot", "--out", str(tmp_path / "x.pt")]))
+
+
+def test_mini_imagenet_pretrain_smoke(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(3):
+            folder = tmp_path / "mini" / split / f"n0{split[0]}{c:07d}"
+            folder.mkdir(parents=True)
+            base = rng.integers(0, 256, 3)
+            for i in range(6):
+                img = np.clip(base + rng.normal(0, 40, (40, 50, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.jpg")
+    parser = argparse.ArgumentParser()
+    pretrain.register(parser)
+    out = tmp_path / "mini.pt"
+    args = parser.parse_args(["--dataset", "mini-imagenet", "--data-dir", str(tmp_path / "mini"), "--out", str(out),
+                              "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "2", "--val-every", "2",
+                              "--val-ways", "2", "--val-episodes", "5", "--threads", "1", "--device", "cpu"])
+    assert pretrain.run(args) == 0
+    enc = load_encoder(out)
+    assert enc.dim == 1600 and enc.config["channels"] == 3 and enc.config["image_size"] == 84
