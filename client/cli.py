@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fedrecon.client.recon_client import ChannelSecurity, ReconClient, SequenceError
+from fedrecon.client.recon_client import ReconClient, SequenceError
+from fedrecon.proto.channel import add_tls_arguments, security_from_args
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FEDRECON_STATE_DIR", Path.home() / ".local" / "state" / "fedrecon"))
 
@@ -24,10 +25,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--server", required=True, help="host:port of the merge server")
         p.add_argument("--timeout", type=float, default=10.0, help="deadline per call in seconds")
         p.add_argument("--token", default=os.environ.get("FEDRECON_TOKEN"), help="bearer token ($FEDRECON_TOKEN)")
-        p.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server (turns TLS on)")
-        p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-        p.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
-        p.add_argument("--tls-server-name", help="expected server name in its certificate")
+        add_tls_arguments(p)
 
     push = sub.add_parser("push", help="push per-class deltas from an .npz (class_ids, counts, means)")
     common(push)
@@ -73,11 +71,7 @@ def read_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def _client(args: argparse.Namespace, client_id: str = "", state: Path | None = None) -> ReconClient:
-    security = ChannelSecurity(
-        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
-        client_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
-        client_key=args.tls_key.read_bytes() if args.tls_key else None,
-        token=args.token, server_name=args.tls_server_name)
+    security = security_from_args(args)
     return ReconClient(args.server, client_id, state_path=state, timeout=args.timeout, security=security)
 
 

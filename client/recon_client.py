@@ -19,6 +19,7 @@ import numpy as np
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.state import ClientState
 from fedrecon.proto import codec
+from fedrecon.proto.channel import ChannelSecurity, open_channel
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 
@@ -68,29 +69,6 @@ def pulled_from_reply(reply: pb.PullReply) -> Pulled:
     return Pulled(reply.space, reply.version, deltas.class_ids, deltas.counts, deltas.means)
 
 
-@dataclass(frozen=True)
-class ChannelSecurity:
-    """TLS and token settings for the channel (all optional)."""
-
-    root_certificates: bytes | None = None
-    client_cert: bytes | None = None
-    client_key: bytes | None = None
-    token: str | None = None
-    server_name: str | None = None
-
-
-def open_channel(address: str, security: ChannelSecurity | None = None) -> grpc.Channel:
-    """An insecure channel, or a TLS channel (optionally mutual) carrying a bearer token when given."""
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    security = security or ChannelSecurity()
-    if security.root_certificates is None:
-        return grpc.insecure_channel(address, options=options)
-    if security.server_name:
-        options.append(("grpc.ssl_target_name_override", security.server_name))
-    credentials = grpc.ssl_channel_credentials(security.root_certificates, security.client_key, security.client_cert)
-    return grpc.secure_channel(address, credentials, options=options)
-
-
 class ReconClient:
     """Push, pull, watch and info against one server; exactly-once pushes via a numbered state."""
 
@@ -115,7 +93,7 @@ class ReconClient:
         self.state = ClientState.load(state_path, client_id)
         self.versions: dict[str, int] = {}
         security = security or ChannelSecurity()
-        self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else ()
+        self._metadata = security.metadata()
         self.channel = open_channel(address, security)
         self.stub = rpc.ReconnaissanceStub(self.channel)
 

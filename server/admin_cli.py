@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fedrecon.client.recon_client import ChannelSecurity, open_channel
 from fedrecon.proto import codec
+from fedrecon.proto.channel import add_tls_arguments, open_channel, security_from_args
 from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
 from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
 from fedrecon.server.auth import ROLES, TokenFileError, add_token, read_entries, remove_tokens
@@ -31,10 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--token", default=os.environ.get("FEDRECON_ADMIN_TOKEN"),
                        help="admin bearer token ($FEDRECON_ADMIN_TOKEN)")
         p.add_argument("--timeout", type=float, default=30.0)
-        p.add_argument("--tls-ca", type=Path, help="CA certificate to verify the server (turns TLS on)")
-        p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-        p.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
-        p.add_argument("--tls-server-name", help="expected server name in its certificate")
+        add_tls_arguments(p)
 
     revoke = sub.add_parser("revoke", help="remove one client's contributions from every class (exact unlearning)")
     remote(revoke)
@@ -64,14 +61,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, arpc.AdminStub, tuple]:
-    security = ChannelSecurity(
-        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
-        client_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
-        client_key=args.tls_key.read_bytes() if args.tls_key else None,
-        server_name=args.tls_server_name)
+    security = security_from_args(args)
     channel = open_channel(args.server, security)
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
-    return channel, arpc.AdminStub(channel), metadata
+    return channel, arpc.AdminStub(channel), security.metadata()
 
 
 def _token_action(args: argparse.Namespace) -> int:
