@@ -24,6 +24,23 @@ def test_dims_64_at_28_and_1600_at_84() -> None:
         small.embed(np.zeros((2, 3, 28, 28), np.float32))
 
 
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 84)])
+def test_embed_matches_the_training_module_in_eval_mode(channels: int, size: int) -> None:
+    """The BatchNorm-folded, channels-last inference copy computes what the Conv4 module computes."""
+    enc = load_encoder("omniglot", "cpu") if channels == 1 else Encoder.random("mini-imagenet", size, 3, device="cpu")
+    if channels == 3:  # non-trivial BatchNorm statistics, so folding is really exercised
+        gen = torch.Generator().manual_seed(0)
+        for module in enc.model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=gen))
+                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
+        enc = Encoder(enc.model, enc.config, "cpu")
+    x = np.random.default_rng(0).random((9, channels, size, size), dtype=np.float32)
+    with torch.no_grad():
+        expected = enc.model.eval()(enc.preprocess(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(enc.embed(x), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_embed_is_batch_and_dtype_invariant() -> None:
     enc = Encoder.random(seed=1, device="cpu")
     x = np.random.default_rng(0).integers(0, 256, (37, 1, 28, 28), dtype=np.uint8)
