@@ -109,6 +109,23 @@ def test_every_method_learns_merges_predicts_and_counts_bytes(glyphs, encoder) -
         METHODS["fedrecon"](encoder).learn(0, images[:3], labels[:2])
 
 
+def test_upper_nme_without_training_is_the_prototype_classifier(glyphs, encoder) -> None:
+    """`upper` with classifier=nme classifies by class means of its features: untrained, that is centralized."""
+    ids = glyphs.class_ids[:8]
+    train_x = np.concatenate([glyphs.images(c)[:6] for c in ids])
+    train_y = [c for c in ids for _ in range(6)]
+    test_x = np.concatenate([glyphs.images(c)[6:] for c in ids])
+    with METHODS["upper"](encoder, {**TINY, "epochs": 0, "classifier": "nme", "clients": 2}) as upper, \
+            METHODS["centralized"](encoder, {"clients": 2}) as central:
+        for m in (upper, central):
+            m.learn(0, train_x[:24], train_y[:24])
+            m.learn(1, train_x[24:], train_y[24:])
+            m.merge()
+        assert upper.predict(None, test_x) == central.predict(None, test_x)
+    with pytest.raises(ValueError, match="classifier must be"):
+        METHODS["upper"](encoder, {"classifier": "knn"})
+
+
 def test_herding_tracks_the_class_mean() -> None:
     feats = np.random.default_rng(0).normal(size=(50, 8))
     chosen = herding(feats, 10)

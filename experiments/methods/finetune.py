@@ -4,7 +4,8 @@
   and the server averages the participating clients' weights uniformly.
 - fedavg: FedAvg (Flower's `aggregate`, weighted by examples) for `rounds` communication rounds per
   mission round, each client training `local_epochs` from the server model on its mission data.
-- upper: the server retrains on all data every client has seen so far after each merge (costly).
+- upper: the server retrains on all data every client has seen so far after each merge (costly), and
+  classifies with the softmax head or (`classifier = "nme"`) by the nearest class mean of its features.
 After a merge every client holds the server's model.
 """
 
@@ -139,13 +140,16 @@ class Upper(_Finetuned):
     """Upper bound: after each merge the server trains on all data all clients have seen (raw data moves)."""
 
     name = "upper"
-    defaults: ClassVar[dict[str, Any]] = {**_Finetuned.defaults, "restart": False}
+    defaults: ClassVar[dict[str, Any]] = {**_Finetuned.defaults, "restart": False, "classifier": "softmax"}
 
     def __init__(self, encoder: Any, config: dict[str, Any] | None = None) -> None:
         super().__init__(encoder, config)
+        if self.config["classifier"] not in ("softmax", "nme"):
+            raise ValueError(f"upper: classifier must be 'softmax' or 'nme', got {self.config['classifier']!r}")
         self.images: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
         self.fresh = False
+        self.means: np.ndarray | None = None
 
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Send the mission's raw images to the server pool (one byte per pixel up)."""
@@ -163,7 +167,21 @@ class Upper(_Finetuned):
         if self.config["restart"]:
             self.server = new_classifier(self.encoder)
         net = self._net(None)
-        train(net, np.concatenate(self.images), np.concatenate(self.targets), epochs=self.config["epochs"],
-              batch_size=self.config["batch_size"], lr=self.config["lr"], seed=self._next_seed())
+        images, targets = np.concatenate(self.images), np.concatenate(self.targets)
+        train(net, images, targets, epochs=self.config["epochs"], batch_size=self.config["batch_size"],
+              lr=self.config["lr"], seed=self._next_seed())
+        if self.config["classifier"] == "nme":
+            feats = outputs(net, images, features=True).astype(np.float64)
+            sums = np.zeros((len(self.labels), feats.shape[1]))
+            np.add.at(sums, targets, feats)
+            self.means = sums / np.bincount(targets, minlength=len(self.labels))[:, None]
         self.fresh = False
         self._broadcast()
+
+    def predict(self, client: int | None, images: np.ndarray) -> list[str]:
+        """Softmax arg-max, or the nearest mean of the retrained features of every class's training data."""
+        if self.config["classifier"] == "softmax" or self.means is None:
+            return super().predict(client, images)
+        feats = outputs(self._net(client), images, features=True).astype(np.float64)
+        dist = (feats**2).sum(1)[:, None] - 2 * feats @ self.means.T + (self.means**2).sum(1)[None]
+        return [self.labels.ids[i] for i in dist.argmin(1)]
