@@ -26,6 +26,7 @@ from fedrecon.experiments.methods.nets import (
     state_bytes,
     train,
 )
+from fedrecon.proto.prototypes import PrototypeTable
 
 
 class _Finetuned(Method):
@@ -149,7 +150,7 @@ class Upper(_Finetuned):
         self.images: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
         self.fresh = False
-        self.means: np.ndarray | None = None
+        self.means: PrototypeTable | None = None  # nme: class means of the retrained features
 
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Send the mission's raw images to the server pool (one byte per pixel up)."""
@@ -171,10 +172,8 @@ class Upper(_Finetuned):
         train(net, images, targets, epochs=self.config["epochs"], batch_size=self.config["batch_size"],
               lr=self.config["lr"], seed=self._next_seed())
         if self.config["classifier"] == "nme":
-            feats = outputs(net, images, features=True).astype(np.float64)
-            sums = np.zeros((len(self.labels), feats.shape[1]))
-            np.add.at(sums, targets, feats)
-            self.means = sums / np.bincount(targets, minlength=len(self.labels))[:, None]
+            self.means = PrototypeTable()
+            self.means.add_examples([self.labels.ids[t] for t in targets], outputs(net, images, features=True))
         self.fresh = False
         self._broadcast()
 
@@ -182,6 +181,4 @@ class Upper(_Finetuned):
         """Softmax arg-max, or the nearest mean of the retrained features of every class's training data."""
         if self.config["classifier"] == "softmax" or self.means is None:
             return super().predict(client, images)
-        feats = outputs(self._net(client), images, features=True).astype(np.float64)
-        dist = (feats**2).sum(1)[:, None] - 2 * feats @ self.means.T + (self.means**2).sum(1)[None]
-        return [self.labels.ids[i] for i in dist.argmin(1)]
+        return self.means.classify(outputs(self._net(client), images, features=True))

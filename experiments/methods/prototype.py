@@ -37,7 +37,32 @@ class EmbeddingCache:
         return np.stack([self.cache[k] for k in keys]) if keys else np.zeros((0, self.encoder.dim), np.float32)
 
 
-class FedRecon(Method):
+class _Embedding(Method):
+    """What both prototype methods share: the frozen encoder's embeddings, through the runner's caches."""
+
+    def __init__(self, encoder: Any, config: dict[str, Any] | None = None) -> None:
+        super().__init__(encoder, config)
+        self.eval_cache: EmbeddingCache | None = None  # set by the runner so test images embed once per run
+        self.learn_cache: EmbeddingCache | None = None  # set by the runner: training embeddings shared by runs
+        self.learn_cache_read = True  # False: embed anew (the timed run) but still fill the cache
+        self.embed_seconds = 0.0  # time in the encoder's forward pass while learning (reported apart)
+
+    def _embed_learn(self, images: np.ndarray) -> np.ndarray:
+        """Training images' embeddings, timed into `embed_seconds`."""
+        t0 = time.perf_counter()
+        if self.learn_cache is not None:
+            embeddings = self.learn_cache.embed(images, read=self.learn_cache_read)
+        else:
+            embeddings = self.encoder.embed(images)
+        self.embed_seconds += time.perf_counter() - t0
+        return embeddings
+
+    def _embed_eval(self, images: np.ndarray) -> np.ndarray:
+        """Test images' embeddings (cached across methods of a run when the runner set `eval_cache`)."""
+        return self.eval_cache.embed(images) if self.eval_cache is not None else self.encoder.embed(images)
+
+
+class FedRecon(_Embedding):
     """Federated reconnaissance: local prototype memories, pushed to and pulled from the merge service."""
 
     name = "fedrecon"
@@ -59,10 +84,6 @@ class FedRecon(Method):
         self.memories: dict[int, PrototypeMemory] = {
             c: PrototypeMemory() for c in range(int(self.config.get("clients") or 0))}
         self.server = PrototypeMemory()  # the evaluator's view of the merged table (not counted as traffic)
-        self.eval_cache: EmbeddingCache | None = None  # set by the runner so test images embed once per run
-        self.learn_cache: EmbeddingCache | None = None  # set by the runner: training embeddings shared by runs
-        self.learn_cache_read = True  # False: embed anew (the timed run) but still fill the cache
-        self.embed_seconds = 0.0  # time in the encoder's forward pass while learning (reported apart)
 
     def memory(self, client: int) -> PrototypeMemory:
         """A client's prototype memory (created on first use)."""
@@ -73,11 +94,7 @@ class FedRecon(Method):
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Embed the mission's images and add them to the client's local sums and counts."""
         check_batch(self.name, images, labels)
-        t0 = time.perf_counter()
-        embeddings = (self.learn_cache.embed(images, read=self.learn_cache_read) if self.learn_cache is not None
-                      else self.encoder.embed(images))
-        self.embed_seconds += time.perf_counter() - t0
-        self.memory(client).add_examples(list(labels), embeddings)
+        self.memory(client).add_examples(list(labels), self._embed_learn(images))
 
     def merge(self) -> None:
         """Every client pushes its pending deltas, then every client pulls what changed since its last pull."""
@@ -93,9 +110,6 @@ class FedRecon(Method):
             memory.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
         pulled, _ = self.transport.pull("evaluator", self.space, self.server.global_version)
         self.server.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
-
-    def _embed_eval(self, images: np.ndarray) -> np.ndarray:
-        return self.eval_cache.embed(images) if self.eval_cache is not None else self.encoder.embed(images)
 
     def predict(self, client: int | None, images: np.ndarray) -> list[str]:
         """Nearest prototype over the client's union of global and local classes (None: the server's table)."""
@@ -114,7 +128,7 @@ class FedRecon(Method):
             self.transport.close()
 
 
-class Centralized(Method):
+class Centralized(_Embedding):
     """All data in one place: one prototype table from every example (what fedrecon must equal)."""
 
     name = "centralized"
@@ -124,25 +138,16 @@ class Centralized(Method):
     def __init__(self, encoder: Any, config: dict[str, Any] | None = None) -> None:
         super().__init__(encoder, config)
         self.table = PrototypeTable()
-        self.eval_cache: EmbeddingCache | None = None
-        self.learn_cache: EmbeddingCache | None = None
-        self.learn_cache_read = True
-        self.embed_seconds = 0.0
 
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Raw images go to the centre (counted as one byte per pixel up); added to the one table."""
         check_batch(self.name, images, labels)
         self.bytes_up += int(np.asarray(images).size)
-        t0 = time.perf_counter()
-        embeddings = (self.learn_cache.embed(images, read=self.learn_cache_read) if self.learn_cache is not None
-                      else self.encoder.embed(images))
-        self.embed_seconds += time.perf_counter() - t0
-        self.table.add_examples(list(labels), embeddings)
+        self.table.add_examples(list(labels), self._embed_learn(images))
 
     def merge(self) -> None:
         """Nothing to merge: the table is already central."""
 
     def predict(self, client: int | None, images: np.ndarray) -> list[str]:
         """Nearest prototype in the central table (every client answers the same)."""
-        embed = self.eval_cache.embed if self.eval_cache is not None else self.encoder.embed
-        return self.table.classify(embed(images))
+        return self.table.classify(self._embed_eval(images))
