@@ -50,7 +50,7 @@ def run(quick: bool = False, shots: int = 15, warmup_classes: int | None = None,
 def _run(quick: bool, shots: int, warmup_classes: int | None, timed_classes: int | None) -> dict:
     import torch
 
-    from fedrecon.client.learner import LocalLearner
+    from fedrecon.client.learner import Learner
 
     warmup_classes = warmup_classes or (3 if quick else 20)
     timed_classes = timed_classes or (2 if quick else 8)
@@ -60,7 +60,7 @@ def _run(quick: bool, shots: int, warmup_classes: int | None, timed_classes: int
     out: dict = {"shots": shots, "warmup_classes": warmup_classes, "timed_classes": timed_classes,
                  "encoder": described, "torch_threads": torch.get_num_threads(), "images": "glyphs 28x28"}
 
-    learner = LocalLearner(encoder)
+    learner = Learner(encoder)
     for cid in warmup:
         learner.learn(images[cid][:shots], [cid] * shots)
     fed = []

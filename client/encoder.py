@@ -10,15 +10,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from tqdm import tqdm
 
-FORMAT = "fedrecon-encoder/1"
+from fedrecon.client.preprocess import Preprocessing, check_inputs, native, to_pixels
+
+FORMAT = "fedrecon-encoder/2"
+LEGACY_FORMATS = ("fedrecon-encoder/1",)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -46,22 +52,24 @@ def output_dim(image_size: int, hidden: int = 64, depth: int = 4) -> int:
     return hidden * s * s
 
 
-def default_config(dataset: str, image_size: int, channels: int) -> dict[str, Any]:
-    """The config that rebuilds a Conv4 and says how images must be preprocessed."""
-    mean, std = ([0.0] * channels, [1.0] * channels)
-    if channels == 3:  # ImageNet statistics for RGB inputs in [0, 1]
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    return {
-        "arch": "conv4",
-        "hidden": 64,
-        "depth": 4,
-        "image_size": image_size,
-        "channels": channels,
-        "dataset": dataset,
-        "preprocessing": {"input": "float32 in [0,1], (N, C, H, W)", "resize": "antialiased",
-                          "foreground": "ink bright" if channels == 1 else "rgb",
-                          "mean": mean, "std": std},
-    }
+def default_config(dataset: str, image_size: int, channels: int,
+                   preprocessing: Preprocessing | None = None) -> dict[str, Any]:
+    """The config that rebuilds a Conv4 and says how raw images must be preprocessed (the data set's native look)."""
+    pre = preprocessing or native(dataset, image_size, "RGB" if channels == 3 else "L")
+    if (pre.size, pre.channels) != (image_size, channels):
+        raise ValueError(f"preprocessing {pre.mode} {pre.size}px does not fit a {channels}-channel "
+                         f"{image_size}px Conv4")
+    return {"arch": "conv4", "hidden": 64, "depth": 4, "image_size": image_size, "channels": channels,
+            "dataset": dataset, "preprocessing": pre.to_dict()}
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 config (preprocessing described in prose) with its preprocessing spelled out field by field."""
+    old = config["preprocessing"]
+    pre = Preprocessing("L" if config["channels"] == 1 else "RGB", invert=config.get("dataset") == "omniglot",
+                        size=config["image_size"], resample="lanczos" if old.get("resize") == "antialiased" else
+                        "nearest", mean=tuple(old["mean"]), std=tuple(old["std"]))
+    return {**config, "preprocessing": pre.to_dict()}
 
 
 def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,11 +78,16 @@ def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-def fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
-    """Space fingerprint: `conv4-` + 16 hex of sha256 over the arch config and float32 weights."""
+def fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor], legacy: bool = False) -> str:
+    """Space fingerprint: `conv4-` + 16 hex of sha256 over the arch, every preprocessing field and the weights.
+
+    Two clients share a space only if they build the same network and turn raw images into the same
+    inputs. `legacy` computes format 1's fingerprint (mean and std only), to verify old checkpoints.
+    """
     h = hashlib.sha256()
     core = {k: config[k] for k in ("arch", "hidden", "depth", "image_size", "channels")}
-    core["preprocessing"] = {k: config["preprocessing"][k] for k in ("mean", "std")}
+    fields = ("mean", "std") if legacy else sorted(Preprocessing.__dataclass_fields__)
+    core["preprocessing"] = {k: config["preprocessing"][k] for k in fields}
     h.update(json.dumps(core, sort_keys=True).encode())
     for key in sorted(state):
         t = state[key].to(torch.float32).contiguous()
@@ -87,6 +100,22 @@ def fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """`auto`/None: CUDA when present, else CPU; a named device is checked, with a clear error if it is absent."""
+    if name is None or str(name) == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {name!r} requested, but {build}; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def fold_batchnorm(model: Conv4) -> nn.Module:
@@ -108,13 +137,17 @@ class Encoder:
 
     def __init__(self, model: Conv4, config: dict[str, Any], device: str | torch.device | None = None) -> None:
         self.config = config
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.dim = output_dim(config["image_size"], config["hidden"], config["depth"])
-        pre = config["preprocessing"]
+        self.preprocessing = Preprocessing.from_dict(config["preprocessing"])
+        pre = self.preprocessing
+        if (pre.size, pre.channels) != (config["image_size"], config["channels"]):
+            raise ValueError(f"encoder config: preprocessing {pre.mode} {pre.size}px does not fit "
+                             f"{config['channels']} channels at {config['image_size']}px")
         shape = (1, config["channels"], 1, 1)
-        self._mean = torch.tensor(pre["mean"], dtype=torch.float32).view(shape).to(self.device)
-        self._std = torch.tensor(pre["std"], dtype=torch.float32).view(shape).to(self.device)
+        self._mean = torch.tensor(pre.mean, dtype=torch.float32).view(shape).to(self.device)
+        self._std = torch.tensor(pre.std, dtype=torch.float32).view(shape).to(self.device)
         self.fingerprint = fingerprint(config, _float_state(model))
         self._inference = fold_batchnorm(self.model)
 
@@ -130,7 +163,11 @@ class Encoder:
         return (x - self._mean) / self._std
 
     def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Embed float images (N, C, H, W) in [0, 1] (or uint8 0..255) -> float32 (N, dim)."""
+        """Embed preprocessed images (N, C, H, W): float in [0, 1] or uint8 -> float32 (N, dim).
+
+        The arrays must already look as the preprocessing says (size, colour, polarity); arrays whose
+        statistics contradict it are refused (ValueError). Raw files or PIL images: `embed_images`.
+        """
         images = np.asarray(images)
         c, s = self.config["channels"], self.config["image_size"]
         if images.ndim == 3 and c == 1:
@@ -141,10 +178,47 @@ class Encoder:
         scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(self.device)
+                batch = np.ascontiguousarray(images[i : i + batch_size])
+                if batch.dtype != np.uint8:
+                    check_inputs(batch, self.preprocessing)
+                else:
+                    check_inputs(batch[:, :, ::4, ::4].astype(np.float32) / 255.0, self.preprocessing)
+                x = torch.from_numpy(batch).to(self.device)
                 x = self.preprocess(x.float() * scale).contiguous(memory_format=torch.channels_last)
                 out[i : i + len(x)] = self._inference(x).cpu().numpy()
         return out
+
+    def pixels(self, images: Sequence[str | Path | Image.Image]) -> np.ndarray:
+        """Raw image files or PIL images, in their data set's native look -> uint8 model pixels (N, C, S, S)."""
+        from fedrecon.client.data.images import read_pixels
+
+        pre = self.preprocessing
+        out = [to_pixels(im, pre) if isinstance(im, Image.Image) else read_pixels(im, pre) for im in images]
+        return np.stack(out) if out else np.zeros((0, pre.channels, pre.size, pre.size), np.uint8)
+
+    def embed_images(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+                     batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Embed raw image files or PIL images of any size and mode, applying this encoder's preprocessing.
+
+        Returns float32 (N, dim). Images are read in batches, so a large folder never sits in memory whole.
+        """
+        if isinstance(images, str | Path | Image.Image):
+            images = [images]
+        images = list(images)
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        with tqdm(total=len(images), desc="embedding", unit="img", disable=not progress or len(images) < 500,
+                  leave=False) as bar:
+            for i in range(0, len(images), batch_size):
+                chunk = images[i : i + batch_size]
+                out[i : i + len(chunk)] = self.embed(self.pixels(chunk), batch_size)
+                bar.update(len(chunk))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Fingerprint, dim, architecture and preprocessing, as JSON-able data."""
+        return {"fingerprint": self.fingerprint, "dim": self.dim, "arch": self.config["arch"],
+                "image_size": self.config["image_size"], "channels": self.config["channels"],
+                "dataset": self.config.get("dataset"), "preprocessing": self.preprocessing.to_dict()}
 
     def save(self, path: str | Path, **extra: Any) -> Path:
         """Write this encoder as a checkpoint (float32 weights, config, fingerprint)."""
@@ -165,22 +239,34 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], 
 
 
 def resolve_weights(name_or_path: str | Path) -> Path:
-    """A shipped name (`omniglot`, `glyphs`) -> client/weights/<name>.pt; else the path itself."""
-    p = Path(name_or_path)
+    """An existing file wins (`x`, then `x.pt`); else a shipped name (`omniglot`, `glyphs`) -> client/weights/."""
+    p = Path(name_or_path).expanduser()
+    for candidate in (p, p.with_name(p.name + ".pt")):
+        if candidate.is_file():
+            return candidate
     if p.suffix != ".pt" and "/" not in str(name_or_path) and (WEIGHTS_DIR / f"{name_or_path}.pt").exists():
         return WEIGHTS_DIR / f"{name_or_path}.pt"
-    if not p.exists():
-        shipped = sorted(q.stem for q in WEIGHTS_DIR.glob("*.pt"))
-        raise FileNotFoundError(f"{name_or_path}: no such checkpoint (shipped names: {shipped})")
-    return p
+    shipped = sorted(q.stem for q in WEIGHTS_DIR.glob("*.pt"))
+    raise FileNotFoundError(f"{name_or_path}: no such checkpoint file, and not a shipped encoder "
+                            f"(shipped names: {shipped})")
 
 
 def read_checkpoint(name_or_path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (format, config, state_dict, fingerprint, extra)."""
     path = resolve_weights(name_or_path)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
+        raise ValueError(f"{path}: not a readable encoder checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
+    if blob["format"] in LEGACY_FORMATS:  # verify what it recorded, then spell out its preprocessing
+        if fingerprint(blob["config"], blob["state_dict"], legacy=True) != blob["fingerprint"]:
+            raise ValueError(f"{path}: weights do not match the recorded fingerprint {blob['fingerprint']}")
+        config = upgrade_config(blob["config"])
+        blob = {**blob, "format": FORMAT, "config": config, "fingerprint": fingerprint(config, blob["state_dict"])}
+    blob["path"] = str(path)
     return blob
 
 

@@ -1,46 +1,168 @@
-"""A client's local learner: embed labelled images with the frozen encoder into prototype memory.
+"""The client a user runs: an encoder, a durable local prototype memory and, optionally, a merge server.
 
-Learning a class is adding its embeddings to running float64 sums and counts (`PrototypeMemory`);
-prediction is nearest prototype over every class the client knows, local or pulled from the server.
+Learning a class adds its embeddings to running float64 sums and counts (`PrototypeMemory`); `sync`
+pushes what was learned exactly once and pulls what other clients merged; `classify` answers with
+the nearest prototype over every class the client knows (pulled, local, or in a push in flight).
+The CLI (`fedrecon client learn|sync|classify`), the demo and the README's Python example use this class.
+
+    encoder = load_encoder("omniglot")
+    with Learner.open(encoder, "alice", server="127.0.0.1:50051", state_dir="state") as learner:
+        learner.learn_folder("my-images")        # ROOT/<class>/<image files>
+        learner.sync()
+        print(learner.classify(["query.png"])[0].label)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from fedrecon.client.data.folder import labelled_files
 from fedrecon.client.encoder import Encoder
-from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
+from fedrecon.client.recon_client import Pulled, PushAck, ReconClient
+from fedrecon.client.state import ClientState, state_path
+from fedrecon.proto import codec
+from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.prototypes import PrototypeTable
+
+ImageInput = str | Path | Image.Image
 
 
-class LocalLearner:
-    """Encoder + prototype memory: `learn` from (images, labels), `predict`, export `pending` deltas."""
+class Learner:
+    """Encoder + prototype memory (+ durable state + server): learn, sync, classify."""
 
-    def __init__(self, encoder: Encoder, memory: PrototypeMemory | None = None, batch_size: int = 256) -> None:
+    def __init__(self, encoder: Encoder, memory: PrototypeMemory | None = None, *, batch_size: int = 256,
+                 state: ClientState | None = None, server: ReconClient | None = None) -> None:
         self.encoder = encoder
-        self.memory = memory if memory is not None else PrototypeMemory(encoder.dim)
-        if self.memory.dim not in (None, encoder.dim):
-            raise ValueError(f"memory dim {self.memory.dim} does not match the encoder's {encoder.dim}")
+        self.state = state if state is not None else (server.state if server is not None else None)
+        if memory is None:
+            memory = self.state.load_memory(encoder.fingerprint) if self.state is not None else PrototypeMemory()
+        if memory.dim not in (None, encoder.dim):
+            raise ValueError(f"memory dim {memory.dim} does not match the encoder's {encoder.dim}")
+        self.memory = memory
         self.batch_size = batch_size
+        self.server = server
+
+    @classmethod
+    def open(cls, encoder: Encoder, client_id: str, server: str | None = None, *,
+             state_dir: str | Path | None = None, **client_options: Any) -> Learner:
+        """A learner whose state lives in `state_dir/<client_id>.db`, talking to `server` (None: offline)."""
+        state = ClientState(state_path(state_dir, client_id), client_id)
+        try:
+            client = ReconClient(server, client_id, state=state, **client_options) if server else None
+            return cls(encoder, state=state, server=client)
+        except BaseException:
+            state.close()
+            raise
+
+    def close(self) -> None:
+        """Close the server connection and the state."""
+        if self.server is not None:
+            self.server.close()
+        if self.state is not None:
+            self.state.close()
+
+    def __enter__(self) -> Learner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def space(self) -> str:
-        """The embedding space (encoder fingerprint) every push from this learner must name."""
+        """The embedding space (encoder fingerprint) every push from this learner names."""
         return self.encoder.fingerprint
 
-    def learn(self, images: np.ndarray, class_ids: Sequence[str]) -> None:
-        """Embed `images` (N, C, H, W) in batches and add them to their classes' local sums."""
+    # ------------------------------------------------------------------ learning
+    def embed(self, images: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
+        """Embed preprocessed arrays (N, C, S, S), or raw image files / PIL images (the encoder preprocesses them)."""
+        if isinstance(images, np.ndarray):
+            return self.encoder.embed(images, self.batch_size)
+        return self.encoder.embed_images(list(images), self.batch_size, progress=True)
+
+    def learn(self, images: np.ndarray | Sequence[ImageInput], class_ids: Sequence[str]) -> dict[str, int]:
+        """Add labelled images to their classes' local sums (persisted); returns counts of classes and examples."""
         if len(images) != len(class_ids):
             raise ValueError(f"learn: {len(images)} images but {len(class_ids)} class ids")
-        if len(images):
-            self.memory.add_examples(list(class_ids), self.encoder.embed(images, self.batch_size))
+        return self.add_embeddings(self.embed(images) if len(images) else np.zeros((0, self.encoder.dim)), class_ids)
 
-    def predict(self, images: np.ndarray) -> list[str]:
+    def add_embeddings(self, embeddings: np.ndarray, class_ids: Sequence[str]) -> dict[str, int]:
+        """Add already embedded examples (one class id per row) to the local sums (persisted)."""
+        if len(embeddings):
+            self.memory.add_examples(list(class_ids), embeddings)
+            if self.state is not None:
+                self.state.save_local(self.space, self.memory)
+        return {"classes": len(set(class_ids)), "examples": len(class_ids)}
+
+    def learn_files(self, paths: Sequence[str | Path], label: str | None = None) -> dict[str, int]:
+        """Learn from an ImageFolder root (`ROOT/<class>/<images>`), or from image files/folders of class `label`."""
+        pairs = labelled_files(paths, label)
+        return self.learn([p for p, _ in pairs], [c for _, c in pairs])
+
+    learn_folder = learn_files
+
+    # ------------------------------------------------------------------ sync
+    def _client(self) -> ReconClient:
+        if self.server is None:
+            raise RuntimeError("this learner is offline (no server); give a server address to sync")
+        return self.server
+
+    def push(self) -> list[PushAck]:
+        """Push every un-pushed delta (and a push left pending by an earlier run) exactly once."""
+        return self._client().push_memory(self.memory, self.space)
+
+    def pull(self) -> Pulled:
+        """Pull the classes merged since this client's last pull into the memory (persisted); returns what came."""
+        client = self._client()
+        client.bind()
+        pulled = pull_into(self.memory, lambda since: client.pull(self.space, since=since))
+        if self.state is not None:
+            self.state.save_global(self.space, self.memory, pulled.class_ids)
+        return pulled
+
+    def sync(self) -> dict[str, Any]:
+        """Push what is pending, then pull what changed; returns a JSON-ready summary."""
+        acks = self.push()
+        pulled = self.pull()
+        return {"pushes": len(acks), "classes_pushed": sum(a.classes for a in acks),
+                "seq": acks[-1].seq if acks else (self.state.last_seq if self.state else 0),
+                "pulled": len(pulled.class_ids), "version": self.memory.global_version,
+                "known_classes": len(self.class_ids())}
+
+    # ------------------------------------------------------------------ answering
+    def _in_flight(self) -> list[PrototypeTable]:
+        """The deltas of a push recorded but not yet acknowledged (they count until the server has them)."""
+        pending = self.state.pending if self.state is not None else None
+        if pending is None or pending.space != self.space:
+            return []
+        deltas = codec.decode_deltas(pb.PushRequest.FromString(pending.request).deltas)
+        table = PrototypeTable(deltas.dim)
+        table.add(deltas.class_ids, deltas.counts, deltas.means)
+        return [table]
+
+    def prototypes(self) -> PrototypeTable:
+        """Every class this client knows: the pulled global table plus local and in-flight deltas."""
+        return self.memory.union(*self._in_flight())
+
+    def class_ids(self) -> list[str]:
+        """Names of every class this client can recognise."""
+        table = self.prototypes()
+        return [table.class_ids[r] for r in table.live_rows()]
+
+    def classify(self, images: np.ndarray | Sequence[ImageInput], top_k: int = 2) -> list[Prediction]:
+        """Nearest class of each image (with its squared distance and the next `top_k - 1` classes)."""
+        return rank(self.prototypes(), self.embed(images), top_k)
+
+    def predict(self, images: np.ndarray | Sequence[ImageInput]) -> list[str]:
         """Nearest-prototype class id of each image over every known class."""
-        return self.memory.classify(self.encoder.embed(images, self.batch_size))
+        return [p.label for p in self.classify(images, top_k=1)]
 
-    def accuracy(self, images: np.ndarray, class_ids: Sequence[str]) -> float:
+    def accuracy(self, images: np.ndarray | Sequence[ImageInput], class_ids: Sequence[str]) -> float:
         """Fraction of `images` predicted as their `class_ids`."""
         if len(images) == 0:
             raise ValueError("accuracy: no images")
@@ -49,3 +171,4 @@ class LocalLearner:
     def pending(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Deltas not yet pushed: (class_ids, counts, means)."""
         return self.memory.pending()
+

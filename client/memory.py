@@ -6,11 +6,70 @@ last push gets the exact combined mean `(global_sum + local_sum) / (global_count
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from fedrecon.proto.prototypes import PrototypeTable, nearest_prototype
+from fedrecon.proto.prototypes import PrototypeTable, squared_distances
+
+T = TypeVar("T")
+
+
+class Snapshot(Protocol):
+    """What a pull returns: merged (count, mean) of the classes changed since a version, current to `version`."""
+
+    version: int
+    class_ids: list[str]
+    counts: np.ndarray
+    means: np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One query's answer: the nearest class, its squared distance, and the next nearest (label, distance) pairs."""
+
+    label: str
+    distance: float
+    alternatives: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready data."""
+        return {"label": self.label, "distance": self.distance,
+                "alternatives": [{"label": c, "distance": d} for c, d in self.alternatives]}
+
+
+def rank(table: PrototypeTable, embeddings: np.ndarray, k: int = 2) -> list[Prediction]:
+    """The `k` nearest classes of each embedding over the table's live classes (squared Euclidean distance)."""
+    rows = table.live_rows()
+    if len(rows) == 0:
+        raise ValueError("classify: this client knows no classes yet (learn some, or sync with a server)")
+    distances = squared_distances(embeddings, table.means(rows))
+    k = max(1, min(k, len(rows)))
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    out = []
+    for i, best in enumerate(order):
+        ranked = [(table.class_ids[rows[j]], float(distances[i, j])) for j in best]
+        out.append(Prediction(ranked[0][0], ranked[0][1], ranked[1:]))
+    return out
+
+
+def push_pending(memory: PrototypeMemory, push: Callable[[list[str], np.ndarray, np.ndarray], T]) -> T | None:
+    """Send the memory's un-pushed deltas with `push(class_ids, counts, means)`; forget them once it returns."""
+    class_ids, counts, means = memory.pending()
+    if not class_ids:
+        return None
+    result = push(class_ids, counts, means)
+    memory.mark_pushed()
+    return result
+
+
+def pull_into(memory: PrototypeMemory, pull: Callable[[int], Snapshot]) -> Snapshot:
+    """Fetch what changed since the memory's global version with `pull(since)` and apply it."""
+    snapshot = pull(memory.global_version)
+    memory.apply_pull(snapshot.class_ids, snapshot.counts, snapshot.means, snapshot.version)
+    return snapshot
 
 
 class PrototypeMemory:
@@ -35,9 +94,17 @@ class PrototypeMemory:
         rows = self.local.live_rows()
         return [self.local.class_ids[r] for r in rows], self.local.counts[rows].copy(), self.local.means(rows)
 
-    def mark_pushed(self) -> None:
-        """Forget the local deltas once the server acknowledged them (they come back in pulls)."""
-        self.local = PrototypeTable(self.local.dim)
+    def mark_pushed(self, class_ids: Sequence[str] | None = None) -> None:
+        """Forget the local deltas (of `class_ids`, default all) once pushed: they come back in pulls."""
+        if class_ids is None:
+            self.local = PrototypeTable(self.local.dim)
+            return
+        gone = set(class_ids)
+        rest = [r for r in self.local.live_rows().tolist() if self.local.class_ids[r] not in gone]
+        kept = PrototypeTable(self.local.dim)
+        if rest:
+            kept.add_sums([self.local.class_ids[r] for r in rest], self.local.counts[rest], self.local.sums[rest])
+        self.local = kept
 
     def apply_pull(self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, version: int) -> None:
         """Replace the pulled classes' global (count, mean) with the server's merged values."""
@@ -47,10 +114,11 @@ class PrototypeMemory:
             self.global_table.set_rows(class_ids, counts, sums, version)
         self.global_version = max(self.global_version, int(version))
 
-    def union(self) -> PrototypeTable:
-        """Global table plus local deltas, as one table."""
+    def union(self, *extra: PrototypeTable) -> PrototypeTable:
+        """Global table plus local deltas (plus `extra` tables, e.g. a push in flight), as one table."""
         table = self.global_table.copy()
-        table.merge(self.local)
+        for other in (self.local, *extra):
+            table.merge(other)
         return table
 
     def class_ids(self) -> list[str]:
@@ -60,8 +128,4 @@ class PrototypeMemory:
 
     def classify(self, embeddings: np.ndarray) -> list[str]:
         """Nearest-prototype class id for each embedding, over the union of global and local classes."""
-        table = self.union()
-        rows = table.live_rows()
-        if len(rows) == 0:
-            raise ValueError("classify: this client knows no classes yet")
-        return [table.class_ids[r] for r in rows[nearest_prototype(embeddings, table.means(rows))]]
+        return (self.union() if len(self.local) else self.global_table).classify(embeddings)

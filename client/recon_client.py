@@ -1,8 +1,9 @@
 """`ReconClient`: the client side of the Reconnaissance service.
 
-Pushes are numbered 1, 2, 3... and retried with the same number on UNAVAILABLE / DEADLINE_EXCEEDED
-/ RESOURCE_EXHAUSTED; the number and an unacknowledged push persist in a state file. Pulls are
-incremental (the client remembers the version it has per space). Every call has a deadline.
+Pushes are numbered 1, 2, 3... and kept in a durable `ClientState` bound to the server's store until
+acknowledged; transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, rate limiting) are retried with the
+same number within a deadline, a permanent refusal drops the push (a copy stays in the state). The
+first call checks the server is reachable within `connect_timeout`. Pulls are incremental.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.memory import PrototypeMemory, pull_into
 from fedrecon.client.state import ClientState
 from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity, open_channel
@@ -25,9 +26,27 @@ from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 
 log = logging.getLogger("fedrecon.client")
 
-# Refusals after which the push was certainly not applied.
-NOT_APPLIED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Refusals of the push's content: sending it again can never succeed, so the pending push is dropped.
+PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE}
+PUSH_OVERHEAD_BYTES = 256  # client id, space, seq and framing of one push beside its classes
+
+
+class ServerUnreachable(ConnectionError):
+    """No server answered at the address within the connect timeout."""
+
+
+class PushRefused(RuntimeError):
+    """The server refused a push for good (its content can never be applied); a copy stays in the state."""
+
+
+def is_permanent(error: grpc.RpcError) -> bool:
+    """True when a refused push can never succeed: a content refusal, or a message over the size limit."""
+    code = error.code()
+    if code in PERMANENT:
+        return True
+    details = (error.details() or "").lower()
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and ("larger than max" in details or "message size" in details)
 
 
 class SequenceError(RuntimeError):
@@ -69,8 +88,14 @@ def pulled_from_reply(reply: pb.PullReply) -> Pulled:
     return Pulled(reply.space, reply.version, deltas.class_ids, deltas.counts, deltas.means)
 
 
+def push_size(client_id: str, space: str, class_ids: Sequence[str], dim: int, itemsize: int) -> int:
+    """A close upper estimate of a push's serialized bytes (to keep each push under the server's limit)."""
+    return PUSH_OVERHEAD_BYTES + len(client_id) + len(space) + sum(len(c.encode()) + 14 for c in class_ids) \
+        + len(class_ids) * dim * itemsize
+
+
 class ReconClient:
-    """Push, pull, watch and info against one server; exactly-once pushes via a numbered state."""
+    """Push, pull, watch and info against one server; exactly-once pushes via a durable, store-bound state."""
 
     def __init__(
         self,
@@ -81,25 +106,35 @@ class ReconClient:
         timeout: float = 10.0,
         retries: int = 8,
         backoff: float = 0.1,
+        deadline: float | None = None,
+        connect_timeout: float | None = 5.0,
         dtype: str = "float32",
         security: ChannelSecurity | None = None,
+        state: ClientState | None = None,
     ) -> None:
         self.address = address
         self.client_id = client_id
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.deadline = deadline
+        self.connect_timeout = connect_timeout
         self.dtype = dtype
-        self.state = ClientState.load(state_path, client_id)
+        self.state = state if state is not None else ClientState(state_path, client_id)
+        self._owns_state = state is None
         self.versions: dict[str, int] = {}
+        self._info: dict | None = None
+        self._connected = False
         security = security or ChannelSecurity()
         self._metadata = security.metadata()
         self.channel = open_channel(address, security)
         self.stub = rpc.ReconnaissanceStub(self.channel)
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (and the state, if this client opened it)."""
         self.channel.close()
+        if self._owns_state:
+            self.state.close()
 
     def __enter__(self) -> ReconClient:
         return self
@@ -107,18 +142,49 @@ class ReconClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _connect(self) -> None:
+        """Wait at most `connect_timeout` s for the channel; ServerUnreachable naming the address if it stays down."""
+        if self._connected or self.connect_timeout is None:
+            return
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
+        except grpc.FutureTimeoutError:
+            raise ServerUnreachable(f"no fedrecon server reachable at {self.address} within "
+                                    f"{self.connect_timeout:g} s (is it running, and is the address right?)") from None
+        self._connected = True
+
     def _call(self, method, request, retry: bool = True):  # noqa: ANN001, ANN202 - any unary stub method
+        self._connect()
         delay = self.backoff
+        give_up = None if self.deadline is None else time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
+            timeout = self.timeout if give_up is None else max(0.05, min(self.timeout, give_up - time.monotonic()))
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata, wait_for_ready=retry)
+                return method(request, timeout=timeout, metadata=self._metadata, wait_for_ready=retry)
             except grpc.RpcError as error:
-                if not retry or error.code() not in RETRYABLE or attempt == self.retries:
+                out_of_time = give_up is not None and time.monotonic() + delay >= give_up
+                if not retry or error.code() not in RETRYABLE or is_permanent(error) or attempt == self.retries \
+                        or out_of_time:
                     raise
                 log.info("retrying after %s (attempt %d)", error.code().name, attempt + 1)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
+
+    @property
+    def store_id(self) -> str:
+        """The server's store id (asked once per client)."""
+        return self.server_info()["store_id"]
+
+    def server_info(self) -> dict:
+        """`info()`, asked once and remembered (store id and limits do not change while a server runs)."""
+        if self._info is None:
+            self._info = self.info()
+        return self._info
+
+    def bind(self) -> None:
+        """Bind the state to this server's store on first contact; StoreMismatch if it belongs to another."""
+        self.state.bind(self.store_id, self.address)
 
     def _send_push(self, request: pb.PushRequest) -> PushAck:
         try:
@@ -128,39 +194,73 @@ class ReconClient:
                 trailers = dict(error.trailing_metadata() or ())
                 expected = trailers.get("fedrecon-expected-seq")
                 raise SequenceError(error.details(), int(expected) if expected else None) from error
+            if is_permanent(error):
+                self.state.drop_pending(error.code().name, error.details() or "")
+                log.warning("push %d refused for good (%s: %s); dropped, a copy is kept in the client state",
+                            request.seq, error.code().name, error.details())
+                raise PushRefused(f"push {request.seq} refused by {self.address}: {error.code().name}: "
+                                  f"{error.details()} (dropped; a copy is kept in the client state)") from error
             raise
         self.state.acknowledge(reply.seq)
         return PushAck(reply.seq, reply.version, reply.classes, reply.duplicate)
 
     def resume(self) -> PushAck | None:
         """Send again the push that was pending when the process stopped (same number); None if none."""
-        if self.state.pending is None:
+        pending = self.state.pending
+        if pending is None:
             return None
-        request = pb.PushRequest.FromString(self.state.pending)
-        try:
-            return self._send_push(request)
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # never applicable: drop it, keep the number
-                log.warning("pending push %d refused (%s); dropped", request.seq, error.details())
-                self.state.pending, self.state.pending_seq = None, 0
-                self.state.save()
-            raise
+        self.bind()
+        return self._send_push(pb.PushRequest.FromString(pending.request))
+
+    def _request(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
+                 dtype: str | None) -> pb.PushRequest:
+        deltas = codec.encode_deltas(class_ids, counts, means, dtype or self.dtype)
+        request = pb.PushRequest(client_id=self.client_id, space=space, deltas=deltas)
+        request.seq = self.state.last_seq + 1
+        limit = int(self.server_info()["limits"]["max_message_bytes"] or 0)
+        if limit and request.ByteSize() > limit:
+            raise PushRefused(f"a push of {len(class_ids)} classes is {request.ByteSize():,} bytes; the server at "
+                              f"{self.address} accepts at most {limit:,} (push fewer classes at a time)")
+        return request
 
     def push(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
              dtype: str | None = None) -> PushAck:
         """Push per-class deltas (count, mean) for one space; returns after the server made them durable."""
         self.resume()
-        deltas = codec.encode_deltas(class_ids, counts, means, dtype or self.dtype)
-        request = pb.PushRequest(client_id=self.client_id, space=space, deltas=deltas)
-        request.seq = self.state.last_seq + 1
-        self.state.begin(request.SerializeToString())
-        try:
-            return self._send_push(request)
-        except grpc.RpcError as error:
-            if error.code() in NOT_APPLIED:  # refused outright: a re-run must not send it again as pending
-                self.state.pending, self.state.pending_seq = None, 0
-                self.state.save()
-            raise
+        self.bind()
+        request = self._request(space, class_ids, counts, means, dtype)
+        self.state.begin(request.seq, space, request.SerializeToString())
+        return self._send_push(request)
+
+    def push_memory(self, memory: PrototypeMemory, space: str, dtype: str | None = None) -> list[PushAck]:
+        """Push a memory's un-pushed deltas, in as many pushes as the server's limits need.
+
+        Each push is recorded as pending in the same transaction that removes its classes from the
+        memory's persisted local deltas, so nothing is lost or sent twice whenever the process dies.
+        """
+        acks = []
+        resumed = self.resume()
+        if resumed is not None:
+            acks.append(resumed)
+        self.bind()
+        class_ids, counts, means = memory.pending()
+        limits = self.server_info()["limits"]
+        itemsize = codec.DTYPES[codec.dtype_code(dtype or self.dtype)].itemsize
+        budget = int(limits["max_message_bytes"] or 4 << 20) // 2
+        per_push = max(1, int(limits["max_classes_per_push"] or len(class_ids) or 1))
+        start = 0
+        while start < len(class_ids):
+            end = min(len(class_ids), start + per_push)
+            while end - start > 1 and push_size(self.client_id, space, class_ids[start:end], means.shape[1],
+                                                itemsize) > budget:
+                end = start + (end - start) // 2
+            chunk = class_ids[start:end]
+            request = self._request(space, chunk, counts[start:end], means[start:end], dtype)
+            memory.mark_pushed(chunk)
+            self.state.begin(request.seq, space, request.SerializeToString(), memory)
+            acks.append(self._send_push(request))
+            start = end
+        return acks
 
     def pull(self, space: str, since: int | None = None, dtype: str | None = None) -> Pulled:
         """Merged prototypes changed since `since` (default: the version this client last pulled)."""
@@ -192,13 +292,7 @@ class ReconClient:
                        "max_class_id_bytes": limits.max_class_id_bytes, "max_dim": limits.max_dim},
         }
 
-    def sync(self, memory: PrototypeMemory, space: str) -> tuple[PushAck | None, Pulled]:
+    def sync(self, memory: PrototypeMemory, space: str) -> tuple[list[PushAck], Pulled]:
         """Push the memory's pending deltas (if any), then pull what changed and apply it to the memory."""
-        ack = None
-        class_ids, counts, means = memory.pending()
-        if class_ids:
-            ack = self.push(space, class_ids, counts, means)
-            memory.mark_pushed()
-        pulled = self.pull(space, since=memory.global_version)
-        memory.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
-        return ack, pulled
+        acks = self.push_memory(memory, space)
+        return acks, pull_into(memory, lambda since: self.pull(space, since=since))

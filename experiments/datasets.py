@@ -9,7 +9,7 @@ import numpy as np
 
 from fedrecon.client.data.images import ImageSet, to_float
 
-DEFAULT_SIZES = {"omniglot": (28, 1), "glyphs": (28, 1), "mini-imagenet": (84, 3)}
+DEFAULT_SIZES = {"omniglot": (28, 1), "glyphs": (28, 1), "mini-imagenet": (84, 3), "folder": (28, 1)}
 
 
 def load_encoder_spec(spec: str, dataset: str, image_size: int | None = None, seed: int = 0) -> Any:
@@ -39,9 +39,19 @@ def fed_recon_class_order(spec: dict[str, Any], data_dir: Path | None) -> list[s
 
 
 def load_dataset(spec: dict[str, Any], data_dir: str | Path | None, image_size: int,
-                 needed: list[str] | None = None) -> ImageSet:
-    """The images a protocol draws from; `needed` limits mini-ImageNet loading to the classes used."""
+                 needed: list[str] | None = None, preprocessing: Any = None) -> ImageSet:
+    """The images a protocol draws from; `needed` limits mini-ImageNet loading to the classes used.
+
+    `folder` (your own images, `ROOT/<class>/<images>`) is read with `preprocessing`, the encoder's.
+    """
     name = spec.get("name")
+    if name == "folder":
+        from fedrecon.client.data.folder import load_folder
+        from fedrecon.client.preprocess import native
+
+        if data_dir is None:
+            raise ValueError("dataset 'folder' needs --data-dir ROOT (ROOT/<class name>/<image files>)")
+        return load_folder(data_dir, preprocessing or native("folder", image_size))
     if name == "glyphs":
         from fedrecon.client.data.glyphs import make_glyphs
 
@@ -61,7 +71,7 @@ def load_dataset(spec: dict[str, Any], data_dir: str | Path | None, image_size: 
         if needed is not None:
             return load_mini_imagenet_classes(data_dir, needed, image_size, csv_dir=csv_dir)
         return load_mini_imagenet(data_dir, spec.get("split", "test"), image_size, csv_dir=csv_dir)
-    raise ValueError(f"unknown dataset {name!r}; known: glyphs, omniglot, mini-imagenet")
+    raise ValueError(f"unknown dataset {name!r}; known: glyphs, omniglot, mini-imagenet, folder")
 
 
 def class_counts(data: ImageSet) -> dict[str, int]:

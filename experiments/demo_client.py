@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.learner import Learner
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.experiments.datasets import load_dataset, load_encoder_spec, take
 from fedrecon.experiments.transports import pull_reply_size, push_request_size
@@ -29,12 +29,11 @@ def gather(data: object, pairs: list[list]) -> tuple[np.ndarray, list[str]]:
     return images, [cid for cid, idx in pairs for _ in idx]
 
 
-def score(memory: PrototypeMemory, embeddings: np.ndarray, labels: list[str]) -> float:
-    """Accuracy (%) of the memory's nearest-prototype answers."""
-    if not memory.class_ids():
+def score(learner: Learner, images: np.ndarray, labels: list[str]) -> float:
+    """Accuracy (%) of the learner's nearest-prototype answers over every class it knows."""
+    if not learner.class_ids():
         return 0.0
-    return 100.0 * float(np.mean(np.asarray(memory.classify(embeddings), dtype=object) == np.asarray(labels,
-                                                                                                    dtype=object)))
+    return 100.0 * learner.accuracy(images, labels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(args.dataset)
     encoder = load_encoder_spec(args.encoder, spec["name"])
     data = load_dataset(spec, args.data_dir, encoder.config["image_size"])
-    memory = PrototypeMemory()
-    space = encoder.fingerprint
-    client = ReconClient(args.address, args.client_id, timeout=30.0)
+    learner = Learner(encoder, server=ReconClient(args.address, args.client_id, timeout=30.0))
+    space = learner.space
     print(json.dumps({"ready": args.client_id, "space": space}), flush=True)
     for line in sys.stdin:
         msg = json.loads(line)
@@ -63,31 +61,30 @@ def main(argv: list[str] | None = None) -> int:
         if msg["cmd"] == "learn":
             images, labels = gather(data, msg["visits"])
             t0 = time.perf_counter()
-            embeddings = encoder.embed(images)
+            embeddings = learner.embed(images)
             embed_s = time.perf_counter() - t0
-            memory.add_examples(labels, embeddings)
+            learner.add_embeddings(embeddings, labels)
             learn_s = time.perf_counter() - t0
             # what this client alone answers on the merged superset, before it pulls the others' classes
             test_images, test_labels = gather(data, msg["test"])
-            reply["before"] = score(memory, encoder.embed(test_images), test_labels)
+            reply["before"] = score(learner, test_images, test_labels)
             t1 = time.perf_counter()
-            ids, counts, means = memory.pending()
-            ack = client.push(space, ids, counts, means)
-            memory.mark_pushed()
+            ids, counts, means = learner.pending()
+            acks = learner.push()
             n = len({cid for cid, _ in msg["visits"]})
             reply["update_ms_per_class"] = 1000.0 * (learn_s + time.perf_counter() - t1) / max(1, n)
             reply["embed_ms_per_class"] = 1000.0 * embed_s / max(1, n)
-            reply["bytes_up"] = push_request_size(args.client_id, space, ack.seq, ids, counts, means, client.dtype)
+            reply["bytes_up"] = push_request_size(args.client_id, space, acks[-1].seq, ids, counts, means,
+                                                  learner.server.dtype) if acks else 0
             reply["classes_pushed"] = len(ids)
         elif msg["cmd"] == "sync":
-            pulled = client.pull(space, since=memory.global_version)
-            memory.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
-            reply["bytes_down"] = pull_reply_size(pulled, client.dtype)
-            reply["classes_known"] = len(memory.class_ids())
+            pulled = learner.pull()
+            reply["bytes_down"] = pull_reply_size(pulled, learner.server.dtype)
+            reply["classes_known"] = len(learner.class_ids())
             test_images, test_labels = gather(data, msg["test"])
-            reply["after"] = score(memory, encoder.embed(test_images), test_labels)
+            reply["after"] = score(learner, test_images, test_labels)
         print(json.dumps(reply), flush=True)
-    client.close()
+    learner.close()
     return 0
 
 

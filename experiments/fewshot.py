@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from fedrecon.client.data.images import ImageSet
 from fedrecon.client.encoder import Encoder, load_encoder
+from fedrecon.client.preprocess import Preprocessing
 from fedrecon.proto.prototypes import nearest_prototype
 
 
@@ -65,8 +66,8 @@ def evaluate(encoder: Encoder, data: ImageSet, ways: int, shots: int, queries: i
 
 
 def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: int,
-                   download: bool = False) -> ImageSet:
-    """Omniglot images_evaluation (no rotations), or held-out glyph classes."""
+                   download: bool = False, preprocessing: Preprocessing | None = None) -> ImageSet:
+    """Omniglot images_evaluation (no rotations), held-out glyph classes, or a folder (read as `preprocessing` says)."""
     if dataset == "omniglot":
         from fedrecon.client.data.omniglot import load_omniglot
 
@@ -81,7 +82,13 @@ def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: in
         from fedrecon.client.data.glyphs import make_glyphs
 
         return make_glyphs(200, 20, seed=seed + 1_000_003, image_size=image_size)
-    raise SystemExit(f"fewshot: unknown --dataset {dataset!r} (omniglot or glyphs)")
+    if dataset == "folder":
+        from fedrecon.client.data.folder import load_folder
+
+        if not data_dir or preprocessing is None:
+            raise SystemExit("fewshot: --data-dir ROOT (ROOT/<class name>/<image files>) is required for folder")
+        return load_folder(data_dir, preprocessing)
+    raise SystemExit(f"fewshot: unknown --dataset {dataset!r} (omniglot, glyphs or folder)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +96,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="omniglot",
                         help="shipped name (omniglot, glyphs), a .pt path, or `random` (untrained baseline)")
     parser.add_argument("--data-dir", default=None, help="directory holding the Omniglot zips or folders")
-    parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "glyphs"])
+    parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "glyphs", "folder"],
+                        help="folder: your own images, --data-dir ROOT/<class name>/<image files>")
     parser.add_argument("--download", action="store_true", help="fetch the official Omniglot zip into --data-dir")
     parser.add_argument("--ways", type=int, default=20)
     parser.add_argument("--shots", type=int, default=1)
@@ -106,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(torch.get_num_threads(), 2) if not torch.cuda.is_available() else 4)
     t0 = time.time()
     encoder = Encoder.random(args.dataset, seed=args.seed) if args.weights == "random" else load_encoder(args.weights)
-    data = load_eval_data(args.dataset, args.data_dir, encoder.config["image_size"], args.seed, args.download)
+    data = load_eval_data(args.dataset, args.data_dir, encoder.config["image_size"], args.seed, args.download,
+                          encoder.preprocessing)
     result = evaluate(encoder, data, args.ways, args.shots, args.queries, args.episodes, args.seed,
                       progress=True)
     result["weights"] = str(args.weights)

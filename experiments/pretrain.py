@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fedrecon.client.data.images import ImageSet
-from fedrecon.client.encoder import Conv4, Encoder, default_config, save_checkpoint
+from fedrecon.client.encoder import Conv4, Encoder, default_config, resolve_device, save_checkpoint
+from fedrecon.client.preprocess import Preprocessing, native
 from fedrecon.experiments.fewshot import episode_accuracies, summarize
 
 
@@ -56,7 +57,26 @@ def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]
         train = load_mini_imagenet(args.data_dir, "train", args.image_size, args.csv_dir)
         val = load_mini_imagenet(args.data_dir, "val", args.image_size, args.csv_dir)
         return train, val, "mini-ImageNet val split"
+    if args.dataset == "folder":
+        from fedrecon.client.data.folder import load_folder
+
+        data = load_folder(args.data_dir, folder_preprocessing(args))
+        n_val = max(1, round(len(data.class_ids) * args.val_fraction)) if args.val_fraction > 0 else 0
+        if n_val >= len(data.class_ids):
+            raise ValueError(f"{args.data_dir}: {len(data.class_ids)} classes leave none to train on after holding "
+                             f"out {n_val} for validation; lower --val-fraction")
+        order = np.random.default_rng(args.seed).permutation(len(data.class_ids))
+        val_ids = sorted(data.class_ids[i] for i in order[:n_val])
+        train_ids = [c for c in data.class_ids if c not in set(val_ids)]
+        val = data.subset(val_ids) if val_ids else None
+        return data.subset(train_ids), val, f"{n_val} held-out classes of the folder (seeded)" if val else "none"
     raise SystemExit(f"pretrain: unknown --dataset {args.dataset!r}")
+
+
+def folder_preprocessing(args: argparse.Namespace) -> Preprocessing:
+    """How `--dataset folder` images become inputs: --mode, --invert, --image-size (ImageNet stats for RGB)."""
+    pre = native("folder", args.image_size, args.mode)
+    return Preprocessing(pre.mode, args.invert, pre.size, pre.resample, pre.mean, pre.std)
 
 
 def lr_at(args: argparse.Namespace, step: int) -> float:
@@ -113,13 +133,12 @@ def validate(model: Conv4, config: dict, val: ImageSet, ways: int, episodes: int
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) training; writes `<out>` at each validation and at the end; returns a summary."""
     torch.manual_seed(args.seed)
-    device = torch.device(args.device) if args.device else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     train_set, val, val_desc = load_data(args)
     c, s = train_set.image_shape[0], train_set.image_shape[1]
-    config = default_config(args.dataset, s, c)
+    config = default_config(args.dataset, s, c, folder_preprocessing(args) if args.dataset == "folder" else None)
     model = Conv4(c).to(device)
     centres = None
     params = list(model.parameters())
@@ -199,8 +218,13 @@ def train(args: argparse.Namespace) -> dict:
 def register(parser: argparse.ArgumentParser) -> None:
     """Arguments of `fedrecon pretrain`."""
     p = parser
-    p.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet", "glyphs"])
-    p.add_argument("--data-dir", default=None, help="data directory (omniglot, mini-imagenet)")
+    p.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet", "glyphs", "folder"],
+                   help="folder: your own images, --data-dir ROOT/<class name>/<image files>")
+    p.add_argument("--data-dir", default=None, help="data directory (omniglot, mini-imagenet, folder)")
+    p.add_argument("--mode", default="L", choices=["L", "RGB"], help="folder: gray (L) or colour inputs")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=False,
+                   help="folder: invert gray images (dark ink on light paper -> bright strokes, as for Omniglot)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="folder: classes held out for validation")
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.pt)")
     p.add_argument("--download", action="store_true", help="omniglot: fetch the official zips into --data-dir")
     p.add_argument("--csv-dir", default=None, help="mini-imagenet: folder of the split CSVs if not --data-dir")
@@ -236,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     if args.image_size is None:
-        args.image_size = 84 if args.dataset == "mini-imagenet" else 28
+        args.image_size = 84 if args.dataset == "mini-imagenet" or getattr(args, "mode", "L") == "RGB" else 28
     if args.dataset != "glyphs" and not args.data_dir:
         raise SystemExit(f"pretrain: --data-dir is required for {args.dataset}")
     args.command_line = "fedrecon " + " ".join(sys.argv[1:])

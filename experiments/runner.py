@@ -193,7 +193,7 @@ def run_experiment(config: dict[str, Any], data_dir: str | Path | None = None, p
         needed = order[:half][:nb] + order[half:][:nf]
         class_order = order
     t0 = time.perf_counter()
-    data = load_dataset(spec, data_dir, image_size, needed)
+    data = load_dataset(spec, data_dir, image_size, needed, encoder.preprocessing)
     print(f"loaded {data.name}: {len(data.class_ids)} classes, {len(data)} images "
           f"({time.perf_counter() - t0:.1f}s); encoder {encoder.fingerprint}", file=log)
     counts = class_counts(data)
@@ -228,6 +228,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=EXPERIMENTS, help="which protocol to run")
     parser.add_argument("--config", help="TOML config file (default: the shipped experiments/configs/NAME.toml)")
     parser.add_argument("--data-dir", help="data set folder (e.g. ../shared/data/omniglot); not needed for glyphs")
+    parser.add_argument("--dataset", choices=["omniglot", "glyphs", "mini-imagenet", "folder"],
+                        help="replace the config's data set; `folder`: your images, --data-dir ROOT/<class>/<images>")
     parser.add_argument("--out", help="output folder (default runs/NAME)")
     parser.add_argument("--clients", type=int, help="number of clients K (federated protocols)")
     parser.add_argument("--runs", type=int, help="number of seeded runs")
@@ -246,6 +248,8 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     exp = config["experiment"]
     if args.clients is not None:
         config.setdefault("protocol", {})["clients"] = args.clients
+    if args.dataset is not None:
+        config["dataset"] = {"name": args.dataset}
     for key in ("runs", "seed", "transport", "encoder"):
         if getattr(args, key) is not None:
             exp[key] = getattr(args, key)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedrecon.client.encoder import WEIGHTS_DIR, Encoder, load_encoder, read_checkpoint
-from fedrecon.client.learner import LocalLearner
+from fedrecon.client.learner import Learner
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.proto.prototypes import PrototypeTable
 
@@ -96,7 +96,7 @@ def test_nearest_prototype_and_learner_on_separable_images() -> None:
     table = PrototypeTable()
     table.add_examples(ids[::2], enc.embed(x[::2]))
     assert table.classify(enc.embed(x[1::2])) == ids[1::2]
-    learner = LocalLearner(enc, PrototypeMemory(enc.dim))
+    learner = Learner(enc, PrototypeMemory(enc.dim))
     learner.learn(x[::2], ids[::2])
     assert learner.accuracy(x[1::2], ids[1::2]) == 1.0
     classes, counts, means = learner.pending()

@@ -164,10 +164,10 @@ def test_client_resumes_pending_push_after_crash(server, tmp_path: Path) -> None
         # The process "dies" after recording push 2 as pending and before hearing the answer:
         request = pb.PushRequest(client_id="alice", space="s", seq=2,
                                  deltas=codec.encode_deltas(["b"], [4], np.ones((1, 2))))
-        first.state.begin(request.SerializeToString())
+        first.state.begin(2, "s", request.SerializeToString())
         first.stub.Push(request, timeout=5)  # the server applied it; the ack was lost
     with ReconClient(server.address, "alice", state_path=state) as second:
-        assert second.state.pending_seq == 2
+        assert second.state.pending.seq == 2
         ack = second.push("s", ["c"], [1], np.ones((1, 2)))
     assert ack.seq == 3
     pulled = ReconClient(server.address).pull("s")

@@ -16,6 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fedrecon.client.preprocess import Preprocessing, to_pixels
+
+READABLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"}
+
 
 class DataError(ValueError):
     """A data set on disk is missing, corrupt or not in the expected layout."""
@@ -102,27 +106,21 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def decode_image(data: bytes, where: str, mode: str) -> Image.Image:
+def decode_image(data: bytes, where: str) -> Image.Image:
     """Decode image bytes with Pillow; a clear DataError names the file if they are not an image."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{where}: not a readable image ({exc})") from exc
-    if mode == "1":
-        if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-            raise DataError(f"{where}: unexpected image mode {img.mode!r} (expected a 1-bit or gray PNG)")
-        return img.convert("L")
-    if img.mode not in ("RGB", "L", "RGBA", "P", "CMYK", "YCbCr"):
-        raise DataError(f"{where}: unexpected image mode {img.mode!r} (expected an RGB image)")
-    return img.convert(mode)
+    if img.mode not in READABLE_MODES:
+        raise DataError(f"{where}: unsupported image mode {img.mode!r} (expected one of {sorted(READABLE_MODES)})")
+    return img
 
 
-def resize(img: Image.Image, size: int, antialias: bool = True) -> Image.Image:
-    """Square resize; antialiased (Lanczos) by default, nearest neighbour otherwise."""
-    if img.size == (size, size):
-        return img
-    return img.resize((size, size), Image.Resampling.LANCZOS if antialias else Image.Resampling.NEAREST)
+def read_pixels(path: str | Path, pre: Preprocessing) -> np.ndarray:
+    """One image file -> uint8 (C, S, S) model pixels under `pre` (the encoder's preprocessing)."""
+    return to_pixels(decode_image(read_bytes(Path(path)), str(path)), pre)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -131,3 +129,7 @@ def read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{path}: is a folder, not an image file") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc

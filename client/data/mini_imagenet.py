@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from fedrecon.client.data.images import DataError, ImageSet, decode_image, read_bytes, resize
+from fedrecon.client.data.images import DataError, ImageSet, read_pixels
+from fedrecon.client.preprocess import native, to_pixels
 
 SPLITS = ("train", "val", "test")
 LAYOUT = ("<dir>/<split>.csv + <dir>/images/*.jpg, or <dir>/<split>/<wnid>/*.jpg, "
@@ -24,8 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _decode_rgb(path: Path, size: int) -> np.ndarray:
-    img = resize(decode_image(read_bytes(path), str(path), mode="RGB"), size)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return read_pixels(path, native("mini-imagenet", size))
 
 
 def read_split_csv(path: Path) -> dict[str, list[str]]:
@@ -92,12 +93,8 @@ def _read_pickle(path: Path, wanted: Sequence[str] | None, size: int) -> dict[st
             raise DataError(f"{path}: empty class {wnid} in class_dict")
         if rows.max() >= len(data):
             raise DataError(f"{path}: class {wnid} names row {rows.max()} of {len(data)} images")
-        imgs = data[rows]
-        if imgs.shape[1:3] != (size, size):
-            from PIL import Image
-
-            imgs = np.stack([np.asarray(resize(Image.fromarray(a), size)) for a in imgs])
-        out[wnid] = imgs.transpose(0, 3, 1, 2)
+        pre = native("mini-imagenet", size)
+        out[wnid] = np.stack([to_pixels(Image.fromarray(a), pre) for a in data[rows]])
     return out
 
 

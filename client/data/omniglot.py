@@ -15,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from fedrecon.client.data.images import DataError, ImageSet, decode_image, resize
+from fedrecon.client.data.images import DataError, ImageSet, decode_image
+from fedrecon.client.preprocess import Preprocessing, native, to_pixels
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 # The official zips' checksums (the only ones the release publishes, also used by torchvision).
@@ -89,7 +89,13 @@ def _entries(source: Path) -> Iterator[tuple[str, str, str, bytes]]:
 
 def read_omniglot(source: Path, image_size: int = 28, antialias: bool = True) -> tuple[list[str], np.ndarray,
                                                                                          np.ndarray]:
-    """Decode every drawing once: (class ids, uint8 pixels (N, 1, S, S) ink-bright, labels)."""
+    """Decode every drawing once: (class ids, uint8 pixels (N, 1, S, S) ink-bright, labels).
+
+    Omniglot draws black strokes on white; its native preprocessing inverts them (`preprocess.native`).
+    """
+    pre = native("omniglot", image_size)
+    if not antialias:
+        pre = Preprocessing(pre.mode, pre.invert, pre.size, "nearest", pre.mean, pre.std)
     class_ids: list[str] = []
     index: dict[str, int] = {}
     pixels: list[np.ndarray] = []
@@ -99,14 +105,11 @@ def read_omniglot(source: Path, image_size: int = 28, antialias: bool = True) ->
         if cid not in index:
             index[cid] = len(class_ids)
             class_ids.append(cid)
-        img = decode_image(data, where, mode="1")
-        ink = 255 - np.asarray(img, dtype=np.uint8)  # Omniglot draws black strokes on white
-        small = resize(Image.fromarray(ink), image_size, antialias)
-        pixels.append(np.asarray(small, dtype=np.uint8))
+        pixels.append(to_pixels(decode_image(data, where), pre))
         labels.append(index[cid])
     if not pixels:
         raise DataError(f"{source}: no drawings found (expected {LAYOUT})")
-    return class_ids, np.stack(pixels)[:, None], np.asarray(labels, dtype=np.int64)
+    return class_ids, np.stack(pixels), np.asarray(labels, dtype=np.int64)
 
 
 def _cache_key(source: Path, image_size: int, antialias: bool) -> str:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.memory import PrototypeMemory, pull_into, push_pending
 from fedrecon.experiments.methods.base import Method, check_batch
 from fedrecon.proto.prototypes import PrototypeTable
 
@@ -99,17 +99,18 @@ class FedRecon(_Embedding):
     def merge(self) -> None:
         """Every client pushes its pending deltas, then every client pulls what changed since its last pull."""
         for c, memory in sorted(self.memories.items()):
-            class_ids, counts, means = memory.pending()
-            if class_ids:
-                _, nbytes = self.transport.push(f"client-{c}", self.space, class_ids, counts, means)
-                self.bytes_up += nbytes
-                memory.mark_pushed()
+            sent = push_pending(memory, lambda ids, counts, means, c=c: self.transport.push(
+                f"client-{c}", self.space, ids, counts, means))
+            self.bytes_up += sent[1] if sent is not None else 0
         for c, memory in sorted(self.memories.items()):
-            pulled, nbytes = self.transport.pull(f"client-{c}", self.space, memory.global_version)
-            self.bytes_down += nbytes
-            memory.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
-        pulled, _ = self.transport.pull("evaluator", self.space, self.server.global_version)
-        self.server.apply_pull(pulled.class_ids, pulled.counts, pulled.means, pulled.version)
+            pull_into(memory, lambda since, c=c: self._pull(f"client-{c}", since))
+        pull_into(self.server, lambda since: self.transport.pull("evaluator", self.space, since)[0])
+
+    def _pull(self, client: str, since: int) -> Any:
+        """One client's pull through the transport, counting its bytes down."""
+        pulled, nbytes = self.transport.pull(client, self.space, since)
+        self.bytes_down += nbytes
+        return pulled
 
     def predict(self, client: int | None, images: np.ndarray) -> list[str]:
         """Nearest prototype over the client's union of global and local classes (None: the server's table)."""
