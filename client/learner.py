@@ -99,9 +99,9 @@ class Learner:
                 self.state.save_local(self.space, self.memory)
         return {"classes": len(set(class_ids)), "examples": len(class_ids)}
 
-    def learn_files(self, paths: Sequence[str | Path], label: str | None = None) -> dict[str, int]:
-        """Learn from an ImageFolder root (`ROOT/<class>/<images>`), or from image files/folders of class `label`."""
-        pairs = labelled_files(paths, label)
+    def learn_files(self, paths: str | Path | Sequence[str | Path], label: str | None = None) -> dict[str, int]:
+        """Learn from ImageFolder roots (`ROOT/<class>/<images>`), or from image files/folders of class `label`."""
+        pairs = labelled_files([paths] if isinstance(paths, str | Path) else paths, label)
         return self.learn([p for p, _ in pairs], [c for _, c in pairs])
 
     learn_folder = learn_files

@@ -156,6 +156,12 @@ class ClientState:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def __enter__(self) -> ClientState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ binding and sequence
     @property
     def store_id(self) -> str | None:

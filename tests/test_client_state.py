@@ -1,0 +1,240 @@
+"""The client's durable state: bound to one store, nothing lost or doubled across crashes, limits respected."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from helpers import FEDRECON, free_port
+
+from fedrecon.client.encoder import Encoder
+from fedrecon.client.learner import Learner
+from fedrecon.client.recon_client import PushRefused, ReconClient
+from fedrecon.client.state import ClientState, StateError, StoreMismatch
+from fedrecon.server.app import ReconServer
+from fedrecon.server.service import Limits
+from fedrecon.server.store import PrototypeStore
+
+
+def _server(path: Path, **limits: int) -> ReconServer:
+    return ReconServer(PrototypeStore(path), "127.0.0.1", 0, limits=Limits(**limits) if limits else None).start()
+
+
+def _counts(server: ReconServer, space: str = "s") -> dict[str, int]:
+    pulled = server.store.pull(space)
+    return dict(zip(pulled.class_ids, pulled.counts.tolist(), strict=True))
+
+
+class Flaky(Exception):
+    """Stands for the process dying after the push was recorded."""
+
+
+def test_a_state_used_against_a_second_server_never_changes_the_first(tmp_path: Path) -> None:
+    first, second = _server(tmp_path / "a.db"), _server(tmp_path / "b.db")
+    state = tmp_path / "alice.db"
+    try:
+        with ReconClient(first.address, "alice", state_path=state) as client:
+            client.push("s", ["x"], [1], np.ones((1, 2)))
+        # a push recorded for the first store, not yet acknowledged (the process died), then the second server
+        with ReconClient(first.address, "alice", state_path=state) as client:
+            request = client._request("s", ["y"], [2], np.ones((1, 2)), None)
+            client.state.begin(request.seq, "s", request.SerializeToString())
+        with ReconClient(second.address, "alice", state_path=state) as client, \
+                pytest.raises(StoreMismatch, match=f"bound to store {first.store.store_id}"):
+            client.push("s", ["z"], [5], np.ones((1, 2)))
+        assert _counts(second) == {} and second.store.version == 0
+        assert _counts(first) == {"x": 1}
+        with ReconClient(first.address, "alice", state_path=state) as client:
+            acks = client.push_memory(Learner(Encoder.random(device="cpu")).memory, "s")  # resumes the pending push
+        assert [a.seq for a in acks] == [2]
+        assert _counts(first) == {"x": 1, "y": 2} and _counts(second) == {}
+    finally:
+        first.stop(1)
+        second.stop(1)
+
+
+def test_a_crash_between_recording_and_acknowledging_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    server = _server(tmp_path / "s.db")
+    encoder = Encoder.random(device="cpu")
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 1, 28, 28)).astype(np.float32) * 0.4
+    labels = [f"c{i % 3}" for i in range(12)]
+    try:
+        with Learner.open(encoder, "bob", server.address, state_dir=tmp_path) as learner:
+            learner.learn(images, labels)
+            client = learner.server
+
+            def die(request):  # noqa: ANN001, ANN202 - recorded as pending, then the process "dies"
+                raise Flaky
+
+            client._send_push = die
+            with pytest.raises(Flaky):
+                learner.sync()
+            assert client.state.pending is not None and not learner.memory.pending()[0]
+            assert sorted(learner.class_ids()) == ["c0", "c1", "c2"]  # in-flight classes still answer
+        assert _counts(server, encoder.fingerprint) == {}
+        with Learner.open(encoder, "bob", server.address, state_dir=tmp_path) as learner:  # restart
+            summary = learner.sync()
+            assert summary["seq"] == 1 and summary["known_classes"] == 3
+            learner.sync()  # nothing pending: nothing sent again
+        assert _counts(server, encoder.fingerprint) == {"c0": 4, "c1": 4, "c2": 4}
+        assert server.store.client_record("bob").last_seq == 1
+    finally:
+        server.stop(1)
+
+
+def test_offline_learning_is_pushed_by_the_next_sync_and_survives_restarts(tmp_path: Path) -> None:
+    server = _server(tmp_path / "s.db")
+    encoder = Encoder.random(device="cpu")
+    images = np.random.default_rng(1).random((6, 1, 28, 28)).astype(np.float32) * 0.4
+    try:
+        with Learner.open(encoder, "eve", None, state_dir=tmp_path) as learner:
+            learner.learn(images, ["a", "a", "b", "b", "c", "c"])
+        with Learner.open(encoder, "eve", None, state_dir=tmp_path) as learner:
+            assert sorted(learner.pending()[0]) == ["a", "b", "c"]
+            expected = learner.classify(images[:1])[0]
+        with Learner.open(encoder, "eve", server.address, state_dir=tmp_path) as learner:
+            assert learner.sync()["classes_pushed"] == 3
+            assert learner.classify(images[:1])[0].label == expected.label
+        with Learner.open(encoder, "eve", None, state_dir=tmp_path) as learner:  # the pulled table persisted
+            assert sorted(learner.class_ids()) == ["a", "b", "c"] and not learner.pending()[0]
+    finally:
+        server.stop(1)
+
+
+def test_large_memories_are_pushed_within_the_server_limits(tmp_path: Path) -> None:
+    server = _server(tmp_path / "s.db", max_classes_per_push=10)
+    memory = Learner(Encoder.random(device="cpu")).memory
+    memory.add_examples([f"k{i}" for i in range(25)], np.ones((25, 64)))
+    try:
+        with ReconClient(server.address, "big", state_path=tmp_path / "big.db") as client:
+            acks = client.push_memory(memory, "s")
+        assert [a.classes for a in acks] == [10, 10, 5] and [a.seq for a in acks] == [1, 2, 3]
+        assert len(_counts(server)) == 25
+    finally:
+        server.stop(1)
+
+
+def test_a_permanent_refusal_drops_the_push_keeping_a_copy(tmp_path: Path) -> None:
+    server = _server(tmp_path / "s.db")
+    try:
+        with ReconClient(server.address, "dora", state_path=tmp_path / "d.db") as client:
+            client.push("s", ["a"], [1], np.ones((1, 4)))
+            with pytest.raises(PushRefused, match="INVALID_ARGUMENT"):
+                client.push("s", ["b"], [1], np.ones((1, 3)))  # the space has dim 4
+            assert client.state.pending is None
+            assert [(seq, code) for seq, _, code, _ in client.state.dropped()] == [(2, "INVALID_ARGUMENT")]
+            assert client.push("s", ["c"], [1], np.ones((1, 4))).seq == 2
+        assert _counts(server) == {"a": 1, "c": 1}
+    finally:
+        server.stop(1)
+
+
+def test_state_files_refuse_misuse_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    with ClientState(path, "x"), pytest.raises(StateError, match="in use by another process"):
+        ClientState(path, "x", lock_timeout=0.2)
+    with pytest.raises(StateError, match="belongs to client 'x'"):
+        ClientState(path, "y")
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 50)
+    with pytest.raises(StateError, match="not a fedrecon client state"):
+        ClientState(tmp_path / "junk.db", "x")
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (a)").connection.commit()
+    with pytest.raises(StateError, match="something else"):
+        ClientState(foreign, "x")
+
+
+def test_an_unreachable_server_fails_fast_in_one_line_naming_it() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    out = subprocess.run([*FEDRECON, "client", "info", "--server", address], capture_output=True, text=True,
+                         timeout=60)
+    elapsed = time.monotonic() - started
+    assert out.returncode == 2 and elapsed < 10, (out.returncode, elapsed)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "Traceback" not in out.stderr
+
+
+def test_library_calls_fail_fast_too() -> None:
+    with ReconClient(f"127.0.0.1:{free_port()}", "z", connect_timeout=0.5) as client, \
+            pytest.raises(ConnectionError, match="no fedrecon server reachable"):
+        client.info()
+    with ReconClient(f"127.0.0.1:{free_port()}", "z", connect_timeout=None, timeout=0.2, retries=100,
+                     deadline=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError):
+            client.info()
+        assert time.monotonic() - started < 5  # retries stop at the deadline, not after 100 attempts
+
+
+def test_cli_learn_offline_with_a_label_then_sync_and_classify(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fedrecon.client.data.glyphs import make_glyphs
+
+    glyphs = make_glyphs(3, 6, seed=5, image_size=28)
+    for k, cid in enumerate(glyphs.class_ids):
+        folder = tmp_path / "images" / f"class{k}"
+        folder.mkdir(parents=True)
+        for i, pixels in enumerate(glyphs.pixels[glyphs.indices(cid)]):
+            Image.fromarray(pixels[0]).resize((64, 64)).save(folder / f"{i}.png")  # any size: the encoder resizes
+    server = _server(tmp_path / "s.db")
+    base = [*FEDRECON, "client"]
+    opts = ["--server", server.address, "--client-id", "gus", "--encoder", "glyphs", "--state-dir", str(tmp_path)]
+    try:
+        out = subprocess.run([*base, "learn", *opts, "--offline", "--label", "first", str(tmp_path / "images/class0")],
+                             capture_output=True, text=True, timeout=120, check=True)
+        assert '"seq": null' in out.stdout and '"examples": 6' in out.stdout
+        assert server.store.version == 0
+        out = subprocess.run([*base, "sync", *opts], capture_output=True, text=True, timeout=120, check=True)
+        assert '"classes_pushed": 1' in out.stdout
+        subprocess.run([*base, "learn", *opts, str(tmp_path / "images")], capture_output=True, text=True,
+                       timeout=120, check=True)
+        assert _counts(server, server.store.info()["spaces"][0]["space"]) == {"first": 6, "class0": 6, "class1": 6,
+                                                                              "class2": 6}
+        out = subprocess.run([*base, "classify", *opts, "--top-k", "3", str(tmp_path / "images/class2/0.png")],
+                             capture_output=True, text=True, timeout=120, check=True)
+        path, label, distance, runner = out.stdout.strip().split("\t")
+        assert label == "class2" and float(distance) >= 0 and runner.startswith("runner-up: ")
+    finally:
+        server.stop(1)
+
+
+def test_experiments_and_pretraining_run_on_an_image_folder(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from fedrecon.client.data.glyphs import make_glyphs
+
+    glyphs = make_glyphs(8, 6, seed=9, image_size=28)
+    for k, cid in enumerate(glyphs.class_ids):
+        folder = tmp_path / "images" / f"glyph{k}"
+        folder.mkdir(parents=True)
+        for i, pixels in enumerate(glyphs.pixels[glyphs.indices(cid)]):
+            Image.fromarray(255 - pixels[0]).save(folder / f"{i}.png")  # dark ink on white, as scanned
+    out = subprocess.run([*FEDRECON, "pretrain", "--dataset", "folder", "--data-dir", str(tmp_path / "images"),
+                          "--invert", "--out", str(tmp_path / "mine.pt"), "--ways", "3", "--shots", "1",
+                          "--queries", "2", "--episodes", "3", "--val-every", "3", "--val-ways", "2",
+                          "--val-episodes", "5", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(subprocess.run([*FEDRECON, "encoder", "info", str(tmp_path / "mine.pt")], capture_output=True,
+                                     text=True, timeout=120, check=True).stdout)
+    assert info["preprocessing"]["invert"] is True and info["dataset"] == "folder"
+    out = subprocess.run([*FEDRECON, "experiment", "omniglot-cil", "--dataset", "folder", "--data-dir",
+                          str(tmp_path / "images"), "--encoder", str(tmp_path / "mine.pt"), "--methods",
+                          "fedrecon,centralized", "--runs", "1", "--set", "protocol.classes=8", "--set",
+                          "protocol.train_shots=4", "--set", "protocol.test_shots=2", "--set",
+                          "protocol.checkpoints=[4,8]", "--quiet", "--out", str(tmp_path / "exp")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert results["dataset"]["name"] == "folder:images" and results["dataset"]["classes"] == 8
+    assert results["encoder"]["fingerprint"] == info["fingerprint"]
+    assert results["methods"]["fedrecon"]["final_accuracy"] == results["methods"]["centralized"]["final_accuracy"]
