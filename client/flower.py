@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrecon.client.encoder import Encoder, load_encoder
-from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.memory import PrototypeMemory, push_pending
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
 from fedrecon.proto.prototypes import PrototypeTable
 
@@ -183,12 +183,15 @@ def train(msg: Message, context: Context) -> Message:
     images, labels = assigned_images(data_for(task, context), Assignment.from_config(config, "mission"))
     if len(images):
         memory.add_examples(labels, encoder.embed(images))
-    ids, counts, means = memory.pending()
-    memory.mark_pushed()
+
+    def push(ids: list[str], counts: np.ndarray, means: np.ndarray) -> RecordDict:
+        """The deltas go up as this round's reply (the server merges them like a gRPC push)."""
+        return RecordDict({"prototypes": prototypes_record(counts, means, dtype, encoder.dim),
+                           "config": _reply_config(config, **{"class-ids": ids}),
+                           "metrics": MetricRecord({"num-examples": int(counts.sum()), "classes": len(ids)})})
+
+    reply = push_pending(memory, push) or push([], np.zeros(0, np.int64), np.zeros((0, encoder.dim)))
     save_memory(context, memory, space, dtype)
-    reply = RecordDict({"prototypes": prototypes_record(counts, means, dtype, encoder.dim),
-                        "config": _reply_config(config, **{"class-ids": ids}),
-                        "metrics": MetricRecord({"num-examples": int(counts.sum()), "classes": len(ids)})})
     return Message(reply, reply_to=msg)
 
 

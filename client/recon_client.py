@@ -150,7 +150,8 @@ class ReconClient:
             grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
             raise ServerUnreachable(f"no fedrecon server reachable at {self.address} within "
-                                    f"{self.connect_timeout:g} s (is it running, and is the address right?)") from None
+                                    f"{self.connect_timeout:g} s (is it running, is the address right, do TLS settings "
+                                    "match?)") from None
         self._connected = True
 
     def _call(self, method, request, retry: bool = True):  # noqa: ANN001, ANN202 - any unary stub method

@@ -120,3 +120,17 @@ def test_bad_data_is_reported(fixture_dir: Path, tmp_path: Path) -> None:
         load_mini_imagenet(tmp_path / "other", "test")
     with pytest.raises(ValueError, match="split"):
         load_mini_imagenet(fixture_dir, "training")
+
+
+def test_raw_jpegs_embed_as_the_loader_does(fixture_dir: Path) -> None:
+    from fedrecon.client.encoder import Encoder
+
+    encoder = Encoder.random("mini-imagenet", image_size=84, channels=3, device="cpu")
+    assert encoder.preprocessing.mode == "RGB" and encoder.preprocessing.mean[0] == 0.485
+    data = load_mini_imagenet(fixture_dir, "train")
+    wnid = data.class_ids[0]
+    files = sorted((fixture_dir / "train" / wnid).iterdir())
+    np.testing.assert_allclose(encoder.embed_images(files), encoder.embed(data.pixels[data.indices(wnid)]),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # already-normalised arrays are refused
+        encoder.embed((data.pixels[:2].astype(np.float32) / 255 - 0.45) / 0.22)
