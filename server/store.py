@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ class PrototypeStore:
         self.dims: dict[str, int] = {}
         self.contributions: dict[str, dict[str, PrototypeTable]] = {}
         self.clients: dict[str, ClientRecord] = {}
-        self.store_id = "memory"
+        self.store_id = f"memory-{uuid.uuid4().hex}"  # unique: clients bind their state to it
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.max_batch = max_batch

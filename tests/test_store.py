@@ -141,3 +141,8 @@ def test_wait_for_change(store) -> None:
     assert not store.wait_for_change(0, timeout=0.01)
     store.push("a", "s", 1, ["x"], [1], _mean(1.0))
     assert store.wait_for_change(0, timeout=0.01)
+
+
+def test_every_in_memory_store_has_its_own_id() -> None:
+    first, second = PrototypeStore(), PrototypeStore()
+    assert first.store_id != second.store_id and first.store_id.startswith("memory-")
