@@ -9,6 +9,7 @@ tables and replays the remaining log with the same math and gets exactly the sam
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import uuid
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS contributions (
   sum BLOB NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (client_id, space, class_id));
 CREATE TABLE IF NOT EXISTS clients (
   client_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_version INTEGER NOT NULL,
-  last_classes INTEGER NOT NULL);
+  last_classes INTEGER NOT NULL, last_digest TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS log (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, space TEXT NOT NULL,
   seq INTEGER NOT NULL, class_ids TEXT NOT NULL, counts BLOB NOT NULL, means BLOB NOT NULL,
@@ -56,6 +57,16 @@ class Operation:
     means: np.ndarray  # float64 (n x dim)
     actor: str = ""
     at: float = 0.0
+    digest: str = ""  # of a push's content (`content_digest`); not stored, recomputed from the row on load
+
+
+def content_digest(space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
+    """Hex digest of a push's content (space, ids, int64 counts, float64 means): a retry must match it."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([space, class_ids]).encode())
+    h.update(np.ascontiguousarray(counts, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(means, dtype="<f8").tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,9 @@ class SqliteLog:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.conn.executescript(SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(clients)")}
+        if "last_digest" not in columns:  # a database written before retries were checked by content
+            self.conn.execute("ALTER TABLE clients ADD COLUMN last_digest TEXT NOT NULL DEFAULT ''")
         found = self.meta("schema")
         if found is None:
             with self.transaction():
@@ -148,7 +162,7 @@ class SqliteLog:
 
     def checkpoint(
         self, version: int, classes: list[TableRow], contributions: list[TableRow],
-        clients: list[tuple[str, int, int, int]],
+        clients: list[tuple[str, int, int, int, str]],
     ) -> None:
         """Write changed table rows and drop the log up to `version`, atomically."""
         with self.transaction():
@@ -159,7 +173,7 @@ class SqliteLog:
                 "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.client_id, r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version)
                  for r in contributions])
-            self.conn.executemany("INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?)", clients)
+            self.conn.executemany("INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?, ?)", clients)
             self.conn.execute("DELETE FROM log WHERE version <= ?", (version,))
             self.set_meta("checkpoint_version", str(version))
 
@@ -178,9 +192,10 @@ class SqliteLog:
         for client_id, space, class_id, count, blob, version in self.conn.execute(query):
             yield TableRow(space, class_id, count, np.frombuffer(blob, dtype="<f8"), version, client_id)
 
-    def load_clients(self) -> list[tuple[str, int, int, int]]:
-        """(client_id, last_seq, last_version, last_classes) rows."""
-        return self.conn.execute("SELECT client_id, last_seq, last_version, last_classes FROM clients").fetchall()
+    def load_clients(self) -> list[tuple[str, int, int, int, str]]:
+        """(client_id, last_seq, last_version, last_classes, last_digest) rows."""
+        return self.conn.execute(
+            "SELECT client_id, last_seq, last_version, last_classes, last_digest FROM clients").fetchall()
 
     def load_log(self, after: int) -> Iterator[Operation]:
         """Logged operations after a version, in order."""
@@ -188,8 +203,10 @@ class SqliteLog:
         for version, kind, client_id, space, seq, ids, counts, means, dim, actor, at in self.conn.execute(
                 query, (after,)):
             class_ids = json.loads(ids)
-            yield Operation(version, kind, client_id, space, seq, class_ids, np.frombuffer(counts, dtype="<i8"),
-                            unpack_means(means, len(class_ids), dim), actor, at)
+            counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
+            digest = content_digest(space, class_ids, counts_array, means_array) if kind == "push" else ""
+            yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
+                            digest)
 
     def audit(self) -> list[tuple[int, str, str, str, float]]:
         """Administrative operations recorded (version, kind, client, actor, time)."""

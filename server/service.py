@@ -21,6 +21,7 @@ from fedrecon.server.store import (
     InvalidPush,
     PrototypeStore,
     PullResult,
+    SeqReused,
     SequenceGap,
     StoreError,
     StoreUnavailable,
@@ -58,6 +59,7 @@ def identify_from_message(request: pb.PushRequest, context: grpc.ServicerContext
 
 STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
     (SequenceGap, grpc.StatusCode.FAILED_PRECONDITION),
+    (SeqReused, grpc.StatusCode.ALREADY_EXISTS),
     (VersionAhead, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidPush, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownClient, grpc.StatusCode.NOT_FOUND),
@@ -90,7 +92,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
         code = status_of(error)
-        if isinstance(error, SequenceGap):
+        if isinstance(error, SequenceGap | SeqReused):
             context.set_trailing_metadata((("fedrecon-expected-seq", str(error.expected)),))
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         context.abort(code, str(error))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.proto.prototypes import PrototypeTable
-from fedrecon.server.durable import Operation, SqliteLog, TableRow
+from fedrecon.server.durable import Operation, SqliteLog, TableRow, content_digest
 
 log = logging.getLogger("fedrecon.store")
 
@@ -42,6 +42,15 @@ class SequenceGap(StoreError):
 
     def __init__(self, client_id: str, got: int, expected: int) -> None:
         super().__init__(f"client {client_id!r} sent seq {got}; expected seq {expected}")
+        self.expected = expected
+
+
+class SeqReused(StoreError):
+    """The push repeats the client's last seq with other content: refused, so nothing acknowledged is overwritten."""
+
+    def __init__(self, client_id: str, seq: int, expected: int) -> None:
+        super().__init__(f"client {client_id!r} already used seq {seq} for a push with different content; "
+                         f"this push was not applied (the next seq is {expected})")
         self.expected = expected
 
 
@@ -80,11 +89,12 @@ class PullResult:
 
 @dataclass(frozen=True)
 class ClientRecord:
-    """A client's last applied sequence number and the answer it got, for exactly-once retries."""
+    """A client's last applied sequence number, the answer it got and its content digest, for exactly-once retries."""
 
     last_seq: int = 0
     last_version: int = 0
     last_classes: int = 0
+    last_digest: str = ""  # empty for a record written before digests were kept: such a retry is not checked
 
 
 @dataclass
@@ -320,16 +330,20 @@ class PrototypeStore:
                                        np.zeros(0, np.int64), np.zeros((0, 0)), request.actor, time.time()))
             stage.version = version
             return PushResult(record.last_seq, version, 0)
-        if record.last_seq and request.seq == record.last_seq:
-            return PushResult(request.seq, record.last_version, record.last_classes, duplicate=True)
-        if request.seq != record.last_seq + 1:
+        retry = record.last_seq > 0 and request.seq == record.last_seq
+        if not retry and request.seq != record.last_seq + 1:
             raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
+        digest = content_digest(request.space, request.class_ids, request.counts, request.means)
+        if retry:  # the first answer if it is the same push; other content under a used seq is refused
+            if record.last_digest and digest != record.last_digest:
+                raise SeqReused(request.client_id, request.seq, record.last_seq + 1)
+            return PushResult(request.seq, record.last_version, record.last_classes, duplicate=True)
         self._check_deltas(request, stage)
         version = stage.version + 1
         stage.ops.append(Operation(version, "push", request.client_id, request.space, request.seq,
-                                   request.class_ids, request.counts, request.means, at=time.time()))
+                                   request.class_ids, request.counts, request.means, at=time.time(), digest=digest))
         stage.version = version
-        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids))
+        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids), digest)
         return PushResult(request.seq, version, len(request.class_ids))
 
     def _check_deltas(self, request: _Request, stage: _Stage) -> None:
@@ -373,7 +387,7 @@ class PrototypeStore:
             if table is None:
                 table = mine[op.space] = PrototypeTable(dim)
             table.add_sums(op.class_ids, op.counts, sums, op.version)
-            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids))
+            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
             self._dirty_clients.add(op.client_id)
         elif op.kind == "revoke":
             for space, table in self.contributions.get(op.client_id, {}).items():
@@ -403,7 +417,7 @@ class PrototypeStore:
             contributions = [r for client_id, tables in self.contributions.items()
                              for space, table in tables.items()
                              for r in self._changed_rows(table, since, space, client_id)]
-            clients = [(c, r.last_seq, r.last_version, r.last_classes)
+            clients = [(c, r.last_seq, r.last_version, r.last_classes, r.last_digest)
                        for c in self._dirty_clients for r in [self.clients.get(c, ClientRecord())]]
             version = self.version
         self._log.checkpoint(version, classes, contributions, clients)
@@ -439,8 +453,8 @@ class PrototypeStore:
                 self.contributions.setdefault(client_id, {})[space] = table
             else:
                 self.spaces[space] = table
-        for client_id, last_seq, last_version, last_classes in self._log.load_clients():
-            self.clients[client_id] = ClientRecord(last_seq, last_version, last_classes)
+        for client_id, *record in self._log.load_clients():
+            self.clients[client_id] = ClientRecord(*record)
         self.version = self._checkpoint_version = int(self._log.meta("checkpoint_version") or 0)
         replayed = 0
         for op in self._log.load_log(self.version):

@@ -91,6 +91,17 @@ def test_gap_is_failed_precondition_naming_expected(client) -> None:
     assert seq_info.value.expected == 2
 
 
+def test_reused_seq_with_other_content_is_already_exists(client) -> None:
+    client.push("s", ["a"], [50], np.zeros((1, 2)))
+    with pytest.raises(grpc.RpcError) as info:
+        _push(client, 1, codec.encode_deltas(["a"], [10], np.zeros((1, 2))))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "seq 1" in info.value.details()
+    assert dict(info.value.trailing_metadata())["fedrecon-expected-seq"] == "2"
+    assert client.pull("s", since=0).counts.tolist() == [50]
+    again = _push(client, 1, codec.encode_deltas(["a"], [50], np.zeros((1, 2))))
+    assert again.duplicate and again.version == 1
+
+
 def test_pull_ahead_of_store_is_failed_precondition(client) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.pull("s", since=5)

@@ -6,7 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrecon.server.store import InvalidPush, PrototypeStore, SequenceGap, UnknownClient, VersionAhead
+from fedrecon.server.store import (
+    InvalidPush,
+    PrototypeStore,
+    SeqReused,
+    SequenceGap,
+    UnknownClient,
+    VersionAhead,
+)
 
 
 def _mean(value: float, dim: int = 4) -> np.ndarray:
@@ -38,6 +45,33 @@ def test_retry_returns_first_answer_and_changes_nothing(store) -> None:
     again = store.push("a", "s", 1, ["x"], [2], _mean(1.0))
     assert (again.seq, again.version, again.classes, again.duplicate) == (1, first.version, 1, True)
     assert snapshot(store) == before
+
+
+def test_reused_seq_with_other_content_is_refused_and_changes_nothing(store) -> None:
+    store.push("a", "s", 1, ["x"], [50], _mean(1.0))
+    before = snapshot(store)
+    for other in ((["x"], [10], _mean(1.0)), (["y"], [50], _mean(1.0)), (["x"], [50], _mean(2.0))):
+        with pytest.raises(SeqReused, match="seq 1") as info:
+            store.push("a", "s", 1, *other)
+        assert info.value.expected == 2
+    with pytest.raises(SeqReused):
+        store.push("a", "other-space", 1, ["x"], [50], _mean(1.0))
+    assert snapshot(store) == before
+    assert store.push("a", "s", 1, ["x"], [50], _mean(1.0)).duplicate  # the real retry still gets its answer
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 10**6])
+def test_content_check_survives_restart(tmp_path: Path, checkpoint_every: int) -> None:
+    path = tmp_path / "store.db"
+    with PrototypeStore(path, checkpoint_every=checkpoint_every) as first:  # from the checkpoint or the log
+        first.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1))  # not exact in float32: logged as float64
+        first.push("b", "s", 1, ["x"], [3], _mean(0.5))
+    with PrototypeStore(path) as again:
+        assert again.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1)).duplicate
+        assert again.push("b", "s", 1, ["x"], [3], _mean(0.5)).duplicate
+        with pytest.raises(SeqReused):
+            again.push("a", "s", 1, ["x"], [4], np.full((1, 4), 0.1))
+        assert again.pull("s").counts.tolist() == [6]
 
 
 def test_gap_is_refused_with_expected_seq(store) -> None:
