@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.proto.prototypes import PrototypeTable
-from fedrecon.server.durable import Operation, SqliteLog, TableRow, content_digest
+from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest
 
 log = logging.getLogger("fedrecon.store")
 
@@ -156,10 +156,16 @@ class PrototypeStore:
         self.commits = 0  # group commits made, and the operations they held (the mean batch size shows batching)
         self.committed_operations = 0
         self._log: SqliteLog | None = None
+        self._failing = ""  # the durability error being reported, so a full disk is logged once, not per batch
         self._writer: threading.Thread | None = None
         if self.path is not None:
             self._log = SqliteLog(self.path, synchronous)
-            self._load()
+            try:
+                self._load()
+            except Exception as error:  # noqa: BLE001 - any damage becomes one clear start-up error
+                self._log.close()
+                raise DatabaseError(f"{self.path}: damaged contents ({type(error).__name__}: {error}); restore "
+                                    "the database from a backup") from error
             self._writer = threading.Thread(target=self._writer_loop, name="fedrecon-store-writer", daemon=True)
             self._writer.start()
 
@@ -279,8 +285,9 @@ class PrototypeStore:
             if closing or self._checkpoint_due():
                 try:
                     self._checkpoint()
-                except Exception:  # noqa: BLE001 - the log still holds everything; keep serving
-                    log.exception("checkpoint failed; the operation log keeps the data")
+                except Exception as error:  # noqa: BLE001 - the log still holds everything; keep serving
+                    self._report_failure("checkpoint (the operation log keeps the data)", error)
+                    self._last_checkpoint = time.monotonic()  # try again after the interval, not every batch
             if closing:
                 assert self._log is not None
                 self._log.close()
@@ -304,11 +311,13 @@ class PrototypeStore:
                 self.commits += 1
                 self.committed_operations += len(stage.ops)
             except Exception as error:  # noqa: BLE001 - refuse the batch, change nothing
-                log.exception("commit of %d operations failed", len(stage.ops))
+                self._report_failure("commit", error)
                 for request in staged:
                     request.result = None
                     request.error = StoreUnavailable(f"could not make the push durable: {error}")
                 stage.ops = []
+            else:
+                self._report_recovery()
         with self._changed:
             for op in stage.ops:
                 self._apply(op)
@@ -401,6 +410,21 @@ class PrototypeStore:
         self.version = op.version
 
     # ----------------------------------------------------------------------------- durability
+    def _report_failure(self, what: str, error: Exception) -> None:
+        """Log a durability error once (with its cause, e.g. SQLITE_FULL), not once per refused batch."""
+        text = f"{type(error).__name__}: {error}"
+        if text == self._failing:
+            log.debug("%s failed again: %s", what, text)
+            return
+        self._failing = text
+        log.error("%s failed: %s; pushes are refused with UNAVAILABLE until it succeeds", what, text,
+                  extra={"error": text})
+
+    def _report_recovery(self) -> None:
+        if self._failing:
+            log.warning("the database accepts writes again (after: %s)", self._failing)
+            self._failing = ""
+
     def _checkpoint_due(self) -> bool:
         pending = self.version - self._checkpoint_version
         return pending >= self.checkpoint_every or (
