@@ -24,6 +24,7 @@ from fedrecon.server.store import PrototypeStore, StoreError
 
 log = logging.getLogger("fedrecon.admin")
 
+UINT64_MAX = 2**64 - 1
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
@@ -94,7 +95,7 @@ class AdminService(arpc.AdminServicer):
                 clients.append(apb.ClientStats(
                     client_id=client_id, last_seq=record.last_seq,
                     classes=sum(int((t.counts > 0).sum()) for t in tables),
-                    examples=sum(int(t.counts.sum()) for t in tables)))
+                    examples=min(sum(sum(t.counts.tolist()) for t in tables), UINT64_MAX)))
         audit = read_audit(self.store) if self.store.path is not None else list(self._memory_audit)
         robust = sorted(self.robust.spaces) if self.robust is not None else []
         return apb.StatsReply(

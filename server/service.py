@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import grpc
 
 from fedrecon import __version__
 from fedrecon.proto import codec
+from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.store import (
-    InvalidPush,
+    MAX_SPACE_EXAMPLES,
+    InvalidRequest,
+    Limits,
     PrototypeStore,
     PullResult,
     SeqReused,
@@ -32,20 +34,11 @@ from fedrecon.server.store import (
 log = logging.getLogger("fedrecon.service")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits; anything larger is refused with INVALID_ARGUMENT or RESOURCE_EXHAUSTED."""
-
-    max_classes_per_push: int = 65_536
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_class_id_bytes: int = 256
-    max_dim: int = 16_384
-    max_watch_streams: int = 8
-
-    def to_message(self) -> pb.Limits:
-        """As the wire message that Info returns."""
-        return pb.Limits(max_classes_per_push=self.max_classes_per_push, max_message_bytes=self.max_message_bytes,
-                         max_class_id_bytes=self.max_class_id_bytes, max_dim=self.max_dim)
+def limits_message(limits: Limits) -> pb.Limits:
+    """The limits as the wire message that Info returns."""
+    return pb.Limits(max_classes_per_push=limits.max_classes_per_push, max_message_bytes=limits.max_message_bytes,
+                     max_class_id_bytes=limits.max_class_id_bytes, max_dim=limits.max_dim, max_count=MAX_COUNT,
+                     max_space_examples=MAX_SPACE_EXAMPLES, max_reply_bytes=limits.max_reply_bytes)
 
 
 # Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
@@ -61,7 +54,7 @@ STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
     (SequenceGap, grpc.StatusCode.FAILED_PRECONDITION),
     (SeqReused, grpc.StatusCode.ALREADY_EXISTS),
     (VersionAhead, grpc.StatusCode.FAILED_PRECONDITION),
-    (InvalidPush, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownClient, grpc.StatusCode.NOT_FOUND),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -84,7 +77,9 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
                  identify: Identify = identify_from_message,
                  pull: Callable[[str, int], PullResult] | None = None) -> None:
         self.store = store
-        self.limits = limits or Limits()
+        if limits is not None:  # the store enforces the push limits, so every caller gets the same rules
+            store.limits = limits
+        self.limits = store.limits
         self.identify = identify
         self.pull = pull or store.pull  # e.g. `RobustMerge.pull` for robust spaces
         self.stopping = threading.Event()
@@ -97,31 +92,11 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         context.abort(code, str(error))
 
-    def _check_text(self, name: str, value: str) -> None:
-        if not value:
-            raise codec.InvalidMessage(f"{name} must not be empty")
-        if len(value.encode()) > self.limits.max_class_id_bytes:
-            raise codec.InvalidMessage(f"{name} is longer than {self.limits.max_class_id_bytes} bytes (UTF-8)")
-
-    def _check_push(self, request: pb.PushRequest, client_id: str) -> codec.Deltas:
-        self._check_text("client_id", client_id)
-        self._check_text("space", request.space)
-        if request.seq == 0:
-            raise codec.InvalidMessage("seq must start at 1")
-        n = len(request.deltas.class_ids)
-        if n > self.limits.max_classes_per_push:
-            raise codec.InvalidMessage(f"{n} classes in one push; the limit is {self.limits.max_classes_per_push}")
-        if request.deltas.means.dim > self.limits.max_dim:
-            raise codec.InvalidMessage(f"dim {request.deltas.means.dim} exceeds the limit {self.limits.max_dim}")
-        for class_id in request.deltas.class_ids:
-            self._check_text("class_id", class_id)
-        return codec.decode_deltas(request.deltas)
-
     def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
         """Merge one client's deltas exactly once."""
         try:
             client_id = self.identify(request, context)
-            deltas = self._check_push(request, client_id)
+            deltas = codec.decode_deltas(request.deltas)  # the wire format; the store checks the rules
             result = self.store.push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
                                      deltas.means)
         except (StoreError, codec.InvalidMessage) as error:
@@ -137,7 +112,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
         """Merged prototypes of a space changed since a version."""
         try:
-            self._check_text("space", request.space)
+            self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
             return self._reply(self.pull(request.space, request.since), request.dtype)
         except (StoreError, codec.InvalidMessage) as error:
@@ -150,7 +125,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
         try:
-            self._check_text("space", request.space)
+            self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
             since = request.since
             while context.is_active() and not self.stopping.is_set():
@@ -170,4 +145,4 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         info = self.store.info()
         spaces = [pb.SpaceInfo(**s) for s in info["spaces"]]
         return pb.InfoReply(server_version=__version__, store_id=info["store_id"], version=info["version"],
-                            spaces=spaces, limits=self.limits.to_message(), clients=info["clients"])
+                            spaces=spaces, limits=limits_message(self.limits), clients=info["clients"])

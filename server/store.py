@@ -21,20 +21,46 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.prototypes import PrototypeTable
 from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest
 
 log = logging.getLogger("fedrecon.store")
 
 MAX_ABS_SUM = 1e30  # refuse deltas whose count * mean could overflow float64 sums over time
+MAX_SPACE_EXAMPLES = 2**62  # total count of a space: every per-class, per-client and per-space sum fits int64/uint64
 
 
 class StoreError(Exception):
     """Base of the store's refusals; the server maps each subclass to a gRPC status."""
 
 
-class InvalidPush(StoreError):
-    """The push breaks a rule of the store (dim of the space, empty push, bad values)."""
+class InvalidRequest(StoreError):
+    """A request breaks a rule of the store (a limit, an empty or over-long name)."""
+
+
+class InvalidPush(InvalidRequest):
+    """The push breaks a rule of the store (dim of the space, empty push, bad values, a limit)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits. The store checks the push limits itself, so gRPC, Flower and in-process callers
+    get the same rules; the server adds the transport ones (message size, watch streams)."""
+
+    max_classes_per_push: int = 65_536
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_class_id_bytes: int = 256
+    max_dim: int = 16_384
+    max_watch_streams: int = 8
+    max_reply_bytes: int = 1024 * 1024  # page budget of pulls and watches: well under gRPC's default 4 MiB
+
+    def check_text(self, name: str, value: str) -> None:
+        """Refuse an empty name or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
+        if not value:
+            raise InvalidPush(f"{name} must not be empty")
+        if len(value) * 4 > self.max_class_id_bytes and len(value.encode()) > self.max_class_id_bytes:
+            raise InvalidPush(f"{name} is longer than {self.max_class_id_bytes} bytes (UTF-8)")
 
 
 class SequenceGap(StoreError):
@@ -120,6 +146,7 @@ class _Stage:
     ops: list[Operation] = field(default_factory=list)
     clients: dict[str, ClientRecord] = field(default_factory=dict)
     new_spaces: dict[str, int] = field(default_factory=dict)
+    added: dict[str, int] = field(default_factory=dict)  # examples the batch adds per space (for the bound)
 
 
 class PrototypeStore:
@@ -133,8 +160,11 @@ class PrototypeStore:
         checkpoint_every: int = 20_000,
         checkpoint_seconds: float = 30.0,
         max_batch: int = 1024,
+        limits: Limits | None = None,
     ) -> None:
         self.path = None if path is None else Path(path)
+        self.limits = limits or Limits()
+        self.examples: dict[str, int] = {}  # exact total count per space (Python ints)
         self.version = 0
         self.spaces: dict[str, PrototypeTable] = {}
         self.dims: dict[str, int] = {}
@@ -175,8 +205,12 @@ class PrototypeStore:
         means: np.ndarray,
     ) -> PushResult:
         """Merge one client's deltas exactly once; returns after the push is durable."""
-        request = _Request("push", client_id, space, int(seq), list(class_ids),
-                           np.asarray(counts, dtype=np.int64), np.asarray(means, dtype=np.float64))
+        try:
+            request = _Request("push", client_id, space, int(seq), list(class_ids),
+                               np.asarray(counts, dtype=np.int64), np.asarray(means, dtype=np.float64))
+        except (OverflowError, TypeError, ValueError) as error:
+            raise InvalidPush(f"counts must be integers in 1..{MAX_COUNT} and means a float matrix ({error})") \
+                from error
         return self._submit(request)
 
     def revoke(self, client_id: str, actor: str = "") -> PushResult:
@@ -224,7 +258,7 @@ class PrototypeStore:
             for name, table in sorted(self.spaces.items()):
                 live = table.counts > 0
                 spaces.append({"space": name, "dim": int(table.dim or 0), "classes": int(live.sum()),
-                               "examples": int(table.counts.sum()),
+                               "examples": min(self.examples.get(name, 0), MAX_SPACE_EXAMPLES),
                                "version": int(table.versions.max()) if len(table) else 0})
             return {"store_id": self.store_id, "version": self.version, "clients": len(self.clients),
                     "spaces": spaces}
@@ -328,8 +362,7 @@ class PrototypeStore:
 
     def _stage(self, request: _Request, stage: _Stage) -> PushResult:
         """Check one request against the state plus the batch so far; record its operation."""
-        if not request.client_id:
-            raise InvalidPush("client_id must not be empty")
+        self.limits.check_text("client_id", request.client_id)
         record = stage.clients.get(request.client_id) or self.clients.get(request.client_id) or ClientRecord()
         if request.kind == "revoke":
             if request.client_id not in self.contributions and request.client_id not in stage.clients:
@@ -339,6 +372,9 @@ class PrototypeStore:
                                        np.zeros(0, np.int64), np.zeros((0, 0)), request.actor, time.time()))
             stage.version = version
             return PushResult(record.last_seq, version, 0)
+        self.limits.check_text("space", request.space)
+        if request.seq < 1:
+            raise InvalidPush("seq must start at 1")
         retry = record.last_seq > 0 and request.seq == record.last_seq
         if not retry and request.seq != record.last_seq + 1:
             raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
@@ -356,27 +392,42 @@ class PrototypeStore:
         return PushResult(request.seq, version, len(request.class_ids))
 
     def _check_deltas(self, request: _Request, stage: _Stage) -> None:
-        counts, means = request.counts, request.means
+        counts, means, limits = request.counts, request.means, self.limits
         assert counts is not None and means is not None
-        if not request.space:
-            raise InvalidPush("space must name the encoder fingerprint; it is empty")
         n = len(request.class_ids)
         if n == 0:
             raise InvalidPush("a push needs at least one class")
+        if n > limits.max_classes_per_push:
+            raise InvalidPush(f"{n} classes in one push; the limit is {limits.max_classes_per_push}")
         if means.ndim != 2 or means.shape[0] != n or counts.shape != (n,):
             raise InvalidPush(f"{n} class_ids need {n} counts and {n} mean rows")
+        if means.shape[1] > limits.max_dim:
+            raise InvalidPush(f"dim {means.shape[1]} exceeds the limit {limits.max_dim}")
+        for class_id in request.class_ids:
+            if not isinstance(class_id, str):
+                raise InvalidPush(f"class_id {class_id!r} is not a string")
+            limits.check_text("class_id", class_id)
         if len(set(request.class_ids)) != n:
             raise InvalidPush("a class_id appears more than once in one push")
         if counts.min() <= 0:
             raise InvalidPush("every count must be >= 1")
+        if counts.max() > MAX_COUNT:
+            raise InvalidPush(f"counts must be <= {MAX_COUNT}")
+        added = stage.added.get(request.space, 0) + int(counts.sum())
+        if self.examples.get(request.space, 0) + added > MAX_SPACE_EXAMPLES:
+            raise InvalidPush(f"space {request.space!r} would hold more than {MAX_SPACE_EXAMPLES} examples "
+                              f"(it holds {self.examples.get(request.space, 0)}); this push adds {int(counts.sum())}")
         # max over rows of count * max|mean| is the largest |count * mean|; NaN propagates, so `not <=` catches it
-        if not (np.abs(means).max(axis=1) * counts).max() <= MAX_ABS_SUM:
+        with np.errstate(over="ignore", invalid="ignore"):
+            largest = (np.abs(means).max(axis=1) * counts).max()
+        if not largest <= MAX_ABS_SUM:
             raise InvalidPush(f"means must be finite and |count * mean| <= {MAX_ABS_SUM:g}")
         dim = self.dims.get(request.space) or stage.new_spaces.get(request.space)
         if dim is None:
             stage.new_spaces[request.space] = means.shape[1]
         elif dim != means.shape[1]:
             raise InvalidPush(f"space {request.space!r} has dim {dim}; this push has dim {means.shape[1]}")
+        stage.added[request.space] = added
 
     def _apply(self, op: Operation) -> None:
         """Apply one durable operation to memory (also used to replay the log at start-up)."""
@@ -389,6 +440,7 @@ class PrototypeStore:
             if table is None:
                 table = self.spaces[op.space] = PrototypeTable(dim)
             table.add_sums(op.class_ids, op.counts, sums, op.version)
+            self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
             mine = self.contributions.get(op.client_id)
             if mine is None:
                 mine = self.contributions[op.client_id] = {}
@@ -405,6 +457,7 @@ class PrototypeStore:
                 counts, sums = table.counts[rows].copy(), table.sums[rows].copy()
                 self.spaces[space].add_sums(ids, -counts, -sums, op.version)
                 table.add_sums(ids, -counts, -sums, op.version)
+                self.examples[space] -= int(counts.sum())
         else:
             raise ValueError(f"unknown operation kind {op.kind!r}")
         self.version = op.version
@@ -479,6 +532,7 @@ class PrototypeStore:
                 self.spaces[space] = table
         for client_id, *record in self._log.load_clients():
             self.clients[client_id] = ClientRecord(*record)
+        self.examples = {space: sum(table.counts.tolist()) for space, table in self.spaces.items()}
         self.version = self._checkpoint_version = int(self._log.meta("checkpoint_version") or 0)
         replayed = 0
         for op in self._log.load_log(self.version):

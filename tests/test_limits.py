@@ -97,3 +97,34 @@ def test_stream_slots() -> None:
     assert slots.acquire("k") and slots.acquire("k") and not slots.acquire("k")
     slots.release("k")
     assert slots.acquire("k")
+
+
+def test_totals_never_overflow_info_or_stats() -> None:
+    """128 valid pushes of 65,536 classes with count 2**40: the space stops at its bound; Info and Stats answer."""
+    from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
+    from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+    from fedrecon.server.store import MAX_SPACE_EXAMPLES
+
+    n = 65_536
+    server = build_server(PrototypeStore(None), insecure=True).start()
+    deltas = codec.encode_deltas([f"c{i}" for i in range(n)], [2**40] * n, np.zeros((n, 1)))
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            codes = []
+            for seq in range(1, 129):
+                try:
+                    stub.Push(pb.PushRequest(client_id=f"c{seq}", space="s", seq=1, deltas=deltas), timeout=60)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+                    assert "examples" in error.details()
+            accepted = MAX_SPACE_EXAMPLES // (n * 2**40)
+            assert codes == [grpc.StatusCode.OK] * accepted + [grpc.StatusCode.INVALID_ARGUMENT] * (128 - accepted)
+            info = stub.Info(pb.InfoRequest(), timeout=10)
+            assert info.spaces[0].examples == info.limits.max_space_examples == MAX_SPACE_EXAMPLES
+            stats = arpc.AdminStub(channel).Stats(apb.StatsRequest(), timeout=10)
+            assert stats.spaces[0].examples == MAX_SPACE_EXAMPLES
+            assert sum(c.examples for c in stats.clients) == MAX_SPACE_EXAMPLES
+    finally:
+        server.stop(grace=1)

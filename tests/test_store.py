@@ -127,6 +127,38 @@ def test_bad_push_changes_nothing(store, args, match) -> None:
     store.push("a", "s", 2, ["y"], [1], _mean(2.0))  # the refused push did not consume seq 2
 
 
+@pytest.mark.parametrize("args,match", [
+    (("a", "s", 2, ["x" * 10_000], [1], np.zeros((1, 4))), "longer than 256 bytes"),
+    (("a", "s", 2, ["x"], [2**50], np.zeros((1, 4))), "<= 1099511627776"),
+    (("a", "s", 2, ["x"], [2**70], np.zeros((1, 4))), "counts must be integers"),
+    (("a", "wide", 2, ["x"], [1], np.zeros((1, 20_000))), "dim 20000 exceeds the limit 16384"),
+    (("a", "s", 2, [f"c{i}" for i in range(65_537)], [1] * 65_537, np.zeros((65_537, 4))), "limit is 65536"),
+    (("a" * 300, "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id is longer"),
+    (("a", "s" * 300, 2, ["x"], [1], np.zeros((1, 4))), "space is longer"),
+    (("a", "s", 0, ["x"], [1], np.zeros((1, 4))), "seq must start at 1"),
+])
+def test_direct_callers_get_the_same_limits_as_grpc(store, args, match) -> None:
+    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    before = snapshot(store)
+    with pytest.raises(InvalidPush, match=match):
+        store.push(*args)
+    assert snapshot(store) == before
+
+
+def test_space_total_is_bounded_so_sums_never_overflow(store, monkeypatch) -> None:
+    from fedrecon.server import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_SPACE_EXAMPLES", 100)
+    store.push("a", "s", 1, ["x", "y"], [40, 50], np.zeros((2, 4)))
+    with pytest.raises(InvalidPush, match="more than 100 examples"):
+        store.push("b", "s", 1, ["z"], [11], np.zeros((1, 4)))
+    store.push("b", "s", 1, ["z"], [10], np.zeros((1, 4)))  # exactly at the bound
+    store.push("b", "other", 2, ["z"], [100], np.zeros((1, 4)))  # each space has its own bound
+    store.revoke("a")
+    store.push("c", "s", 1, ["x"], [90], np.zeros((1, 4)))  # a revocation frees its share
+    assert store.info()["spaces"][1]["examples"] == 100
+
+
 def test_restart_restores_exactly(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     rng = np.random.default_rng(3)
