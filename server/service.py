@@ -17,6 +17,7 @@ from fedrecon.proto import codec
 from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.ratelimit import refuse_for_now
 from fedrecon.server.store import (
     MAX_SPACE_EXAMPLES,
     InvalidRequest,
@@ -122,8 +123,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.PullReply]:  # noqa: N802
         """Stream the changes of a space: one reply per batch of applied operations."""
         if not self._watch_slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
+            refuse_for_now(context, 1.0, f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
         try:
             self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)

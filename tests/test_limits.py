@@ -54,6 +54,25 @@ def test_push_rate_per_client(limited) -> None:
     assert store.client_record("a").last_seq == 2 and store.version == 3
 
 
+def _refusal(call) -> grpc.RpcError:  # noqa: ANN001
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def test_transient_refusals_carry_retry_after_and_size_refusals_do_not(limited) -> None:
+    store, stub = limited
+    big = pb.PushRequest(client_id="c", space="s", seq=1, deltas=codec.encode_deltas(["0"], [1], np.zeros((1, 2000))))
+    too_big = _refusal(lambda: stub.Push(big, timeout=5))
+    assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fedrecon-retry-after-ms" not in dict(too_big.trailing_metadata() or ())  # permanent: never retry it
+    assert [_push(stub, "a", s) for s in (1, 2)] == [grpc.StatusCode.OK] * 2
+    small = pb.PushRequest(client_id="a", space="s", seq=3, deltas=codec.encode_deltas(["0"], [1], np.zeros((1, 2))))
+    limited_rate = _refusal(lambda: stub.Push(small, timeout=5))
+    assert limited_rate.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(limited_rate.trailing_metadata())["fedrecon-retry-after-ms"]) > 0  # transient: retry later
+
+
 def test_concurrent_streams_per_client(limited) -> None:
     store, stub = limited
     first = stub.Watch(pb.WatchRequest(space="s"), timeout=10)
@@ -75,6 +94,7 @@ def test_concurrent_streams_per_client(limited) -> None:
             for _ in stub.Watch(pb.WatchRequest(space="s"), timeout=10):
                 pass
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fedrecon-retry-after-ms" in dict(info.value.trailing_metadata())
     finally:
         first.cancel()
         reader.join(5)
