@@ -49,7 +49,7 @@ class ReconServer:
         tls: TlsConfig | None = None,
         identify: Identify = identify_from_message,
         interceptors: tuple[grpc.ServerInterceptor, ...] = (),
-        pull: Callable[[str, int], PullResult] | None = None,
+        pull: Callable[..., PullResult] | None = None,
         services: tuple[tuple[str, Callable[[grpc.Server], None]], ...] = (),
     ) -> None:
         self.store = store

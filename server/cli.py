@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
                                checkpoint_every=args.checkpoint_every)
     except (OSError, sqlite3.Error, DatabaseError) as error:
-        print(f"fedrecon server: cannot serve database {args.db}: {error}", file=sys.stderr)
+        print(f"fedrecon server: cannot open database {args.db}: {error}", file=sys.stderr)
         return 2
     try:
         server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,

@@ -47,8 +47,8 @@ Identify = Callable[[pb.PushRequest, grpc.ServicerContext], str]
 
 
 def identify_from_message(request: pb.PushRequest, context: grpc.ServicerContext) -> str:
-    """Open mode: trust the client_id field of the push."""
-    return request.client_id
+    """Open mode: trust the client_id field of the push ("" for requests without one: an unknown caller)."""
+    return getattr(request, "client_id", "")
 
 
 STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
@@ -76,7 +76,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def __init__(self, store: PrototypeStore, limits: Limits | None = None,
                  identify: Identify = identify_from_message,
-                 pull: Callable[[str, int], PullResult] | None = None) -> None:
+                 pull: Callable[..., PullResult] | None = None) -> None:
         self.store = store
         if limits is not None:  # the store enforces the push limits, so every caller gets the same rules
             store.limits = limits
@@ -105,36 +105,56 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         return pb.PushReply(seq=result.seq, version=result.version, classes=result.classes,
                             duplicate=result.duplicate)
 
-    def _reply(self, result: PullResult, dtype: int) -> pb.PullReply:
-        reply = pb.PullReply(space=result.space, version=result.version)
-        codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, dtype or pb.FLOAT32)
+    def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
+        """One page of a pull, under the page budget (the server's, or the request's smaller one)."""
+        self.limits.check_text("space", space)
+        code = codec.dtype_code(dtype or pb.FLOAT32)
+        budget = min(max_reply_bytes or self.limits.max_reply_bytes, self.limits.max_reply_bytes)
+        result = self.pull(space, since, page_token=page_token, max_bytes=budget,
+                           itemsize=codec.DTYPES[code].itemsize)
+        reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token)
+        codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, code)
         return reply
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
-        """Merged prototypes of a space changed since a version."""
+        """Merged prototypes of a space changed since a version, one page at a time."""
         try:
-            self.limits.check_text("space", request.space)
-            codec.dtype_code(request.dtype or pb.FLOAT32)
-            return self._reply(self.pull(request.space, request.since), request.dtype)
+            return self._page(request.space, request.since, request.page_token, request.dtype,
+                              request.max_reply_bytes)
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Pull")
         raise AssertionError("unreachable")
 
+    def _check_caller(self, request: pb.WatchRequest, context: grpc.ServicerContext, caller: str,
+                      revoked: int) -> None:
+        """End a stream whose token was removed (UNAUTHENTICATED, by `identify`) or whose client was revoked."""
+        self.identify(request, context)
+        if caller and self.store.revoked_at(caller) > revoked:
+            log.warning("watch ended: client revoked", extra={"client_id": caller})
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client {caller!r} was revoked; its streams end")
+
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.PullReply]:  # noqa: N802
-        """Stream the changes of a space: one reply per batch of applied operations."""
+        """Stream the changes of a space: each pass of changes in pages, as Pull pages them."""
         if not self._watch_slots.acquire(blocking=False):
             refuse_for_now(context, 1.0, f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
         try:
             self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
-            since = request.since
+            self.store.check_since(request.since)
+            caller = self.identify(request, context)
+            revoked = self.store.revoked_at(caller) if caller else 0
+            since, token = request.since, ""
             while context.is_active() and not self.stopping.is_set():
-                if not self.store.wait_for_change(since, timeout=0.5):
+                changed = bool(token) or self.store.wait_for_change(since, timeout=0.5)
+                self._check_caller(request, context, caller, revoked)  # at least every 0.5 s
+                if not changed:
                     continue
-                result = self.pull(request.space, since)
-                since = result.version
-                if result.class_ids:
-                    yield self._reply(result, request.dtype)
+                reply = self._page(request.space, since, token, request.dtype, request.max_reply_bytes)
+                paging, token = bool(token), reply.next_page_token
+                if not token:
+                    since = reply.version
+                if reply.classes.class_ids or token or paging:  # a pass's last page ends it, even if empty
+                    yield reply
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Watch")
         finally:

@@ -24,6 +24,7 @@ import numpy as np
 from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.prototypes import PrototypeTable
 from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest
+from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
 log = logging.getLogger("fedrecon.store")
 
@@ -111,6 +112,7 @@ class PullResult:
     class_ids: list[str]
     counts: np.ndarray
     means: np.ndarray
+    next_page_token: str = ""  # non-empty: a page of a paged pull, continued with this token
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class PrototypeStore:
         self.dims: dict[str, int] = {}
         self.contributions: dict[str, dict[str, PrototypeTable]] = {}
         self.clients: dict[str, ClientRecord] = {}
+        self.revoked: dict[str, int] = {}  # client -> version of its latest revocation (since start-up)
         self.store_id = f"memory-{uuid.uuid4().hex}"  # unique: clients bind their state to it
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
@@ -217,22 +220,43 @@ class PrototypeStore:
         """Remove every contribution of one client from every class (exact unlearning); durable."""
         return self._submit(_Request("revoke", client_id, actor=actor))
 
-    def pull(self, space: str, since: int = 0) -> PullResult:
-        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes)."""
+    def check_since(self, since: int) -> None:
+        """Refuse a `since` this store never reached (VersionAhead): the rule of Pull and Watch alike."""
+        if since > self.version:
+            raise VersionAhead(f"since={since} is ahead of this store's version {self.version} "
+                               f"(a different or reset store?); pull again with since=0")
+
+    def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
+             itemsize: int = 8) -> PullResult:
+        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes).
+
+        With `max_bytes` the answer is one page of at most that many wire bytes (means of `itemsize`
+        bytes); pass its `next_page_token` back as `page_token` for the next (see `paging`).
+        """
         with self._lock:
-            if since > self.version:
-                raise VersionAhead(
-                    f"since={since} is ahead of this store's version {self.version} "
-                    f"(a different or reset store?); pull again with since=0")
+            self.check_since(since)
+            try:
+                cursor = Cursor.parse(page_token, since, self.version) if page_token else None
+            except BadPageToken as error:
+                raise InvalidRequest(str(error)) from None
             table = self.spaces.get(space)
             if table is None:
                 return PullResult(space, self.version, [], np.zeros(0, np.int64),
                                   np.zeros((0, self.dims.get(space, 0)), np.float64))
-            rows = table.live_rows() if since == 0 else table.changed_since(since)
-            if len(rows) == len(table):  # every row (the usual full pull): slices, no per-row gathering
-                return PullResult(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
-            return PullResult(space, self.version, [table.class_ids[r] for r in rows],
-                              table.counts[rows].copy(), table.means(rows))
+            if cursor is None:
+                rows = table.live_rows() if since == 0 else table.changed_since(since)
+                per_row = (table.dim or 0) * itemsize + ROW_OVERHEAD + self.limits.max_class_id_bytes
+                if not max_bytes or len(rows) * per_row + REPLY_OVERHEAD <= max_bytes:  # surely one page
+                    return self._rows_result(space, table, rows)
+                cursor = Cursor.first(since, self.version)
+            rows, token = page_rows(table, cursor, max_bytes or 2**62, itemsize)
+            return self._rows_result(space, table, rows, token)
+
+    def _rows_result(self, space: str, table: PrototypeTable, rows: np.ndarray, token: str = "") -> PullResult:
+        if len(rows) == len(table) and not token:  # every row (the usual full pull): slices, no per-row gathering
+            return PullResult(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
+        return PullResult(space, self.version, [table.class_ids[r] for r in rows.tolist()],
+                          table.counts[rows].copy(), table.means(rows), token)
 
     def wait_for_change(self, since: int, timeout: float) -> bool:
         """Block until the version passes `since` (True) or the timeout or close (False)."""
@@ -245,6 +269,11 @@ class PrototypeStore:
         with self._lock:
             table = self.contributions.get(client_id, {}).get(space)
             return table.copy() if table is not None else PrototypeTable(self.dims.get(space))
+
+    def revoked_at(self, client_id: str) -> int:
+        """Version of the client's latest revocation (0 if none since start-up); open streams compare it."""
+        with self._lock:
+            return self.revoked.get(client_id, 0)
 
     def client_record(self, client_id: str) -> ClientRecord:
         """Last applied seq of a client (seq 0 if it never pushed)."""
@@ -451,6 +480,7 @@ class PrototypeStore:
             self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
             self._dirty_clients.add(op.client_id)
         elif op.kind == "revoke":
+            self.revoked[op.client_id] = op.version
             for space, table in self.contributions.get(op.client_id, {}).items():
                 rows = table.live_rows()
                 ids = [table.class_ids[r] for r in rows]
