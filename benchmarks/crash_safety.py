@@ -9,6 +9,8 @@ so kills land in log appends, checkpoints and WAL writes alike. After every kill
 are copied and loaded: for every client the stored pushes must be exactly seqs 1..L (L >= its last
 acknowledged seq) and for every class the stored count and sum must equal exactly what those pushes
 add up to. Prints JSON with `acked`, `lost` (acknowledged pushes missing) and `doubled` (counted twice).
+Beside the clients (unless --no-hostile), `Pressure` re-sends used seqs with other content, pulls the
+table in small pages during the pushes, and tries a second server on the database after every restart.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from fedrecon.benchmarks.harness import ServerProcess, free_port, print_result
+from fedrecon.benchmarks.harness import FEDRECON, ServerProcess, free_port, print_result
 
 SPACE = "crash"
 
@@ -49,13 +52,13 @@ def worker(args: argparse.Namespace) -> int:
                      backoff=0.05) as client:
         if client.state.pending is not None:
             ack = client.resume()
-            acks.write(f"{ack.seq}\n")
+            acks.write(f"{ack.seq} {ack.version}\n")
         while not Path(args.stop).exists():
             seq = client.state.last_seq + 1
             ack = client.push(SPACE, *push_content(args.index, seq, args.pool, args.dim))
             if ack.seq != seq:
                 raise RuntimeError(f"{client_id}: pushed seq {seq}, acknowledged {ack.seq}")
-            acks.write(f"{ack.seq}\n")
+            acks.write(f"{ack.seq} {ack.version}\n")
             acks.flush()
             os.fsync(acks.fileno())
     acks.close()
@@ -80,12 +83,21 @@ def expected_tables(last_seqs: dict[int, int], pool: int, dim: int) -> tuple[dic
     return per_client, merged
 
 
+def read_ack_versions(path: Path) -> dict[int, int]:
+    """seq -> global version of each acknowledged push in a client's ack file ("seq version" lines)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if parts:
+            out[int(parts[0])] = int(parts[1]) if len(parts) > 1 else 0
+    return out
+
+
 def read_acks(path: Path) -> int:
     """The highest acknowledged seq in a client's ack file (0 if none)."""
-    if not path.exists():
-        return 0
-    seqs = [int(line) for line in path.read_text().split() if line.strip()]
-    return max(seqs, default=0)
+    return max(read_ack_versions(path), default=0)
 
 
 def verify(db: Path, workdir: Path, clients: int, pool: int, dim: int, final: bool) -> dict:
@@ -128,8 +140,130 @@ def verify(db: Path, workdir: Path, clients: int, pool: int, dim: int, final: bo
             "mismatched": int(mismatched), "unacked_applied": unacked_applied, "version": version}
 
 
+class Pressure:
+    """Hostile traffic beside the clients, across kills: reused seqs with other content, paged pulls, second servers.
+
+    A rogue re-sends each client's last seq with other content (what two processes sharing a state file,
+    or a state file restored from a backup, do): every such push must be refused (ALREADY_EXISTS, or
+    FAILED_PRECONDITION when the seq is already stale), never acknowledged. A pager pulls the table in
+    small pages while pushes land; each completed paged pull must equal exactly the pushes acknowledged
+    with a version <= its last page's version. After every restart a second server on the same database
+    must refuse to start.
+    """
+
+    def __init__(self, address: str, db: Path, clients: int, pool: int, dim: int, seed: int,
+                 page_bytes: int = 1200) -> None:
+        self.address, self.db, self.clients, self.pool, self.dim = address, db, clients, pool, dim
+        self.page_bytes = page_bytes
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.counts: dict[str, int] = {k: 0 for k in ("reused_refused", "reused_stale", "reuse_silently_dropped",
+                                                      "reuse_accepted", "paged_pulls", "paged_pages",
+                                                      "second_servers_refused", "second_servers_started")}
+        self.pulls: list[tuple[int, dict[str, tuple[int, np.ndarray]]]] = []
+        self.threads = [threading.Thread(target=self._reuse, daemon=True),
+                        threading.Thread(target=self._page, daemon=True)]
+
+    def start(self) -> Pressure:
+        """Start the rogue and the pager."""
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop both threads."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def _reuse(self) -> None:
+        import grpc
+
+        from fedrecon.proto import codec
+        from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
+        from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+        from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+        from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            stub, admin = rpc.ReconnaissanceStub(channel), arpc.AdminStub(channel)
+            while not self.stop.wait(0.05):
+                try:
+                    seqs = {c.client_id: c.last_seq for c in admin.Stats(apb.StatsRequest(), timeout=2).clients}
+                    index = self.rng.randrange(self.clients)
+                    seq = seqs.get(f"client{index}", 0)
+                    if not seq:
+                        continue
+                    ids, counts, means = push_content(index, seq, self.pool, self.dim)
+                    other = codec.encode_deltas(ids, counts + 1, means)  # the same seq, other content
+                    reply = stub.Push(pb.PushRequest(client_id=f"client{index}", space=SPACE, seq=seq, deltas=other),
+                                      timeout=2)
+                    self.counts["reuse_silently_dropped" if reply.duplicate else "reuse_accepted"] += 1
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                        self.counts["reused_refused"] += 1
+                    elif error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        self.counts["reused_stale"] += 1  # the client pushed again meanwhile: a gap, refused
+
+    def _page(self) -> None:
+        import grpc
+
+        from fedrecon.proto import codec
+        from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+        from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+
+        with grpc.insecure_channel(self.address) as channel:  # default receive limits
+            stub = rpc.ReconnaissanceStub(channel)
+            while not self.stop.wait(0.02):
+                table: dict[str, tuple[int, np.ndarray]] = {}
+                token, pages = "", 0
+                try:
+                    while True:
+                        reply = stub.Pull(pb.PullRequest(space=SPACE, dtype=pb.FLOAT64, page_token=token,
+                                                         max_reply_bytes=self.page_bytes), timeout=2)
+                        deltas = codec.decode_deltas(reply.classes, allow_zero_counts=True)
+                        for cid, count, mean in zip(deltas.class_ids, deltas.counts.tolist(), deltas.means,
+                                                    strict=True):
+                            table[cid] = (count, mean * count)
+                        pages, token = pages + 1, reply.next_page_token
+                        if not token:
+                            break
+                except grpc.RpcError:
+                    continue  # the server was killed mid-pull: start again
+                self.pulls.append((reply.version, table))
+                self.counts["paged_pulls"] += 1
+                self.counts["paged_pages"] += pages
+
+    def check_second_server(self) -> None:
+        """A second server on the same database must exit (2) instead of serving."""
+        argv = [*FEDRECON, "server", "--host", "127.0.0.1", "--port", "0", "--db", str(self.db), "--insecure",
+                "--log-level", "warning"]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = process.communicate(timeout=120)
+            refused = process.returncode == 2 and "in use by another fedrecon server" in err
+        except subprocess.TimeoutExpired:  # it is serving: the one-writer rule is broken
+            process.kill()
+            process.wait()
+            refused = False
+        self.counts["second_servers_refused" if refused else "second_servers_started"] += 1
+
+    def mismatched_pulls(self, workdir: Path) -> int:
+        """Completed paged pulls that differ from the acknowledged pushes with a version <= theirs."""
+        acks = {c: read_ack_versions(workdir / f"acks{c}.txt") for c in range(self.clients)}
+        bad = 0
+        for version, table in self.pulls:
+            last = {c: max((s for s, v in a.items() if v <= version), default=0) for c, a in acks.items()}
+            _, merged = expected_tables(last, self.pool, self.dim)
+            live = {cid: v for cid, v in table.items() if v[0] > 0}
+            bad += set(live) != set(merged) or any(
+                live[cid][0] != count or not np.allclose(live[cid][1], total, rtol=0, atol=1e-9)
+                for cid, (count, total) in merged.items() if cid in live)
+        return int(bad)
+
+
 def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every: int = 2, min_up: float = 0.3,
-        max_up: float = 1.5, seed: int = 0, workdir: Path | None = None) -> dict:
+        max_up: float = 1.5, seed: int = 0, workdir: Path | None = None, hostile: bool = True) -> dict:
     """The whole experiment; returns the JSON-ready result."""
     rng = random.Random(seed)
     own = workdir is None
@@ -143,6 +277,7 @@ def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every
                                str(workdir / f"state{c}.json"), "--acks", str(workdir / f"acks{c}.txt"), "--stop",
                                str(stop), "--pool", str(pool), "--dim", str(dim)]) for c in range(clients)]
     checks, failures = [], []
+    pressure = Pressure(server.address, db, clients, pool, dim, seed).start() if hostile else None
     start = time.monotonic()
     try:
         time.sleep(max_up)
@@ -154,15 +289,21 @@ def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every
             if check["lost"] or check["doubled"] or check["mismatched"]:
                 failures.append(check)
             server.start()
+            if pressure is not None:
+                pressure.check_second_server()
             if any(p.poll() not in (None, 0) for p in procs):
                 raise RuntimeError("a client process failed")
         stop.touch()
         for p in procs:
             p.wait(timeout=300)
+        if pressure is not None:
+            pressure.close()
         server.kill()
         final = verify(db, workdir, clients, pool, dim, final=True)
     finally:
         stop.touch()
+        if pressure is not None:
+            pressure.close()
         server.kill()
         for p in procs:
             if p.poll() is None:
@@ -179,6 +320,8 @@ def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every
         "client_exit_codes": [p.returncode for p in procs], "final_version": final["version"],
         "seconds": round(time.monotonic() - start, 1),
     }
+    if pressure is not None:
+        result.update(pressure.counts, paged_mismatched=pressure.mismatched_pulls(workdir))
     if own:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -197,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the database and ack files here")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="without the rogue (reused seqs), the pager (paged pulls) and second-server attempts")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
@@ -209,9 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.kills < 0 or args.clients < 1:
         parser.error("--kills must be >= 0 and --clients >= 1")
     result = run(args.kills, args.clients, args.pool, args.dim, args.checkpoint_every, args.min_up, args.max_up,
-                 args.seed, args.workdir)
+                 args.seed, args.workdir, hostile=not args.no_hostile)
     print_result(result, args.out)
-    return 0 if result["lost"] == 0 and result["doubled"] == 0 and result["mismatched"] == 0 else 1
+    bad = ("lost", "doubled", "mismatched", "reuse_silently_dropped", "reuse_accepted", "paged_mismatched",
+           "second_servers_started")
+    return 0 if not any(result.get(key) for key in bad) else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Hostile input for the merge server: hypothesis strategies over every request field, and a target that checks answers.
 
 Actions cover pushes with NaN/Inf, overflowing counts, dim/dtype/length mismatches, odd Unicode ids,
-wrong spaces and sequence games (replays, gaps, zero, 2**64-1), pulls/watches/info/admin calls with odd
-fields, raw undecodable message bytes to every method, raw garbage at the TCP socket, and (rarely)
-a push of a million classes. `Target.send` performs one action and reports its status and whether
-the store changed; a refused request must leave the store exactly as it was.
+wrong spaces and sequence games (replays, other content under a used seq, gaps, zero, 2**64-1),
+pulls/watches/info/admin calls with odd fields, raw undecodable message bytes to every method, raw
+garbage at the TCP socket, (rarely) a push of a million classes, and pushes up to a space's count
+bound. `Target.send` performs one action and reports its status and whether the store changed; a
+refused request must leave the store exactly as it was.
 """
 
 from __future__ import annotations
@@ -139,8 +140,12 @@ class Target:
         h = hashlib.sha256(stats.SerializeToString(deterministic=True))
         known = {s.space for s in stats.spaces}
         for space in sorted(known & ({*SPACES, also} if also else set(SPACES))):
-            reply = self.stub.Pull(pb.PullRequest(space=space, dtype=pb.FLOAT64), timeout=self.timeout)
-            h.update(reply.SerializeToString(deterministic=True))
+            token = None
+            while token != "":  # every page of the table
+                reply = self.stub.Pull(pb.PullRequest(space=space, dtype=pb.FLOAT64, page_token=token or ""),
+                                       timeout=self.timeout)
+                h.update(reply.SerializeToString(deterministic=True))
+                token = reply.next_page_token
         return stats.version, h.hexdigest()
 
     def _seq(self, client: str, wanted: object) -> int:
@@ -207,6 +212,8 @@ class Target:
                 code = None
             elif action["kind"] == "million":
                 self._million(action)
+            elif action["kind"] == "bound":
+                self._bound(action)
             else:
                 self._read(action, before[0])
         except grpc.RpcError as error:
@@ -217,8 +224,20 @@ class Target:
         if action["kind"] == "watch" and code == grpc.StatusCode.DEADLINE_EXCEEDED:
             code = grpc.StatusCode.OK  # an idle watch simply had nothing to stream yet
         refused = code is not None and code != grpc.StatusCode.OK
-        bug = bug or (changed and (refused or action["kind"] not in ("push", "raw")))
+        bug = bug or (changed and (refused or action["kind"] not in ("push", "raw", "bound")))
         return Outcome(action["kind"], code, changed, bug)
+
+    def _bound(self, action: dict) -> None:
+        """A valid push of 65,536 classes at the largest count: a space reaches its total bound after 64."""
+        n = 65_536
+        deltas = pb.ClassDeltas(class_ids=[f"b{i}" for i in range(n)], counts=[codec.MAX_COUNT] * n,
+                                means=pb.Matrix(dtype=pb.FLOAT32, dim=1, rows=n, data=bytes(4 * n)))
+        self._push_message(pb.PushRequest(client_id=action.get("client", "bounder"), space=action["space"],
+                                          seq=self._seq(action.get("client", "bounder"), "next"), deltas=deltas))
+
+    def _push_message(self, request: pb.PushRequest) -> None:
+        reply = self.stub.Push(request, timeout=120)
+        self.seqs[request.client_id] = max(self.seqs.get(request.client_id, 0), reply.seq)
 
     def _million(self, action: dict) -> None:
         n, dim = 1_000_000, action.get("dim", 1)

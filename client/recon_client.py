@@ -82,10 +82,20 @@ class Pulled:
     means: np.ndarray
 
 
-def pulled_from_reply(reply: pb.PullReply) -> Pulled:
-    """Decode a PullReply (count 0 rows mean a class was removed)."""
-    deltas = codec.decode_deltas(reply.classes, allow_zero_counts=True)
-    return Pulled(reply.space, reply.version, deltas.class_ids, deltas.counts, deltas.means)
+def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Pulled:
+    """Decode a PullReply, or the pages of one pull in order (count 0 rows mean a class was removed).
+
+    A later page overrides an earlier one for the same class (it changed while paging); the result is
+    current to the last page's version.
+    """
+    pages = [codec.decode_deltas(r.classes, allow_zero_counts=True) for r in (reply, *more)]
+    if len(pages) == 1:
+        return Pulled(reply.space, reply.version, pages[0].class_ids, pages[0].counts, pages[0].means)
+    latest = {cid: i for i, cid in enumerate(c for p in pages for c in p.class_ids)}  # the last index per id wins
+    keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
+    counts = np.concatenate([p.counts for p in pages])[keep]
+    means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means])[keep]
+    return Pulled(reply.space, (more[-1] if more else reply).version, list(latest), counts, means)
 
 
 def push_size(client_id: str, space: str, class_ids: Sequence[str], dim: int, itemsize: int) -> int:
@@ -267,15 +277,24 @@ class ReconClient:
         """Merged prototypes changed since `since` (default: the version this client last pulled)."""
         since = self.versions.get(space, 0) if since is None else since
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
-        result = pulled_from_reply(self._call(self.stub.Pull, request))
+        pages = [self._call(self.stub.Pull, request)]
+        while pages[-1].next_page_token:  # follow the pages; the pull is current to the last one's version
+            request.page_token = pages[-1].next_page_token
+            pages.append(self._call(self.stub.Pull, request))
+        result = pulled_from_reply(*pages)
         self.versions[space] = result.version
         return result
 
     def watch(self, space: str, since: int = 0, dtype: str | None = None) -> Iterator[Pulled]:
         """Stream changes of a space as they are merged (a server stream; cancel by closing the client)."""
         request = pb.WatchRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
+        pages: list[pb.PullReply] = []
         for reply in self.stub.Watch(request, metadata=self._metadata):
-            result = pulled_from_reply(reply)
+            pages.append(reply)
+            if reply.next_page_token:  # one pass of changes arrives in pages; yield it whole
+                continue
+            result = pulled_from_reply(*pages)
+            pages = []
             self.versions[space] = result.version
             yield result
 

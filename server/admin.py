@@ -20,10 +20,11 @@ from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.server.auth import TokenIdentity, TokenStore
 from fedrecon.server.robust import RobustMerge
 from fedrecon.server.service import status_of
-from fedrecon.server.store import PrototypeStore, StoreError
+from fedrecon.server.store import PrototypeStore, StoreError, UnknownClient
 
 log = logging.getLogger("fedrecon.admin")
 
+UINT64_MAX = 2**64 - 1
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
@@ -65,23 +66,28 @@ class AdminService(arpc.AdminServicer):
         if not request.client_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id must not be empty")
         classes = self._live_classes(request.client_id)
+        applied = True
         try:
-            result = self.store.revoke(request.client_id, actor)
+            version = self.store.revoke(request.client_id, actor).version
+        except UnknownClient as error:  # never pushed: nothing to remove, but its tokens can still be disabled
+            if not request.disable_tokens:
+                context.abort(status_of(error), str(error))
+            version, applied = self.store.version, False
         except StoreError as error:
             context.abort(status_of(error), str(error))
         disabled = 0
         if request.disable_tokens:
             if self.tokens is None:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"contributions of {request.client_id!r} were revoked at version {result.version}, "
+                              f"contributions of {request.client_id!r} were revoked at version {version}, "
                               "but this server has no token file (--insecure), so there are no tokens to disable")
             disabled = self.tokens.remove_client(request.client_id)
-        if self.store.path is None:
-            self._memory_audit.append((result.version, "revoke", request.client_id, actor, time.time()))
+        if self.store.path is None and applied:
+            self._memory_audit.append((version, "revoke", request.client_id, actor, time.time()))
         log.warning("client revoked", extra={"client_id": request.client_id, "actor": actor,
-                                             "version": result.version, "classes": classes,
+                                             "version": version, "classes": classes,
                                              "tokens_disabled": disabled})
-        return apb.RevokeClientReply(version=result.version, classes=classes, tokens_disabled=disabled, actor=actor)
+        return apb.RevokeClientReply(version=version, classes=classes, tokens_disabled=disabled, actor=actor)
 
     def Stats(self, request: apb.StatsRequest, context: grpc.ServicerContext) -> apb.StatsReply:  # noqa: N802
         """Version, spaces, per-client seq/classes/examples and the audit trail."""
@@ -94,7 +100,7 @@ class AdminService(arpc.AdminServicer):
                 clients.append(apb.ClientStats(
                     client_id=client_id, last_seq=record.last_seq,
                     classes=sum(int((t.counts > 0).sum()) for t in tables),
-                    examples=sum(int(t.counts.sum()) for t in tables)))
+                    examples=min(sum(sum(t.counts.tolist()) for t in tables), UINT64_MAX)))
         audit = read_audit(self.store) if self.store.path is not None else list(self._memory_audit)
         robust = sorted(self.robust.spaces) if self.robust is not None else []
         return apb.StatsReply(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
@@ -19,6 +19,19 @@ from fedrecon.server.store import PrototypeStore, PullResult
 log = logging.getLogger("fedrecon.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reconnaissance"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.Server, service_names: tuple[str, ...]) -> None:
+    """Serve gRPC reflection as grpc.reflection.v1 and v1alpha (same messages on the wire; grpcio ships v1alpha)."""
+    names = (*service_names, reflection.SERVICE_NAME, REFLECTION_V1)
+    servicer = reflection.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1,
+                                                                          {"ServerReflectionInfo": v1}),))
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,7 @@ class ReconServer:
         tls: TlsConfig | None = None,
         identify: Identify = identify_from_message,
         interceptors: tuple[grpc.ServerInterceptor, ...] = (),
-        pull: Callable[[str, int], PullResult] | None = None,
+        pull: Callable[..., PullResult] | None = None,
         services: tuple[tuple[str, Callable[[grpc.Server], None]], ...] = (),
     ) -> None:
         self.store = store
@@ -68,9 +81,8 @@ class ReconServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         for _, add_service in services:  # e.g. the Admin service
             add_service(self.grpc_server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, *(name for name, _ in services), health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self.grpc_server)
+        self.service_names = (SERVICE_NAME, *(name for name, _ in services))
+        enable_reflection(self.grpc_server, (*self.service_names, health.SERVICE_NAME))
         target = f"{host}:{port}"
         if tls is None:
             self.port = self.grpc_server.add_insecure_port(target)
@@ -90,7 +102,7 @@ class ReconServer:
     def start(self) -> ReconServer:
         """Start serving and mark the services SERVING for health checks."""
         self.grpc_server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", *self.service_names):  # each service, the Admin one included
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         store = str(self.store.path or ":memory:")
         log.info("serving", extra={"address": self.address, "tls": self.tls, "store": store})

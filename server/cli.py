@@ -13,6 +13,7 @@ from pathlib import Path
 from fedrecon.server.app import TlsConfig
 from fedrecon.server.assemble import build_server
 from fedrecon.server.auth import TokenStore
+from fedrecon.server.durable import DatabaseError
 from fedrecon.server.logs import setup_logging
 from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.robust import RobustConfig
@@ -94,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
                                checkpoint_every=args.checkpoint_every)
-    except (OSError, sqlite3.DatabaseError, RuntimeError) as error:
-        raise SystemExit(f"fedrecon server: cannot open database {args.db}: {error}") from error
+    except (OSError, sqlite3.Error, DatabaseError) as error:
+        print(f"fedrecon server: cannot open database {args.db}: {error}", file=sys.stderr)
+        return 2
     try:
         server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,
                               limits=limits, rate_limits=rate_limits, robust={s: robust for s in args.robust},

@@ -9,8 +9,12 @@ tables and replays the remaining log with the same math and gets exactly the sam
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ CREATE TABLE IF NOT EXISTS contributions (
   sum BLOB NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (client_id, space, class_id));
 CREATE TABLE IF NOT EXISTS clients (
   client_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_version INTEGER NOT NULL,
-  last_classes INTEGER NOT NULL);
+  last_classes INTEGER NOT NULL, last_digest TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS log (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, space TEXT NOT NULL,
   seq INTEGER NOT NULL, class_ids TEXT NOT NULL, counts BLOB NOT NULL, means BLOB NOT NULL,
@@ -56,6 +60,16 @@ class Operation:
     means: np.ndarray  # float64 (n x dim)
     actor: str = ""
     at: float = 0.0
+    digest: str = ""  # of a push's content (`content_digest`); not stored, recomputed from the row on load
+
+
+def content_digest(space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
+    """Hex digest of a push's content (space, ids, int64 counts, float64 means): a retry must match it."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([space, class_ids]).encode())
+    h.update(np.ascontiguousarray(counts, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(means, dtype="<f8").tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,30 @@ class TableRow:
     sum: np.ndarray
     version: int
     client_id: str = ""
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be served: held by another server, read-only, damaged, or not fedrecon's."""
+
+
+class DatabaseLocked(DatabaseError):
+    """Another process (a second server) already writes this database."""
+
+
+def lock_writer(path: Path) -> int:
+    """Take the one-writer lock of a database (flock on `<db>-lock`, released by the OS when the process dies)."""
+    lock_path = Path(f"{path}-lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise DatabaseError(f"{path}: cannot open the lock file {lock_path} ({error.strerror})") from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseLocked(f"{path} is in use by another fedrecon server (it holds {lock_path}); stop that "
+                             "server or give another --db") from None
+    return fd
 
 
 def pack_means(means: np.ndarray) -> bytes:
@@ -102,18 +140,42 @@ class SqliteLog:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"database folder {self.path.parent} does not exist")
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._lock_fd = lock_writer(self.path)
+        try:
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            try:
+                self._open(synchronous.upper())
+            except BaseException:
+                self.conn.close()
+                raise
+        except sqlite3.Error as error:
+            os.close(self._lock_fd)
+            raise DatabaseError(f"{self.path}: {_explain(error)}") from error
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, synchronous: str) -> None:
+        """Check the file is fedrecon's (or empty) and writable, then create or upgrade the schema."""
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and ("meta" not in tables or self.meta("schema") is None):
+            raise DatabaseError(f"{self.path} is an SQLite database of something else (tables: "
+                                f"{', '.join(sorted(tables)[:5])}); fedrecon leaves it untouched. Give another --db")
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.executescript(SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(clients)")}
+        if "last_digest" not in columns:  # a database written before retries were checked by content
+            self.conn.execute("ALTER TABLE clients ADD COLUMN last_digest TEXT NOT NULL DEFAULT ''")
         found = self.meta("schema")
-        if found is None:
-            with self.transaction():
+        if found is not None and found != SCHEMA_VERSION:
+            raise DatabaseError(f"{self.path}: schema version {found}, this fedrecon expects {SCHEMA_VERSION}")
+        with self.transaction():  # also proves the file is writable before the server says it is serving
+            if found is None:
                 self.set_meta("schema", SCHEMA_VERSION)
                 self.set_meta("store_id", uuid.uuid4().hex)
                 self.set_meta("checkpoint_version", "0")
-        elif found != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: schema version {found}, this fedrecon expects {SCHEMA_VERSION}")
+            self.set_meta("opened_at", repr(time.time()))
 
     def transaction(self) -> sqlite3.Connection:
         """`with log.transaction():` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
@@ -148,7 +210,7 @@ class SqliteLog:
 
     def checkpoint(
         self, version: int, classes: list[TableRow], contributions: list[TableRow],
-        clients: list[tuple[str, int, int, int]],
+        clients: list[tuple[str, int, int, int, str]],
     ) -> None:
         """Write changed table rows and drop the log up to `version`, atomically."""
         with self.transaction():
@@ -159,7 +221,7 @@ class SqliteLog:
                 "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.client_id, r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version)
                  for r in contributions])
-            self.conn.executemany("INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?)", clients)
+            self.conn.executemany("INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?, ?)", clients)
             self.conn.execute("DELETE FROM log WHERE version <= ?", (version,))
             self.set_meta("checkpoint_version", str(version))
 
@@ -178,9 +240,10 @@ class SqliteLog:
         for client_id, space, class_id, count, blob, version in self.conn.execute(query):
             yield TableRow(space, class_id, count, np.frombuffer(blob, dtype="<f8"), version, client_id)
 
-    def load_clients(self) -> list[tuple[str, int, int, int]]:
-        """(client_id, last_seq, last_version, last_classes) rows."""
-        return self.conn.execute("SELECT client_id, last_seq, last_version, last_classes FROM clients").fetchall()
+    def load_clients(self) -> list[tuple[str, int, int, int, str]]:
+        """(client_id, last_seq, last_version, last_classes, last_digest) rows."""
+        return self.conn.execute(
+            "SELECT client_id, last_seq, last_version, last_classes, last_digest FROM clients").fetchall()
 
     def load_log(self, after: int) -> Iterator[Operation]:
         """Logged operations after a version, in order."""
@@ -188,16 +251,33 @@ class SqliteLog:
         for version, kind, client_id, space, seq, ids, counts, means, dim, actor, at in self.conn.execute(
                 query, (after,)):
             class_ids = json.loads(ids)
-            yield Operation(version, kind, client_id, space, seq, class_ids, np.frombuffer(counts, dtype="<i8"),
-                            unpack_means(means, len(class_ids), dim), actor, at)
+            counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
+            digest = content_digest(space, class_ids, counts_array, means_array) if kind == "push" else ""
+            yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
+                            digest)
 
     def audit(self) -> list[tuple[int, str, str, str, float]]:
         """Administrative operations recorded (version, kind, client, actor, time)."""
         return self.conn.execute("SELECT version, kind, client_id, actor, at FROM audit ORDER BY version").fetchall()
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed into the main file by SQLite)."""
-        self.conn.close()
+        """Close the connection (the WAL is checkpointed into the main file by SQLite), then release the lock."""
+        try:
+            self.conn.close()
+        finally:
+            os.close(self._lock_fd)
+
+
+def _explain(error: sqlite3.Error) -> str:
+    """An sqlite3 error as one line a person can act on."""
+    text = str(error)
+    if "readonly" in text or "read-only" in text:
+        return f"the database is read-only ({text}); the server needs to write it (check file permissions)"
+    if "not a database" in text or "malformed" in text:
+        return f"not a readable SQLite database ({text}); restore it from a backup or give another --db"
+    if "full" in text:
+        return f"the disk is full ({text})"
+    return text
 
 
 class _Transaction:
@@ -209,4 +289,15 @@ class _Transaction:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        elif self.conn.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL): keep that error
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

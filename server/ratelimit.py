@@ -1,9 +1,11 @@
 """Per-client rate limits as a gRPC interceptor: pushes per second (token bucket) and concurrent streams.
 
 A push over its client's budget, or a stream beyond the client's concurrent-stream limit, is answered
-RESOURCE_EXHAUSTED before the service sees it (the client library retries RESOURCE_EXHAUSTED with
-backoff, with the same sequence number). The client is the token's owner under auth, the message's
-`client_id` in open mode, and for streams without auth the peer's address.
+RESOURCE_EXHAUSTED with the trailer `fedrecon-retry-after-ms` before the service sees it: that trailer
+marks the refusal as transient (retry the same request, same seq, after that long), unlike gRPC's own
+RESOURCE_EXHAUSTED for a message over the size limit, which carries none and never succeeds on retry.
+The client is the token's owner under auth, the message's `client_id` in open mode, and for streams
+without auth the peer's address.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ import grpc
 from fedrecon.server.auth import TokenStore, bearer_token
 
 PUSH_METHOD = "/fedrecon.v1.Reconnaissance/Push"
+RETRY_AFTER_KEY = "fedrecon-retry-after-ms"  # trailer of every transient RESOURCE_EXHAUSTED
+
+
+def refuse_for_now(context: grpc.ServicerContext, seconds: float, details: str) -> None:
+    """Abort with a transient RESOURCE_EXHAUSTED: the trailer says when a retry may succeed."""
+    context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(seconds * 1000) + 1)),))
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
 
 @dataclass(frozen=True)
@@ -122,10 +131,8 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             def limited_push(request: Any, context: grpc.ServicerContext) -> Any:
                 wait = self.buckets.take(self._key(request, context))
                 if wait > 0:
-                    context.set_trailing_metadata((("retry-after-ms", str(int(wait * 1000) + 1)),))
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"push rate limit {self.limits.pushes_per_second:g}/s exceeded; "
-                                  f"retry in {wait:.3f} s")
+                    refuse_for_now(context, wait, f"push rate limit {self.limits.pushes_per_second:g}/s exceeded; "
+                                   f"retry in {wait:.3f} s")
                 return inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(limited_push, **kwargs)
@@ -135,8 +142,8 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             def limited_stream(request: Any, context: grpc.ServicerContext) -> Any:
                 key = self._key(request, context)
                 if not self.streams.acquire(key):
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"more than {self.limits.max_streams_per_client} concurrent streams for {key!r}")
+                    refuse_for_now(context, 1.0, f"more than {self.limits.max_streams_per_client} concurrent "
+                                   f"streams for {key!r}; retry when one ends")
                 try:
                     yield from inner_stream(request, context)
                 finally:

@@ -12,7 +12,7 @@ changes, so switching robust mode off, or revoking a client, stays exact.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -95,13 +95,14 @@ class RobustMerge:
         """The robust settings of a space (`*` applies to every space), or None for a plain merge."""
         return self.spaces.get(space) or self.spaces.get("*")
 
-    def pull(self, space: str, since: int = 0) -> PullResult:
-        """Like `PrototypeStore.pull`, with robust means and counts for a robust space."""
+    def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
+             itemsize: int = 8) -> PullResult:
+        """Like `PrototypeStore.pull` (pages included), with robust means and counts for a robust space."""
         config = self.config(space)
         if config is None:
-            return self.store.pull(space, since)
+            return self.store.pull(space, since, page_token, max_bytes, itemsize)
         with self.store._lock:  # the contributions must match the pulled version
-            plain = self.store.pull(space, since)
+            plain = self.store.pull(space, since, page_token, max_bytes, itemsize)
             tables = [t[space] for t in self.store.contributions.values() if space in t]
             per_client = []
             for table in tables:
@@ -132,4 +133,4 @@ class RobustMerge:
             if not who.any():
                 continue
             out_counts[j], out_means[j], _ = robust_class(counts[who, j], means[who, j], config, reference)
-        return PullResult(plain.space, plain.version, plain.class_ids, out_counts, out_means)
+        return replace(plain, counts=out_counts, means=out_means)

@@ -9,18 +9,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import grpc
 
 from fedrecon import __version__
 from fedrecon.proto import codec
+from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.ratelimit import refuse_for_now
 from fedrecon.server.store import (
-    InvalidPush,
+    MAX_SPACE_EXAMPLES,
+    InvalidRequest,
+    Limits,
     PrototypeStore,
     PullResult,
+    SeqReused,
     SequenceGap,
     StoreError,
     StoreUnavailable,
@@ -31,20 +35,11 @@ from fedrecon.server.store import (
 log = logging.getLogger("fedrecon.service")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits; anything larger is refused with INVALID_ARGUMENT or RESOURCE_EXHAUSTED."""
-
-    max_classes_per_push: int = 65_536
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_class_id_bytes: int = 256
-    max_dim: int = 16_384
-    max_watch_streams: int = 8
-
-    def to_message(self) -> pb.Limits:
-        """As the wire message that Info returns."""
-        return pb.Limits(max_classes_per_push=self.max_classes_per_push, max_message_bytes=self.max_message_bytes,
-                         max_class_id_bytes=self.max_class_id_bytes, max_dim=self.max_dim)
+def limits_message(limits: Limits) -> pb.Limits:
+    """The limits as the wire message that Info returns."""
+    return pb.Limits(max_classes_per_push=limits.max_classes_per_push, max_message_bytes=limits.max_message_bytes,
+                     max_class_id_bytes=limits.max_class_id_bytes, max_dim=limits.max_dim, max_count=MAX_COUNT,
+                     max_space_examples=MAX_SPACE_EXAMPLES, max_reply_bytes=limits.max_reply_bytes)
 
 
 # Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
@@ -52,14 +47,15 @@ Identify = Callable[[pb.PushRequest, grpc.ServicerContext], str]
 
 
 def identify_from_message(request: pb.PushRequest, context: grpc.ServicerContext) -> str:
-    """Open mode: trust the client_id field of the push."""
-    return request.client_id
+    """Open mode: trust the client_id field of the push ("" for requests without one: an unknown caller)."""
+    return getattr(request, "client_id", "")
 
 
 STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
     (SequenceGap, grpc.StatusCode.FAILED_PRECONDITION),
+    (SeqReused, grpc.StatusCode.ALREADY_EXISTS),
     (VersionAhead, grpc.StatusCode.FAILED_PRECONDITION),
-    (InvalidPush, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownClient, grpc.StatusCode.NOT_FOUND),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -80,9 +76,11 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def __init__(self, store: PrototypeStore, limits: Limits | None = None,
                  identify: Identify = identify_from_message,
-                 pull: Callable[[str, int], PullResult] | None = None) -> None:
+                 pull: Callable[..., PullResult] | None = None) -> None:
         self.store = store
-        self.limits = limits or Limits()
+        if limits is not None:  # the store enforces the push limits, so every caller gets the same rules
+            store.limits = limits
+        self.limits = store.limits
         self.identify = identify
         self.pull = pull or store.pull  # e.g. `RobustMerge.pull` for robust spaces
         self.stopping = threading.Event()
@@ -90,36 +88,16 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
         code = status_of(error)
-        if isinstance(error, SequenceGap):
+        if isinstance(error, SequenceGap | SeqReused):
             context.set_trailing_metadata((("fedrecon-expected-seq", str(error.expected)),))
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         context.abort(code, str(error))
-
-    def _check_text(self, name: str, value: str) -> None:
-        if not value:
-            raise codec.InvalidMessage(f"{name} must not be empty")
-        if len(value.encode()) > self.limits.max_class_id_bytes:
-            raise codec.InvalidMessage(f"{name} is longer than {self.limits.max_class_id_bytes} bytes (UTF-8)")
-
-    def _check_push(self, request: pb.PushRequest, client_id: str) -> codec.Deltas:
-        self._check_text("client_id", client_id)
-        self._check_text("space", request.space)
-        if request.seq == 0:
-            raise codec.InvalidMessage("seq must start at 1")
-        n = len(request.deltas.class_ids)
-        if n > self.limits.max_classes_per_push:
-            raise codec.InvalidMessage(f"{n} classes in one push; the limit is {self.limits.max_classes_per_push}")
-        if request.deltas.means.dim > self.limits.max_dim:
-            raise codec.InvalidMessage(f"dim {request.deltas.means.dim} exceeds the limit {self.limits.max_dim}")
-        for class_id in request.deltas.class_ids:
-            self._check_text("class_id", class_id)
-        return codec.decode_deltas(request.deltas)
 
     def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
         """Merge one client's deltas exactly once."""
         try:
             client_id = self.identify(request, context)
-            deltas = self._check_push(request, client_id)
+            deltas = codec.decode_deltas(request.deltas)  # the wire format; the store checks the rules
             result = self.store.push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
                                      deltas.means)
         except (StoreError, codec.InvalidMessage) as error:
@@ -127,37 +105,56 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         return pb.PushReply(seq=result.seq, version=result.version, classes=result.classes,
                             duplicate=result.duplicate)
 
-    def _reply(self, result: PullResult, dtype: int) -> pb.PullReply:
-        reply = pb.PullReply(space=result.space, version=result.version)
-        codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, dtype or pb.FLOAT32)
+    def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
+        """One page of a pull, under the page budget (the server's, or the request's smaller one)."""
+        self.limits.check_text("space", space)
+        code = codec.dtype_code(dtype or pb.FLOAT32)
+        budget = min(max_reply_bytes or self.limits.max_reply_bytes, self.limits.max_reply_bytes)
+        result = self.pull(space, since, page_token=page_token, max_bytes=budget,
+                           itemsize=codec.DTYPES[code].itemsize)
+        reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token)
+        codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, code)
         return reply
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
-        """Merged prototypes of a space changed since a version."""
+        """Merged prototypes of a space changed since a version, one page at a time."""
         try:
-            self._check_text("space", request.space)
-            codec.dtype_code(request.dtype or pb.FLOAT32)
-            return self._reply(self.pull(request.space, request.since), request.dtype)
+            return self._page(request.space, request.since, request.page_token, request.dtype,
+                              request.max_reply_bytes)
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Pull")
         raise AssertionError("unreachable")
 
+    def _check_caller(self, request: pb.WatchRequest, context: grpc.ServicerContext, caller: str,
+                      revoked: int) -> None:
+        """End a stream whose token was removed (UNAUTHENTICATED, by `identify`) or whose client was revoked."""
+        self.identify(request, context)
+        if caller and self.store.revoked_at(caller) > revoked:
+            log.warning("watch ended: client revoked", extra={"client_id": caller})
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client {caller!r} was revoked; its streams end")
+
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.PullReply]:  # noqa: N802
-        """Stream the changes of a space: one reply per batch of applied operations."""
+        """Stream the changes of a space: each pass of changes in pages, as Pull pages them."""
         if not self._watch_slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
+            refuse_for_now(context, 1.0, f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
         try:
-            self._check_text("space", request.space)
+            self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
-            since = request.since
+            self.store.check_since(request.since)
+            caller = self.identify(request, context)
+            revoked = self.store.revoked_at(caller) if caller else 0
+            since, token = request.since, ""
             while context.is_active() and not self.stopping.is_set():
-                if not self.store.wait_for_change(since, timeout=0.5):
+                changed = bool(token) or self.store.wait_for_change(since, timeout=0.5)
+                self._check_caller(request, context, caller, revoked)  # at least every 0.5 s
+                if not changed:
                     continue
-                result = self.pull(request.space, since)
-                since = result.version
-                if result.class_ids:
-                    yield self._reply(result, request.dtype)
+                reply = self._page(request.space, since, token, request.dtype, request.max_reply_bytes)
+                paging, token = bool(token), reply.next_page_token
+                if not token:
+                    since = reply.version
+                if reply.classes.class_ids or token or paging:  # a pass's last page ends it, even if empty
+                    yield reply
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Watch")
         finally:
@@ -168,4 +165,4 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         info = self.store.info()
         spaces = [pb.SpaceInfo(**s) for s in info["spaces"]]
         return pb.InfoReply(server_version=__version__, store_id=info["store_id"], version=info["version"],
-                            spaces=spaces, limits=self.limits.to_message(), clients=info["clients"])
+                            spaces=spaces, limits=limits_message(self.limits), clients=info["clients"])

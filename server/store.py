@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,20 +21,47 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.prototypes import PrototypeTable
-from fedrecon.server.durable import Operation, SqliteLog, TableRow
+from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest
+from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
 log = logging.getLogger("fedrecon.store")
 
 MAX_ABS_SUM = 1e30  # refuse deltas whose count * mean could overflow float64 sums over time
+MAX_SPACE_EXAMPLES = 2**62  # total count of a space: every per-class, per-client and per-space sum fits int64/uint64
 
 
 class StoreError(Exception):
     """Base of the store's refusals; the server maps each subclass to a gRPC status."""
 
 
-class InvalidPush(StoreError):
-    """The push breaks a rule of the store (dim of the space, empty push, bad values)."""
+class InvalidRequest(StoreError):
+    """A request breaks a rule of the store (a limit, an empty or over-long name)."""
+
+
+class InvalidPush(InvalidRequest):
+    """The push breaks a rule of the store (dim of the space, empty push, bad values, a limit)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits. The store checks the push limits itself, so gRPC, Flower and in-process callers
+    get the same rules; the server adds the transport ones (message size, watch streams)."""
+
+    max_classes_per_push: int = 65_536
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_class_id_bytes: int = 256
+    max_dim: int = 16_384
+    max_watch_streams: int = 8
+    max_reply_bytes: int = 1024 * 1024  # page budget of pulls and watches: well under gRPC's default 4 MiB
+
+    def check_text(self, name: str, value: str) -> None:
+        """Refuse an empty name or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
+        if not value:
+            raise InvalidPush(f"{name} must not be empty")
+        if len(value) * 4 > self.max_class_id_bytes and len(value.encode()) > self.max_class_id_bytes:
+            raise InvalidPush(f"{name} is longer than {self.max_class_id_bytes} bytes (UTF-8)")
 
 
 class SequenceGap(StoreError):
@@ -41,6 +69,15 @@ class SequenceGap(StoreError):
 
     def __init__(self, client_id: str, got: int, expected: int) -> None:
         super().__init__(f"client {client_id!r} sent seq {got}; expected seq {expected}")
+        self.expected = expected
+
+
+class SeqReused(StoreError):
+    """The push repeats the client's last seq with other content: refused, so nothing acknowledged is overwritten."""
+
+    def __init__(self, client_id: str, seq: int, expected: int) -> None:
+        super().__init__(f"client {client_id!r} already used seq {seq} for a push with different content; "
+                         f"this push was not applied (the next seq is {expected})")
         self.expected = expected
 
 
@@ -75,15 +112,17 @@ class PullResult:
     class_ids: list[str]
     counts: np.ndarray
     means: np.ndarray
+    next_page_token: str = ""  # non-empty: a page of a paged pull, continued with this token
 
 
 @dataclass(frozen=True)
 class ClientRecord:
-    """A client's last applied sequence number and the answer it got, for exactly-once retries."""
+    """A client's last applied sequence number, the answer it got and its content digest, for exactly-once retries."""
 
     last_seq: int = 0
     last_version: int = 0
     last_classes: int = 0
+    last_digest: str = ""  # empty for a record written before digests were kept: such a retry is not checked
 
 
 @dataclass
@@ -109,6 +148,7 @@ class _Stage:
     ops: list[Operation] = field(default_factory=list)
     clients: dict[str, ClientRecord] = field(default_factory=dict)
     new_spaces: dict[str, int] = field(default_factory=dict)
+    added: dict[str, int] = field(default_factory=dict)  # examples the batch adds per space (for the bound)
 
 
 class PrototypeStore:
@@ -122,14 +162,18 @@ class PrototypeStore:
         checkpoint_every: int = 20_000,
         checkpoint_seconds: float = 30.0,
         max_batch: int = 1024,
+        limits: Limits | None = None,
     ) -> None:
         self.path = None if path is None else Path(path)
+        self.limits = limits or Limits()
+        self.examples: dict[str, int] = {}  # exact total count per space (Python ints)
         self.version = 0
         self.spaces: dict[str, PrototypeTable] = {}
         self.dims: dict[str, int] = {}
         self.contributions: dict[str, dict[str, PrototypeTable]] = {}
         self.clients: dict[str, ClientRecord] = {}
-        self.store_id = "memory"
+        self.revoked: dict[str, int] = {}  # client -> version of its latest revocation (since start-up)
+        self.store_id = f"memory-{uuid.uuid4().hex}"  # unique: clients bind their state to it
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.max_batch = max_batch
@@ -145,10 +189,16 @@ class PrototypeStore:
         self.commits = 0  # group commits made, and the operations they held (the mean batch size shows batching)
         self.committed_operations = 0
         self._log: SqliteLog | None = None
+        self._failing = ""  # the durability error being reported, so a full disk is logged once, not per batch
         self._writer: threading.Thread | None = None
         if self.path is not None:
             self._log = SqliteLog(self.path, synchronous)
-            self._load()
+            try:
+                self._load()
+            except Exception as error:  # noqa: BLE001 - any damage becomes one clear start-up error
+                self._log.close()
+                raise DatabaseError(f"{self.path}: damaged contents ({type(error).__name__}: {error}); restore "
+                                    "the database from a backup") from error
             self._writer = threading.Thread(target=self._writer_loop, name="fedrecon-store-writer", daemon=True)
             self._writer.start()
 
@@ -158,30 +208,55 @@ class PrototypeStore:
         means: np.ndarray,
     ) -> PushResult:
         """Merge one client's deltas exactly once; returns after the push is durable."""
-        request = _Request("push", client_id, space, int(seq), list(class_ids),
-                           np.asarray(counts, dtype=np.int64), np.asarray(means, dtype=np.float64))
+        try:
+            request = _Request("push", client_id, space, int(seq), list(class_ids),
+                               np.asarray(counts, dtype=np.int64), np.asarray(means, dtype=np.float64))
+        except (OverflowError, TypeError, ValueError) as error:
+            raise InvalidPush(f"counts must be integers in 1..{MAX_COUNT} and means a float matrix ({error})") \
+                from error
         return self._submit(request)
 
     def revoke(self, client_id: str, actor: str = "") -> PushResult:
         """Remove every contribution of one client from every class (exact unlearning); durable."""
         return self._submit(_Request("revoke", client_id, actor=actor))
 
-    def pull(self, space: str, since: int = 0) -> PullResult:
-        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes)."""
+    def check_since(self, since: int) -> None:
+        """Refuse a `since` this store never reached (VersionAhead): the rule of Pull and Watch alike."""
+        if since > self.version:
+            raise VersionAhead(f"since={since} is ahead of this store's version {self.version} "
+                               f"(a different or reset store?); pull again with since=0")
+
+    def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
+             itemsize: int = 8) -> PullResult:
+        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes).
+
+        With `max_bytes` the answer is one page of at most that many wire bytes (means of `itemsize`
+        bytes); pass its `next_page_token` back as `page_token` for the next (see `paging`).
+        """
         with self._lock:
-            if since > self.version:
-                raise VersionAhead(
-                    f"since={since} is ahead of this store's version {self.version} "
-                    f"(a different or reset store?); pull again with since=0")
+            self.check_since(since)
+            try:
+                cursor = Cursor.parse(page_token, since, self.version) if page_token else None
+            except BadPageToken as error:
+                raise InvalidRequest(str(error)) from None
             table = self.spaces.get(space)
             if table is None:
                 return PullResult(space, self.version, [], np.zeros(0, np.int64),
                                   np.zeros((0, self.dims.get(space, 0)), np.float64))
-            rows = table.live_rows() if since == 0 else table.changed_since(since)
-            if len(rows) == len(table):  # every row (the usual full pull): slices, no per-row gathering
-                return PullResult(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
-            return PullResult(space, self.version, [table.class_ids[r] for r in rows],
-                              table.counts[rows].copy(), table.means(rows))
+            if cursor is None:
+                rows = table.live_rows() if since == 0 else table.changed_since(since)
+                per_row = (table.dim or 0) * itemsize + ROW_OVERHEAD + self.limits.max_class_id_bytes
+                if not max_bytes or len(rows) * per_row + REPLY_OVERHEAD <= max_bytes:  # surely one page
+                    return self._rows_result(space, table, rows)
+                cursor = Cursor.first(since, self.version)
+            rows, token = page_rows(table, cursor, max_bytes or 2**62, itemsize)
+            return self._rows_result(space, table, rows, token)
+
+    def _rows_result(self, space: str, table: PrototypeTable, rows: np.ndarray, token: str = "") -> PullResult:
+        if len(rows) == len(table) and not token:  # every row (the usual full pull): slices, no per-row gathering
+            return PullResult(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
+        return PullResult(space, self.version, [table.class_ids[r] for r in rows.tolist()],
+                          table.counts[rows].copy(), table.means(rows), token)
 
     def wait_for_change(self, since: int, timeout: float) -> bool:
         """Block until the version passes `since` (True) or the timeout or close (False)."""
@@ -195,6 +270,11 @@ class PrototypeStore:
             table = self.contributions.get(client_id, {}).get(space)
             return table.copy() if table is not None else PrototypeTable(self.dims.get(space))
 
+    def revoked_at(self, client_id: str) -> int:
+        """Version of the client's latest revocation (0 if none since start-up); open streams compare it."""
+        with self._lock:
+            return self.revoked.get(client_id, 0)
+
     def client_record(self, client_id: str) -> ClientRecord:
         """Last applied seq of a client (seq 0 if it never pushed)."""
         with self._lock:
@@ -207,7 +287,7 @@ class PrototypeStore:
             for name, table in sorted(self.spaces.items()):
                 live = table.counts > 0
                 spaces.append({"space": name, "dim": int(table.dim or 0), "classes": int(live.sum()),
-                               "examples": int(table.counts.sum()),
+                               "examples": min(self.examples.get(name, 0), MAX_SPACE_EXAMPLES),
                                "version": int(table.versions.max()) if len(table) else 0})
             return {"store_id": self.store_id, "version": self.version, "clients": len(self.clients),
                     "spaces": spaces}
@@ -268,8 +348,9 @@ class PrototypeStore:
             if closing or self._checkpoint_due():
                 try:
                     self._checkpoint()
-                except Exception:  # noqa: BLE001 - the log still holds everything; keep serving
-                    log.exception("checkpoint failed; the operation log keeps the data")
+                except Exception as error:  # noqa: BLE001 - the log still holds everything; keep serving
+                    self._report_failure("checkpoint (the operation log keeps the data)", error)
+                    self._last_checkpoint = time.monotonic()  # try again after the interval, not every batch
             if closing:
                 assert self._log is not None
                 self._log.close()
@@ -293,11 +374,13 @@ class PrototypeStore:
                 self.commits += 1
                 self.committed_operations += len(stage.ops)
             except Exception as error:  # noqa: BLE001 - refuse the batch, change nothing
-                log.exception("commit of %d operations failed", len(stage.ops))
+                self._report_failure("commit", error)
                 for request in staged:
                     request.result = None
                     request.error = StoreUnavailable(f"could not make the push durable: {error}")
                 stage.ops = []
+            else:
+                self._report_recovery()
         with self._changed:
             for op in stage.ops:
                 self._apply(op)
@@ -308,8 +391,7 @@ class PrototypeStore:
 
     def _stage(self, request: _Request, stage: _Stage) -> PushResult:
         """Check one request against the state plus the batch so far; record its operation."""
-        if not request.client_id:
-            raise InvalidPush("client_id must not be empty")
+        self.limits.check_text("client_id", request.client_id)
         record = stage.clients.get(request.client_id) or self.clients.get(request.client_id) or ClientRecord()
         if request.kind == "revoke":
             if request.client_id not in self.contributions and request.client_id not in stage.clients:
@@ -319,40 +401,62 @@ class PrototypeStore:
                                        np.zeros(0, np.int64), np.zeros((0, 0)), request.actor, time.time()))
             stage.version = version
             return PushResult(record.last_seq, version, 0)
-        if record.last_seq and request.seq == record.last_seq:
-            return PushResult(request.seq, record.last_version, record.last_classes, duplicate=True)
-        if request.seq != record.last_seq + 1:
+        self.limits.check_text("space", request.space)
+        if request.seq < 1:
+            raise InvalidPush("seq must start at 1")
+        retry = record.last_seq > 0 and request.seq == record.last_seq
+        if not retry and request.seq != record.last_seq + 1:
             raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
+        digest = content_digest(request.space, request.class_ids, request.counts, request.means)
+        if retry:  # the first answer if it is the same push; other content under a used seq is refused
+            if record.last_digest and digest != record.last_digest:
+                raise SeqReused(request.client_id, request.seq, record.last_seq + 1)
+            return PushResult(request.seq, record.last_version, record.last_classes, duplicate=True)
         self._check_deltas(request, stage)
         version = stage.version + 1
         stage.ops.append(Operation(version, "push", request.client_id, request.space, request.seq,
-                                   request.class_ids, request.counts, request.means, at=time.time()))
+                                   request.class_ids, request.counts, request.means, at=time.time(), digest=digest))
         stage.version = version
-        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids))
+        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids), digest)
         return PushResult(request.seq, version, len(request.class_ids))
 
     def _check_deltas(self, request: _Request, stage: _Stage) -> None:
-        counts, means = request.counts, request.means
+        counts, means, limits = request.counts, request.means, self.limits
         assert counts is not None and means is not None
-        if not request.space:
-            raise InvalidPush("space must name the encoder fingerprint; it is empty")
         n = len(request.class_ids)
         if n == 0:
             raise InvalidPush("a push needs at least one class")
+        if n > limits.max_classes_per_push:
+            raise InvalidPush(f"{n} classes in one push; the limit is {limits.max_classes_per_push}")
         if means.ndim != 2 or means.shape[0] != n or counts.shape != (n,):
             raise InvalidPush(f"{n} class_ids need {n} counts and {n} mean rows")
+        if means.shape[1] > limits.max_dim:
+            raise InvalidPush(f"dim {means.shape[1]} exceeds the limit {limits.max_dim}")
+        for class_id in request.class_ids:
+            if not isinstance(class_id, str):
+                raise InvalidPush(f"class_id {class_id!r} is not a string")
+            limits.check_text("class_id", class_id)
         if len(set(request.class_ids)) != n:
             raise InvalidPush("a class_id appears more than once in one push")
         if counts.min() <= 0:
             raise InvalidPush("every count must be >= 1")
+        if counts.max() > MAX_COUNT:
+            raise InvalidPush(f"counts must be <= {MAX_COUNT}")
+        added = stage.added.get(request.space, 0) + int(counts.sum())
+        if self.examples.get(request.space, 0) + added > MAX_SPACE_EXAMPLES:
+            raise InvalidPush(f"space {request.space!r} would hold more than {MAX_SPACE_EXAMPLES} examples "
+                              f"(it holds {self.examples.get(request.space, 0)}); this push adds {int(counts.sum())}")
         # max over rows of count * max|mean| is the largest |count * mean|; NaN propagates, so `not <=` catches it
-        if not (np.abs(means).max(axis=1) * counts).max() <= MAX_ABS_SUM:
+        with np.errstate(over="ignore", invalid="ignore"):
+            largest = (np.abs(means).max(axis=1) * counts).max()
+        if not largest <= MAX_ABS_SUM:
             raise InvalidPush(f"means must be finite and |count * mean| <= {MAX_ABS_SUM:g}")
         dim = self.dims.get(request.space) or stage.new_spaces.get(request.space)
         if dim is None:
             stage.new_spaces[request.space] = means.shape[1]
         elif dim != means.shape[1]:
             raise InvalidPush(f"space {request.space!r} has dim {dim}; this push has dim {means.shape[1]}")
+        stage.added[request.space] = added
 
     def _apply(self, op: Operation) -> None:
         """Apply one durable operation to memory (also used to replay the log at start-up)."""
@@ -365,6 +469,7 @@ class PrototypeStore:
             if table is None:
                 table = self.spaces[op.space] = PrototypeTable(dim)
             table.add_sums(op.class_ids, op.counts, sums, op.version)
+            self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
             mine = self.contributions.get(op.client_id)
             if mine is None:
                 mine = self.contributions[op.client_id] = {}
@@ -372,20 +477,37 @@ class PrototypeStore:
             if table is None:
                 table = mine[op.space] = PrototypeTable(dim)
             table.add_sums(op.class_ids, op.counts, sums, op.version)
-            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids))
+            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
             self._dirty_clients.add(op.client_id)
         elif op.kind == "revoke":
+            self.revoked[op.client_id] = op.version
             for space, table in self.contributions.get(op.client_id, {}).items():
                 rows = table.live_rows()
                 ids = [table.class_ids[r] for r in rows]
                 counts, sums = table.counts[rows].copy(), table.sums[rows].copy()
                 self.spaces[space].add_sums(ids, -counts, -sums, op.version)
                 table.add_sums(ids, -counts, -sums, op.version)
+                self.examples[space] -= int(counts.sum())
         else:
             raise ValueError(f"unknown operation kind {op.kind!r}")
         self.version = op.version
 
     # ----------------------------------------------------------------------------- durability
+    def _report_failure(self, what: str, error: Exception) -> None:
+        """Log a durability error once (with its cause, e.g. SQLITE_FULL), not once per refused batch."""
+        text = f"{type(error).__name__}: {error}"
+        if text == self._failing:
+            log.debug("%s failed again: %s", what, text)
+            return
+        self._failing = text
+        log.error("%s failed: %s; pushes are refused with UNAVAILABLE until it succeeds", what, text,
+                  extra={"error": text})
+
+    def _report_recovery(self) -> None:
+        if self._failing:
+            log.warning("the database accepts writes again (after: %s)", self._failing)
+            self._failing = ""
+
     def _checkpoint_due(self) -> bool:
         pending = self.version - self._checkpoint_version
         return pending >= self.checkpoint_every or (
@@ -402,7 +524,7 @@ class PrototypeStore:
             contributions = [r for client_id, tables in self.contributions.items()
                              for space, table in tables.items()
                              for r in self._changed_rows(table, since, space, client_id)]
-            clients = [(c, r.last_seq, r.last_version, r.last_classes)
+            clients = [(c, r.last_seq, r.last_version, r.last_classes, r.last_digest)
                        for c in self._dirty_clients for r in [self.clients.get(c, ClientRecord())]]
             version = self.version
         self._log.checkpoint(version, classes, contributions, clients)
@@ -438,8 +560,9 @@ class PrototypeStore:
                 self.contributions.setdefault(client_id, {})[space] = table
             else:
                 self.spaces[space] = table
-        for client_id, last_seq, last_version, last_classes in self._log.load_clients():
-            self.clients[client_id] = ClientRecord(last_seq, last_version, last_classes)
+        for client_id, *record in self._log.load_clients():
+            self.clients[client_id] = ClientRecord(*record)
+        self.examples = {space: sum(table.counts.tolist()) for space, table in self.spaces.items()}
         self.version = self._checkpoint_version = int(self._log.meta("checkpoint_version") or 0)
         replayed = 0
         for op in self._log.load_log(self.version):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrecon.benchmarks.crash_safety import SPACE, push_content, verify
+from fedrecon.benchmarks.crash_safety import SPACE, Pressure, expected_tables, push_content, verify
 from fedrecon.server.store import PrototypeStore
 
 
@@ -30,6 +30,19 @@ def test_verify_catches_lost_and_doubled_pushes(tmp_path: Path) -> None:
     assert clean["acked"] == clean["stored"] == 2
 
 
+def test_pager_check_catches_an_inconsistent_paged_pull(tmp_path: Path) -> None:
+    (tmp_path / "acks0.txt").write_text("1 1\n2 3\n")
+    (tmp_path / "acks1.txt").write_text("1 2\n")
+    pressure = Pressure("127.0.0.1:1", tmp_path / "x.db", 2, 40, 8, seed=0)
+    for version, last in ((2, {0: 1, 1: 1}), (3, {0: 2, 1: 1})):
+        _, merged = expected_tables(last, 40, 8)
+        pressure.pulls.append((version, {cid: (count, total) for cid, (count, total) in merged.items()}))
+    assert pressure.mismatched_pulls(tmp_path) == 0
+    _, stale = expected_tables({0: 1, 1: 1}, 40, 8)  # claims version 3 but holds the state of version 2
+    pressure.pulls.append((3, dict(stale)))
+    assert pressure.mismatched_pulls(tmp_path) == 1
+
+
 @pytest.mark.slow
 def test_kills_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "fedrecon.benchmarks.crash_safety", "--kills", "3", "--clients", "4",
@@ -40,6 +53,9 @@ def test_kills_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
     assert result["acked"] > 0 and result["checks"] == 4
     assert result["lost"] == result["doubled"] == result["mismatched"] == 0
     assert result["client_exit_codes"] == [0, 0, 0, 0]
+    assert result["reuse_silently_dropped"] == result["reuse_accepted"] == result["paged_mismatched"] == 0
+    assert result["second_servers_refused"] == 3 and result["second_servers_started"] == 0
+    assert result["reused_refused"] > 0 and result["paged_pulls"] > 0
 
 
 CHILD = r'''

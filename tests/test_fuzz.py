@@ -88,7 +88,9 @@ def test_named_attacks_are_refused_and_change_nothing(target) -> None:
         outcome = target.send(action)
         assert outcome.code not in (None, grpc.StatusCode.OK) and not outcome.changed and not outcome.bug, name
     replay = target.send(_push(seq="last", ids=["other"], counts=[5], values=[9.0] * 4))
-    assert replay.code == grpc.StatusCode.OK and not replay.changed  # a retry is answered, not applied
+    assert replay.code == grpc.StatusCode.ALREADY_EXISTS and not replay.changed  # other content under a used seq
+    retry = target.send(_push(seq="last", ids=["seed"], counts=[1], values=[1.0] * 4))
+    assert retry.code == grpc.StatusCode.OK and not retry.changed  # a true retry is answered, not applied
     wrong_space = target.send(_push(space="named-other", dim=8, values=[0.0] * 16))
     assert wrong_space.code == grpc.StatusCode.OK and wrong_space.changed  # a new space is its own table
 

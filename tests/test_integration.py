@@ -14,6 +14,7 @@ DIM = 16
 # Client "b" runs as its own Python process: pushes, then re-sends its last push with the same seq.
 CLIENT_B = f"""
 import json, sys
+import grpc
 import numpy as np
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
@@ -25,9 +26,16 @@ with ReconClient(address, "b", state_path=state, dtype="float64") as client:
         for k in range(int(d["n"])):
             ids = [str(c) for c in d[f"ids{{k}}"]]
             acks.append(client.push("space-1", ids, d[f"counts{{k}}"], d[f"means{{k}}"]).to_dict())
-    last = acks[-1]
-    retry = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"],
-                           deltas=codec.encode_deltas(["x"], [1], np.zeros((1, {DIM})), "float64"))
+        last = acks[-1]  # the same seq with other content is refused; with the same content, answered again
+        other = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"],
+                               deltas=codec.encode_deltas(["x"], [1], np.zeros((1, {DIM})), "float64"))
+        try:
+            client.stub.Push(other, timeout=10)
+            raise SystemExit("a reused seq with other content was accepted")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
+        retry = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"], deltas=codec.encode_deltas(
+            ids, d[f"counts{{k}}"], d[f"means{{k}}"], "float64"))
     reply = client.stub.Push(retry, timeout=10)
     acks.append({{"seq": reply.seq, "version": reply.version, "duplicate": reply.duplicate}})
 print(json.dumps(acks))

@@ -54,6 +54,25 @@ def test_push_rate_per_client(limited) -> None:
     assert store.client_record("a").last_seq == 2 and store.version == 3
 
 
+def _refusal(call) -> grpc.RpcError:  # noqa: ANN001
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def test_transient_refusals_carry_retry_after_and_size_refusals_do_not(limited) -> None:
+    store, stub = limited
+    big = pb.PushRequest(client_id="c", space="s", seq=1, deltas=codec.encode_deltas(["0"], [1], np.zeros((1, 2000))))
+    too_big = _refusal(lambda: stub.Push(big, timeout=5))
+    assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fedrecon-retry-after-ms" not in dict(too_big.trailing_metadata() or ())  # permanent: never retry it
+    assert [_push(stub, "a", s) for s in (1, 2)] == [grpc.StatusCode.OK] * 2
+    small = pb.PushRequest(client_id="a", space="s", seq=3, deltas=codec.encode_deltas(["0"], [1], np.zeros((1, 2))))
+    limited_rate = _refusal(lambda: stub.Push(small, timeout=5))
+    assert limited_rate.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(limited_rate.trailing_metadata())["fedrecon-retry-after-ms"]) > 0  # transient: retry later
+
+
 def test_concurrent_streams_per_client(limited) -> None:
     store, stub = limited
     first = stub.Watch(pb.WatchRequest(space="s"), timeout=10)
@@ -75,6 +94,7 @@ def test_concurrent_streams_per_client(limited) -> None:
             for _ in stub.Watch(pb.WatchRequest(space="s"), timeout=10):
                 pass
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fedrecon-retry-after-ms" in dict(info.value.trailing_metadata())
     finally:
         first.cancel()
         reader.join(5)
@@ -97,3 +117,34 @@ def test_stream_slots() -> None:
     assert slots.acquire("k") and slots.acquire("k") and not slots.acquire("k")
     slots.release("k")
     assert slots.acquire("k")
+
+
+def test_totals_never_overflow_info_or_stats() -> None:
+    """128 valid pushes of 65,536 classes with count 2**40: the space stops at its bound; Info and Stats answer."""
+    from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
+    from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+    from fedrecon.server.store import MAX_SPACE_EXAMPLES
+
+    n = 65_536
+    server = build_server(PrototypeStore(None), insecure=True).start()
+    deltas = codec.encode_deltas([f"c{i}" for i in range(n)], [2**40] * n, np.zeros((n, 1)))
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            codes = []
+            for seq in range(1, 129):
+                try:
+                    stub.Push(pb.PushRequest(client_id=f"c{seq}", space="s", seq=1, deltas=deltas), timeout=60)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+                    assert "examples" in error.details()
+            accepted = MAX_SPACE_EXAMPLES // (n * 2**40)
+            assert codes == [grpc.StatusCode.OK] * accepted + [grpc.StatusCode.INVALID_ARGUMENT] * (128 - accepted)
+            info = stub.Info(pb.InfoRequest(), timeout=10)
+            assert info.spaces[0].examples == info.limits.max_space_examples == MAX_SPACE_EXAMPLES
+            stats = arpc.AdminStub(channel).Stats(apb.StatsRequest(), timeout=10)
+            assert stats.spaces[0].examples == MAX_SPACE_EXAMPLES
+            assert sum(c.examples for c in stats.clients) == MAX_SPACE_EXAMPLES
+    finally:
+        server.stop(grace=1)

@@ -91,6 +91,17 @@ def test_gap_is_failed_precondition_naming_expected(client) -> None:
     assert seq_info.value.expected == 2
 
 
+def test_reused_seq_with_other_content_is_already_exists(client) -> None:
+    client.push("s", ["a"], [50], np.zeros((1, 2)))
+    with pytest.raises(grpc.RpcError) as info:
+        _push(client, 1, codec.encode_deltas(["a"], [10], np.zeros((1, 2))))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "seq 1" in info.value.details()
+    assert dict(info.value.trailing_metadata())["fedrecon-expected-seq"] == "2"
+    assert client.pull("s", since=0).counts.tolist() == [50]
+    again = _push(client, 1, codec.encode_deltas(["a"], [50], np.zeros((1, 2))))
+    assert again.duplicate and again.version == 1
+
+
 def test_pull_ahead_of_store_is_failed_precondition(client) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.pull("s", since=5)
@@ -107,6 +118,32 @@ def test_health_and_reflection(server) -> None:
         replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for r in replies for s in r.list_services_response.service}
         assert "fedrecon.v1.Reconnaissance" in names and "grpc.health.v1.Health" in names
+
+
+def test_reflection_v1_and_v1alpha_and_health_of_every_service() -> None:
+    from fedrecon.server.assemble import build_server
+
+    server = build_server(PrototypeStore(None), insecure=True).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", "fedrecon.v1.Reconnaissance", "fedrecon.v1.Admin"):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            for version in ("v1", "v1alpha"):
+                method = channel.stream_stream(
+                    f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                    request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                    response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+                requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                            reflection_pb2.ServerReflectionRequest(file_containing_symbol="fedrecon.v1.PullReply")]
+                replies = list(method(iter(requests), timeout=5))
+                names = {s.name for s in replies[0].list_services_response.service}
+                assert {"fedrecon.v1.Reconnaissance", "fedrecon.v1.Admin", "grpc.health.v1.Health",
+                        "grpc.reflection.v1.ServerReflection"} <= names
+                assert replies[1].file_descriptor_response.file_descriptor_proto  # a client can read the contract
+    finally:
+        server.stop(grace=1)
 
 
 def test_watch_streams_changes(server, client) -> None:

@@ -6,7 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrecon.server.store import InvalidPush, PrototypeStore, SequenceGap, UnknownClient, VersionAhead
+from fedrecon.server.store import (
+    InvalidPush,
+    PrototypeStore,
+    SeqReused,
+    SequenceGap,
+    UnknownClient,
+    VersionAhead,
+)
 
 
 def _mean(value: float, dim: int = 4) -> np.ndarray:
@@ -38,6 +45,33 @@ def test_retry_returns_first_answer_and_changes_nothing(store) -> None:
     again = store.push("a", "s", 1, ["x"], [2], _mean(1.0))
     assert (again.seq, again.version, again.classes, again.duplicate) == (1, first.version, 1, True)
     assert snapshot(store) == before
+
+
+def test_reused_seq_with_other_content_is_refused_and_changes_nothing(store) -> None:
+    store.push("a", "s", 1, ["x"], [50], _mean(1.0))
+    before = snapshot(store)
+    for other in ((["x"], [10], _mean(1.0)), (["y"], [50], _mean(1.0)), (["x"], [50], _mean(2.0))):
+        with pytest.raises(SeqReused, match="seq 1") as info:
+            store.push("a", "s", 1, *other)
+        assert info.value.expected == 2
+    with pytest.raises(SeqReused):
+        store.push("a", "other-space", 1, ["x"], [50], _mean(1.0))
+    assert snapshot(store) == before
+    assert store.push("a", "s", 1, ["x"], [50], _mean(1.0)).duplicate  # the real retry still gets its answer
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 10**6])
+def test_content_check_survives_restart(tmp_path: Path, checkpoint_every: int) -> None:
+    path = tmp_path / "store.db"
+    with PrototypeStore(path, checkpoint_every=checkpoint_every) as first:  # from the checkpoint or the log
+        first.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1))  # not exact in float32: logged as float64
+        first.push("b", "s", 1, ["x"], [3], _mean(0.5))
+    with PrototypeStore(path) as again:
+        assert again.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1)).duplicate
+        assert again.push("b", "s", 1, ["x"], [3], _mean(0.5)).duplicate
+        with pytest.raises(SeqReused):
+            again.push("a", "s", 1, ["x"], [4], np.full((1, 4), 0.1))
+        assert again.pull("s").counts.tolist() == [6]
 
 
 def test_gap_is_refused_with_expected_seq(store) -> None:
@@ -93,6 +127,38 @@ def test_bad_push_changes_nothing(store, args, match) -> None:
     store.push("a", "s", 2, ["y"], [1], _mean(2.0))  # the refused push did not consume seq 2
 
 
+@pytest.mark.parametrize("args,match", [
+    (("a", "s", 2, ["x" * 10_000], [1], np.zeros((1, 4))), "longer than 256 bytes"),
+    (("a", "s", 2, ["x"], [2**50], np.zeros((1, 4))), "<= 1099511627776"),
+    (("a", "s", 2, ["x"], [2**70], np.zeros((1, 4))), "counts must be integers"),
+    (("a", "wide", 2, ["x"], [1], np.zeros((1, 20_000))), "dim 20000 exceeds the limit 16384"),
+    (("a", "s", 2, [f"c{i}" for i in range(65_537)], [1] * 65_537, np.zeros((65_537, 4))), "limit is 65536"),
+    (("a" * 300, "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id is longer"),
+    (("a", "s" * 300, 2, ["x"], [1], np.zeros((1, 4))), "space is longer"),
+    (("a", "s", 0, ["x"], [1], np.zeros((1, 4))), "seq must start at 1"),
+])
+def test_direct_callers_get_the_same_limits_as_grpc(store, args, match) -> None:
+    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    before = snapshot(store)
+    with pytest.raises(InvalidPush, match=match):
+        store.push(*args)
+    assert snapshot(store) == before
+
+
+def test_space_total_is_bounded_so_sums_never_overflow(store, monkeypatch) -> None:
+    from fedrecon.server import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_SPACE_EXAMPLES", 100)
+    store.push("a", "s", 1, ["x", "y"], [40, 50], np.zeros((2, 4)))
+    with pytest.raises(InvalidPush, match="more than 100 examples"):
+        store.push("b", "s", 1, ["z"], [11], np.zeros((1, 4)))
+    store.push("b", "s", 1, ["z"], [10], np.zeros((1, 4)))  # exactly at the bound
+    store.push("b", "other", 2, ["z"], [100], np.zeros((1, 4)))  # each space has its own bound
+    store.revoke("a")
+    store.push("c", "s", 1, ["x"], [90], np.zeros((1, 4)))  # a revocation frees its share
+    assert store.info()["spaces"][1]["examples"] == 100
+
+
 def test_restart_restores_exactly(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     rng = np.random.default_rng(3)
@@ -141,3 +207,8 @@ def test_wait_for_change(store) -> None:
     assert not store.wait_for_change(0, timeout=0.01)
     store.push("a", "s", 1, ["x"], [1], _mean(1.0))
     assert store.wait_for_change(0, timeout=0.01)
+
+
+def test_every_in_memory_store_has_its_own_id() -> None:
+    first, second = PrototypeStore(), PrototypeStore()
+    assert first.store_id != second.store_id and first.store_id.startswith("memory-")

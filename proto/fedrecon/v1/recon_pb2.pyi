@@ -67,34 +67,42 @@ class PushReply(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., version: _Optional[int] = ..., classes: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("space", "since", "dtype")
+    __slots__ = ("space", "since", "dtype", "page_token", "max_reply_bytes")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     space: str
     since: int
     dtype: DType
-    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    page_token: str
+    max_reply_bytes: int
+    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., page_token: _Optional[str] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("space", "version", "classes")
+    __slots__ = ("space", "version", "classes", "next_page_token")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     space: str
     version: int
     classes: ClassDeltas
-    def __init__(self, space: _Optional[str] = ..., version: _Optional[int] = ..., classes: _Optional[_Union[ClassDeltas, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, space: _Optional[str] = ..., version: _Optional[int] = ..., classes: _Optional[_Union[ClassDeltas, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("space", "since", "dtype")
+    __slots__ = ("space", "since", "dtype", "max_reply_bytes")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     space: str
     since: int
     dtype: DType
-    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    max_reply_bytes: int
+    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -115,16 +123,22 @@ class SpaceInfo(_message.Message):
     def __init__(self, space: _Optional[str] = ..., dim: _Optional[int] = ..., classes: _Optional[int] = ..., examples: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_classes_per_push", "max_message_bytes", "max_class_id_bytes", "max_dim")
+    __slots__ = ("max_classes_per_push", "max_message_bytes", "max_class_id_bytes", "max_dim", "max_count", "max_space_examples", "max_reply_bytes")
     MAX_CLASSES_PER_PUSH_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CLASS_ID_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_DIM_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPACE_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_classes_per_push: int
     max_message_bytes: int
     max_class_id_bytes: int
     max_dim: int
-    def __init__(self, max_classes_per_push: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_class_id_bytes: _Optional[int] = ..., max_dim: _Optional[int] = ...) -> None: ...
+    max_count: int
+    max_space_examples: int
+    max_reply_bytes: int
+    def __init__(self, max_classes_per_push: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_class_id_bytes: _Optional[int] = ..., max_dim: _Optional[int] = ..., max_count: _Optional[int] = ..., max_space_examples: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
 
 class InfoReply(_message.Message):
     __slots__ = ("server_version", "store_id", "version", "spaces", "limits", "clients")

@@ -76,7 +76,7 @@ class ReconnaissanceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """A stream of changes: one PullReply per batch of applied pushes after `since`.
+        """A stream of changes after `since`, in pages (see WatchRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
