@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+TABLES = {"meta", "spaces", "classes", "contributions", "clients", "log", "audit"}
+
+
 @dataclass(frozen=True)
 class Operation:
     """One logged change: a push of deltas, or the revocation of a client's contributions."""
@@ -158,7 +161,7 @@ class SqliteLog:
     def _open(self, synchronous: str) -> None:
         """Check the file is fedrecon's (or empty) and writable, then create or upgrade the schema."""
         tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and ("meta" not in tables or self.meta("schema") is None):
+        if tables - TABLES:  # (only fedrecon's tables, without a schema row: a first start that was cut short)
             raise DatabaseError(f"{self.path} is an SQLite database of something else (tables: "
                                 f"{', '.join(sorted(tables)[:5])}); fedrecon leaves it untouched. Give another --db")
         self.conn.execute("PRAGMA journal_mode=WAL")

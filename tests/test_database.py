@@ -59,6 +59,16 @@ def test_foreign_sqlite_file_is_left_untouched(tmp_path: Path) -> None:
     assert tables == ["users"]
 
 
+def test_first_start_cut_short_after_creating_tables_still_opens(tmp_path: Path) -> None:
+    from fedrecon.server.durable import SCHEMA
+
+    db = tmp_path / "s.db"
+    with sqlite3.connect(db) as conn:  # the tables exist, the schema row was never written
+        conn.executescript(SCHEMA)
+    with PrototypeStore(db) as store:
+        assert store.push("a", "s", 1, ["x"], [1], np.ones((1, 2))).version == 1
+
+
 def test_file_that_is_not_a_database(tmp_path: Path) -> None:
     db = tmp_path / "junk.db"
     db.write_bytes(os.urandom(8192))

@@ -148,3 +148,27 @@ def test_totals_never_overflow_info_or_stats() -> None:
             assert sum(c.examples for c in stats.clients) == MAX_SPACE_EXAMPLES
     finally:
         server.stop(grace=1)
+
+
+def test_info_and_stats_answer_on_a_database_whose_totals_overflowed_before_the_bound(tmp_path) -> None:
+    """A database written by an older server, with a space total past 2**63: Info and Stats still answer."""
+    import sqlite3
+
+    from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
+    from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+
+    db = tmp_path / "old.db"
+    with PrototypeStore(db, checkpoint_every=1) as store:
+        store.push("a", "s", 1, [f"c{i}" for i in range(4)], [1] * 4, np.zeros((4, 1)))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE classes SET count = ?", (2**62,))
+        conn.execute("UPDATE contributions SET count = ?", (2**62,))
+    server = build_server(PrototypeStore(db), insecure=True).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            info = rpc.ReconnaissanceStub(channel).Info(pb.InfoRequest(), timeout=10)
+            stats = arpc.AdminStub(channel).Stats(apb.StatsRequest(), timeout=10)
+        assert info.spaces[0].examples == stats.spaces[0].examples == 2**62  # clamped, never out of range
+        assert stats.clients[0].examples == 2**64 - 1
+    finally:
+        server.stop(grace=1)
