@@ -29,6 +29,7 @@ log = logging.getLogger("fedrecon.client")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 # Refusals of the push's content: sending it again can never succeed, so the pending push is dropped.
 PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE}
+RETRY_AFTER_KEY = "fedrecon-retry-after-ms"
 PUSH_OVERHEAD_BYTES = 256  # client id, space, seq and framing of one push beside its classes
 
 
@@ -40,13 +41,23 @@ class PushRefused(RuntimeError):
     """The server refused a push for good (its content can never be applied); a copy stays in the state."""
 
 
+def retry_after(error: grpc.RpcError) -> float | None:
+    """Seconds the server asks to wait before retrying (trailer `fedrecon-retry-after-ms`), if it sent one."""
+    value = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    try:
+        return None if value is None else max(0.0, float(value) / 1000.0)
+    except ValueError:
+        return None
+
+
 def is_permanent(error: grpc.RpcError) -> bool:
-    """True when a refused push can never succeed: a content refusal, or a message over the size limit."""
+    """True when a refused push can never succeed: a content refusal, or RESOURCE_EXHAUSTED for size.
+
+    The server marks transient RESOURCE_EXHAUSTED (rate or stream limits) with `fedrecon-retry-after-ms`;
+    without it (e.g. gRPC's own message-size refusal) the request is too large and stays so.
+    """
     code = error.code()
-    if code in PERMANENT:
-        return True
-    details = (error.details() or "").lower()
-    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and ("larger than max" in details or "message size" in details)
+    return code in PERMANENT or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after(error) is None)
 
 
 class SequenceError(RuntimeError):
@@ -178,7 +189,7 @@ class ReconClient:
                         or out_of_time:
                     raise
                 log.info("retrying after %s (attempt %d)", error.code().name, attempt + 1)
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(error) or 0.0))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
@@ -207,10 +218,15 @@ class ReconClient:
                 raise SequenceError(error.details(), int(expected) if expected else None) from error
             if is_permanent(error):
                 self.state.drop_pending(error.code().name, error.details() or "")
-                log.warning("push %d refused for good (%s: %s); dropped, a copy is kept in the client state",
+                log.info("push %d refused for good (%s: %s); dropped, a copy is kept in the client state",
                             request.seq, error.code().name, error.details())
+                hint = ""
+                if error.code() == grpc.StatusCode.ALREADY_EXISTS:  # the store holds other content under this seq
+                    hint = (" The store already holds other content under this number: was this client state "
+                            "restored from a backup, or is the client id used elsewhere?")
                 raise PushRefused(f"push {request.seq} refused by {self.address}: {error.code().name}: "
-                                  f"{error.details()} (dropped; a copy is kept in the client state)") from error
+                                  f"{error.details()} (dropped; a copy is kept in the client state).{hint}") \
+                    from error
             raise
         self.state.acknowledge(reply.seq)
         return PushAck(reply.seq, reply.version, reply.classes, reply.duplicate)

@@ -238,3 +238,71 @@ def test_experiments_and_pretraining_run_on_an_image_folder(tmp_path: Path) -> N
     assert results["dataset"]["name"] == "folder:images" and results["dataset"]["classes"] == 8
     assert results["encoder"]["fingerprint"] == info["fingerprint"]
     assert results["methods"]["fedrecon"]["final_accuracy"] == results["methods"]["centralized"]["final_accuracy"]
+
+
+def test_an_oversized_push_never_wedges_the_client(tmp_path: Path) -> None:
+    from fedrecon.proto import codec
+    from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+
+    server = _server(tmp_path / "s.db", max_message_bytes=4096)
+    try:
+        with ReconClient(server.address, "olga", state_path=tmp_path / "o.db") as client:
+            with pytest.raises(PushRefused, match="accepts at most 4,096"):  # refused before it is recorded
+                client.push("s", ["big"], [1], np.zeros((1, 2000)))
+            assert client.state.pending is None
+            # a pending push too large for the server (recorded by an older client, or before a limit change)
+            big = pb.PushRequest(client_id="olga", space="s", seq=1,
+                                 deltas=codec.encode_deltas(["big"], [1], np.zeros((1, 2000))))
+            client.state.begin(1, "s", big.SerializeToString())
+            with pytest.raises(PushRefused, match="RESOURCE_EXHAUSTED"):
+                client.push("s", ["a"], [1], np.ones((1, 2)))
+            assert client.state.pending is None and client.state.dropped()[0][2] == "RESOURCE_EXHAUSTED"
+            assert client.push("s", ["a"], [1], np.ones((1, 2))).seq == 1  # not wedged
+        assert _counts(server) == {"a": 1}
+    finally:
+        server.stop(1)
+
+
+def test_rate_limited_pushes_are_retried_with_the_same_number(tmp_path: Path) -> None:
+    from fedrecon.server.assemble import build_server
+    from fedrecon.server.ratelimit import RateLimits
+
+    server = build_server(PrototypeStore(tmp_path / "s.db"), insecure=True,
+                          rate_limits=RateLimits(pushes_per_second=5, push_burst=1)).start()
+    try:
+        with ReconClient(server.address, "rita", state_path=tmp_path / "r.db", retries=50, backoff=0.01) as client:
+            acks = [client.push("s", [f"c{i}"], [1], np.ones((1, 2))) for i in range(4)]
+        assert [a.seq for a in acks] == [1, 2, 3, 4] and server.store.version == 4
+    finally:
+        server.stop(1)
+
+
+def test_cli_pushes_sharing_a_state_or_a_restored_backup_lose_nothing_silently(tmp_path: Path) -> None:
+    import shutil
+
+    server = _server(tmp_path / "s.db")
+    state = tmp_path / "shared.db"
+    npz = []
+    for k in range(4):
+        npz.append(tmp_path / f"d{k}.npz")
+        np.savez(npz[-1], class_ids=np.array([f"c{k}"]), counts=np.array([10 + k]), means=np.ones((1, 2)))
+
+    def push(path: Path) -> subprocess.Popen:
+        return subprocess.Popen([*FEDRECON, "client", "push", "--server", server.address, "--client-id", "sam",
+                                 "--space", "s", "--npz", str(path), "--state", str(state)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    try:
+        both = [push(npz[0]), push(npz[1])]  # two processes, one state file: they take turns
+        assert [p.wait(120) for p in both] == [0, 0], [p.stderr.read() for p in both]
+        assert _counts(server) == {"c0": 10, "c1": 11}
+        shutil.copy(state, tmp_path / "backup.db")
+        assert push(npz[2]).wait(120) == 0  # seq 3
+        shutil.copy(tmp_path / "backup.db", state)  # restored: it says seq 2 was the last
+        late = push(npz[3])
+        assert late.wait(120) == 2
+        error = late.stderr.read()
+        assert "ALREADY_EXISTS" in error and "restored from a backup" in error and len(error.splitlines()) == 1
+        assert _counts(server) == {"c0": 10, "c1": 11, "c2": 12}  # nothing acked was dropped, nothing doubled
+    finally:
+        server.stop(1)
