@@ -171,29 +171,53 @@ def write_csv(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def identical_to(series: dict[str, Any]) -> dict[str, str]:
+    """Name -> the first earlier name whose series is exactly equal (such lines would hide each other)."""
+    out: dict[str, str] = {}
+    names = list(series)
+    for i, name in enumerate(names):
+        for earlier in names[:i]:
+            if earlier not in out and np.array_equal(np.asarray(series[name]), np.asarray(series[earlier])):
+                out[name] = earlier
+                break
+    return out
+
+
+def _line_style(i: int, hidden_behind: str | None) -> dict[str, Any]:
+    """Distinct marker and dash per line; a line equal to an earlier one gets hollow, larger markers."""
+    style = {"marker": "os^vDx"[i % 6], "ms": 4, "ls": ["-", "--", "-.", ":"][i % 4]}
+    if hidden_behind:
+        style.update(ms=9, mfc="none", mew=1.5)
+    return style
+
+
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
-    """accuracy.png (accuracy vs classes seen, with anchors) and bytes.png (bytes per merge per method)."""
+    """accuracy.png (accuracy vs classes seen, with references) and bytes.png (cumulative bytes vs classes seen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    methods = {n: m for n, m in results["methods"].items() if len(m["curve"])}
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, m) in enumerate(results["methods"].items()):
+    same = identical_to({n: [p[:2] for p in m["curve"]] for n, m in methods.items()})
+    for i, (name, m) in enumerate(methods.items()):
         c = np.asarray(m["curve"], dtype=np.float64)
-        if len(c):  # line styles differ so methods with equal numbers (fedrecon, centralized) both show
-            ax.plot(c[:, 0], c[:, 1], marker="os^vDx"[i % 6], ms=4, ls=["-", "--", "-.", ":"][i % 4], label=name)
-            ax.fill_between(c[:, 0], c[:, 1] - c[:, 2], c[:, 1] + c[:, 2], alpha=0.2)
+        label = f"{name} (identical to {same[name]})" if name in same else name
+        ax.plot(c[:, 0], c[:, 1], label=label, **_line_style(i, same.get(name)))
+        ax.fill_between(c[:, 0], c[:, 1] - c[:, 2], c[:, 1] + c[:, 2], alpha=0.2)
         for g, gc in m["group_curves"].items():
             gc = np.asarray(gc, dtype=np.float64)
             if len(gc):
                 ax.plot(gc[:, 0], gc[:, 1], ls="--", lw=1, label=f"{name} (server, {g})")
     for name, (x, y) in results.get("anchors", {}).items():
-        ax.scatter([x], [y], marker="*", s=120, zorder=5, label=f"{name} (published)")
+        ax.scatter([x], [y], marker="*", s=120, zorder=5, label=f"reference: {name} {y:g}% (published)")
     ax.set_xlabel("classes seen")
     ax.set_ylabel("accuracy over all classes seen (%)")
     ax.set_ylim(0, 100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{results['experiment']}: {results['dataset']['name']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -203,13 +227,17 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, m in results["methods"].items():
-        per = np.asarray(m["bytes_per_merge"], dtype=np.float64)
-        if len(per) and per.sum() > 0:
-            ax.plot(np.arange(1, len(per) + 1), per.sum(1), marker="o", ms=3, label=name)
+    moved = {n: np.cumsum(np.asarray(m["bytes_per_merge"], dtype=np.float64).sum(1)) for n, m in methods.items()
+             if np.asarray(m["bytes_per_merge"]).sum() > 0}
+    same = identical_to(moved)
+    for i, (name, total) in enumerate(moved.items()):
+        x = [p[0] for p in methods[name]["curve"]][: len(total)]
+        label = f"{name} (identical to {same[name]})" if name in same else name
+        ax.plot(x, total[: len(x)], label=label, **_line_style(i, same.get(name)))
     ax.set_yscale("log")
-    ax.set_xlabel("merge")
-    ax.set_ylabel("bytes moved per merge (up + down)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("bytes moved so far (up + down, raw-image uploads included)")
     ax.set_title(f"{results['experiment']}: communication")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -103,3 +103,31 @@ def test_bad_options_give_one_clear_line_and_exit_2(argv: list[str], expected: s
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
     assert "valid" in err or "no results.json" in err
+
+
+def test_plots_use_classes_seen_and_say_when_lines_are_identical(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    from fedrecon.experiments.results import identical_to, write_all
+
+    assert identical_to({"a": [1, 2], "b": [1, 3], "c": [1, 2], "d": [1, 3]}) == {"c": "a", "d": "b"}
+    drawn: list[tuple[Any, Any, str]] = []
+    original = matplotlib.axes.Axes.plot
+
+    def record(self, *args, **kwargs):
+        drawn.append((list(args[0]), list(args[1]), kwargs.get("label", "")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    config = tiny_config()
+    config["experiment"].update({"runs": 1})
+    config["protocol"]["clients"] = 1  # one client: checkpoint-like growth of classes seen
+    doc = run_experiment(config, progress=False)
+    write_all(doc, tmp_path)
+    seen = [p[0] for p in doc["methods"]["fedrecon"]["curve"]]
+    labels = [label for _, _, label in drawn]
+    assert "centralized (identical to fedrecon)" in labels  # the accuracy line it would hide
+    byte_lines = {label: (x, y) for x, y, label in drawn[-3:]}  # bytes.png: every method, centralized included
+    assert set(byte_lines) == {"fedrecon", "centralized", "lower"}
+    for x, y in byte_lines.values():
+        assert x == seen and all(b >= a for a, b in zip(y, y[1:], strict=False))  # classes seen, cumulative
