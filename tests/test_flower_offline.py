@@ -11,24 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, free_port
+from helpers import REPO_ROOT, free_port, pids_mentioning
 
 pytest.importorskip("ray")
 
 UNREACHABLE = "http://127.0.0.1:9/"  # discard port: nothing listens, so any index request fails at once
-
-
-def pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains `text` (a path unique to this test)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 @pytest.mark.slow
