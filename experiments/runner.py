@@ -31,6 +31,7 @@ from fedrecon.experiments.datasets import (
 from fedrecon.experiments.methods import METHODS
 from fedrecon.experiments.methods.prototype import EmbeddingCache
 from fedrecon.experiments.protocols import Schedule, build, check_parameters, parameters
+from fedrecon.experiments.transports import TRANSPORTS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXPERIMENTS = ("omniglot-cil", "omniglot-fed", "mini-imagenet-cil", "mini-imagenet-fed", "glyphs-fed")
@@ -57,6 +58,9 @@ def validate_config(config: dict[str, Any]) -> None:
 
     check("config table", config, list(TABLES))
     check("key in [experiment]:", config.get("experiment", {}), list(EXPERIMENT_KEYS))
+    transport = config.get("experiment", {}).get("transport", "inproc")
+    if isinstance(transport, str):
+        check("transport", [transport], sorted({*TRANSPORTS, "flower"}))  # flower registers itself when used
     protocol = dict(config.get("protocol", {}))
     kind = protocol.pop("kind", None)
     if kind is None:

@@ -96,6 +96,7 @@ def test_published_figures_are_reference_rows() -> None:
     (["glyphs-fed", "--set", "experiment.run=2"], "unknown key in [experiment]: run (did you mean runs?)"),
     (["glyphs-fed", "--set", "methods.lower.epoch=2"], "unknown key in [methods.lower]: epoch (did you mean epochs?)"),
     (["glyphs-fed", "--methods", "fedrecon,fedavgg"], "unknown method fedavgg (did you mean fedavg?)"),
+    (["glyphs-fed", "--transport", "grcp"], "unknown transport grcp (did you mean grpc?)"),
     (["--resume", "/nonexistent/run"], "no results.json there"),
 ])
 def test_bad_options_give_one_clear_line_and_exit_2(argv: list[str], expected: str, capsys) -> None:
