@@ -74,3 +74,35 @@ def test_metrics_move_as_pushes_arrive(tmp_path: Path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
+
+
+def test_authentication_refusals_are_counted(tmp_path: Path) -> None:
+    """The metrics interceptor runs before authentication, so a push without a token is counted as refused."""
+    from fedrecon.server.assemble import build_server
+    from fedrecon.server.auth import add_token
+    from fedrecon.server.metrics import ServerMetrics
+    from fedrecon.server.store import PrototypeStore
+
+    tokens = tmp_path / "tokens.json"
+    token = add_token(tokens, "alice")
+    store = PrototypeStore()
+    metrics = ServerMetrics(store)
+    server = build_server(store, tokens=tokens, metrics=metrics).start()
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            try:
+                push(stub, "alice", 1, ["a"])
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            means = np.zeros((1, 8))
+            request = pb.PushRequest(client_id="alice", space="space-m", seq=1,
+                                     deltas=codec.encode_deltas(["a"], [1], means, "float32"))
+            stub.Push(request, timeout=10, metadata=(("authorization", f"Bearer {token}"),))
+        values = scrape(port)
+        assert values['fedrecon_rpc_refusals_total{code="UNAUTHENTICATED",method="Push"}'] == 1
+        assert values["fedrecon_pushes_merged_total"] == 1
+    finally:
+        server.stop(1.0)
+        metrics.stop()
