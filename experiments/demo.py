@@ -156,23 +156,36 @@ def plot_demo(result: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from fedrecon.experiments.results import identical_to
 
     rows = result["rounds"]
     x = [r["classes_seen"] for r in rows]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    after = {i: [r["after"][i] for r in rows] for i in range(result["clients"])}
+    same = identical_to(after)
     for i in range(result["clients"]):
-        line, = ax.plot(x, [r["after"][i] for r in rows], marker="o", label=f"client {i} after merge")
+        twins = [j for j, k in same.items() if k == i]
+        if i in same:
+            continue  # drawn once, labelled by the client it equals
+        names = "client " + " = ".join(str(c) for c in [i, *twins])
+        line, = ax.plot(x, after[i], marker="o", label=f"{names} after merge" + (" (identical)" if twins else ""))
         ax.plot(x, [r["before"][i] for r in rows], marker="x", ls="--", color=line.get_color(),
                 label=f"client {i} alone (before merge)")
+    for i in same:
+        ax.plot(x, [r["before"][i] for r in rows], marker="x", ls=":", label=f"client {i} alone (before merge)")
     ax.set_xlabel("classes seen by the federation")
     ax.set_ylabel("accuracy over all classes seen (%)")
     ax.set_ylim(0, 100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"fedrecon demo: {result['dataset']}")
     merges = [r["merge"] for r in rows]
     bx.bar(np.array(merges) - 0.2, [r["bytes_up"] for r in rows], width=0.4, label="pushed (all clients)")
     bx.bar(np.array(merges) + 0.2, [r["bytes_down"] for r in rows], width=0.4, label="pulled (all clients)")
+    bx.set_xticks(merges)
     bx.set_xlabel("merge")
     bx.set_ylabel("bytes")
     bx.legend(fontsize=8)

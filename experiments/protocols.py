@@ -12,6 +12,8 @@ generator, so every method of a run sees exactly the same missions. Builders:
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -189,13 +191,33 @@ def fed_recon_benchmark(class_order: Sequence[str], counts: dict[str, int], rng:
 BUILDERS = {"class-incremental": class_incremental, "federated": federated, "fed-recon-benchmark": fed_recon_benchmark}
 
 
+def parameters(protocol: str) -> tuple[list[str], list[str]]:
+    """(required, optional) parameter names a protocol's builder takes from the config's [protocol] table."""
+    if protocol not in BUILDERS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(BUILDERS))}")
+    params = list(inspect.signature(BUILDERS[protocol]).parameters.values())[3:]  # after class ids, counts, rng
+    params = [p for p in params if p.name != "name"]
+    return ([p.name for p in params if p.default is inspect.Parameter.empty],
+            [p.name for p in params if p.default is not inspect.Parameter.empty])
+
+
+def check_parameters(protocol: str, params: dict[str, Any]) -> None:
+    """Refuse unknown or missing protocol parameters in one line that names them and lists the valid ones."""
+    required, optional = parameters(protocol)
+    valid = required + optional
+    unknown = [k for k in params if k not in valid]
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
+                 for k in unknown]
+        raise ValueError(f"protocol {protocol!r}: unknown parameter {', '.join(hints)}; valid: {', '.join(valid)}")
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise ValueError(f"protocol {protocol!r}: missing parameter {', '.join(missing)}; valid: {', '.join(valid)}")
+
+
 def build(protocol: str, class_ids: Sequence[str], counts: dict[str, int], seed: int, params: dict[str, Any],
           name: str) -> Schedule:
     """Build a named protocol's schedule for one run (`seed` fixes classes, order and drawings)."""
-    if protocol not in BUILDERS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(BUILDERS)}")
+    check_parameters(protocol, params)
     rng = np.random.default_rng(seed)
-    try:
-        return BUILDERS[protocol](class_ids, counts, rng, name=name, **params)
-    except TypeError as error:
-        raise ValueError(f"protocol {protocol!r}: bad parameters {sorted(params)}: {error}") from error
+    return BUILDERS[protocol](class_ids, counts, rng, name=name, **params)

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,41 +71,46 @@ def summarize_method(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def targets(methods: dict[str, dict[str, Any]], wanted: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets, computed from whatever methods ran (`met` only where a target is set)."""
-    out: dict[str, dict[str, Any]] = {}
+def comparisons(methods: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """fedrecon's headline numbers beside the baselines that ran (measured values; no pass/fail)."""
     fed = methods.get("fedrecon")
     if fed is None:
-        return out
-
-    def item(value: float, target: float | None, better: str) -> dict[str, Any]:
-        met = None if target is None else (value >= target if better == ">=" else value < target
-                                           if better == "<" else abs(value - target) < 1e-9)
-        return {"value": round(value, 4), "target": f"{better} {target}" if target is not None else None, "met": met}
-
-    out["fedrecon_final_accuracy"] = item(fed["final_accuracy"], wanted.get("final_accuracy"), ">=")
-    if "centralized" in methods:
-        out["fedrecon_minus_centralized_pp"] = item(fed["final_accuracy"] - methods["centralized"]["final_accuracy"],
-                                                    0.0, "==")
-    if "lower" in methods:
-        out["fedrecon_minus_lower_pp"] = item(fed["final_accuracy"] - methods["lower"]["final_accuracy"],
-                                              wanted.get("minus_lower_pp"), ">=")
-    out["fedrecon_update_ms_per_class"] = item(fed["update_ms_per_class"], wanted.get("update_ms_per_class"), "<")
+        return {}
+    out = {"fedrecon_final_accuracy": fed["final_accuracy"]}
+    for other in ("centralized", "lower", "upper"):
+        if other in methods:
+            out[f"fedrecon_minus_{other}_pp"] = round(fed["final_accuracy"] - methods[other]["final_accuracy"], 4)
+    out["fedrecon_update_ms_per_class"] = fed["update_ms_per_class"]
     # the same without the encoder's forward pass: prototype update + push + server merge + pull
-    out["fedrecon_update_ms_per_class_excluding_embedding"] = item(fed["merge_ms_per_class"],
-                                                                   wanted.get("update_ms_per_class"), "<")
+    out["fedrecon_update_ms_per_class_excluding_embedding"] = fed["merge_ms_per_class"]
     return out
 
 
+def reference_line(anchors: dict[str, Any]) -> str | None:
+    """'reference: paper ~86%, ANML 63.8% ... (published, after N classes)'; None without anchors."""
+    if not anchors:
+        return None
+    points = sorted({int(x) for x, _ in anchors.values()})
+    names = ", ".join(f"{name} {'~' if name == 'paper' else ''}{y:g}%" for name, (_, y) in anchors.items())
+    return f"reference: {names} (published figures after {'/'.join(map(str, points))} classes, not measured here)"
+
+
 def summarize(config: dict[str, Any], data: Any, encoder: Any, per_method: dict[str, list[dict[str, Any]]],
-              schedules: list[dict[str, Any]]) -> dict[str, Any]:
-    """The results document written as results.json."""
+              schedules: list[dict[str, Any]], planned: dict[str, int] | None = None,
+              data_dir: str | None = None) -> dict[str, Any]:
+    """The results document written as results.json (`status` incomplete until every planned run finished)."""
     methods = {m: summarize_method(runs) for m, runs in per_method.items() if runs}
+    finished = sum(len(runs) for runs in per_method.values())
+    total = sum(planned.values()) if planned is not None else finished
     return {
         "schema": SCHEMA,
         "experiment": config["experiment"]["name"],
+        "status": "complete" if finished >= total else "incomplete",
+        "finished_runs": finished,
+        "planned_runs": total,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "config": config,
+        "data_dir": data_dir,
         "dataset": {"name": data.name, "classes": len(data.class_ids), "images": len(data),
                     "meta": {k: v for k, v in data.meta.items() if isinstance(v, str | int | float | list)}},
         "encoder": {"fingerprint": encoder.fingerprint, "dim": encoder.dim,
@@ -112,7 +118,7 @@ def summarize(config: dict[str, Any], data: Any, encoder: Any, per_method: dict[
         "schedules": schedules,
         "anchors": config.get("anchors", {}),
         "methods": methods,
-        "targets": targets(methods, config.get("targets", {})),
+        "comparisons": comparisons(methods),
     }
 
 
@@ -129,6 +135,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [f"### {results['experiment']} ({results['dataset']['name']}, "
              f"{results['schedules'][0]['classes'] if results['schedules'] else '?'} classes, "
              f"encoder {results['encoder']['fingerprint']})", "",
+             f"status: {results.get('status', 'complete')}, {results.get('finished_runs', '?')} of "
+             f"{results.get('planned_runs', '?')} method runs finished", "",
              "| method | runs | final accuracy % | server % | bytes up | bytes down | update ms/class "
              "(embedding + rest) | wall s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -142,8 +150,11 @@ def markdown_table(results: dict[str, Any]) -> str:
     if groups:
         lines += ["", "| method | group | server accuracy % after the last merge |", "|---|---|---:|"]
         lines += [f"| {n} | {g} | {c[-1][1]:.2f} ± {c[-1][2]:.2f} |" for (n, g), c in groups.items() if c]
-    for name, anchor in results.get("anchors", {}).items():
-        lines.append(f"\nanchor {name}: {anchor[1]}% after {anchor[0]} classes")
+    reference = reference_line(results.get("anchors", {}))
+    if reference:
+        lines += ["", reference]
+    lines += ["", "update ms/class: each method's first run, embedding its own training images (later runs reuse "
+              "cached embeddings of the same frozen encoder)"]
     return "\n".join(lines)
 
 
@@ -160,29 +171,53 @@ def write_csv(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def identical_to(series: dict[str, Any]) -> dict[str, str]:
+    """Name -> the first earlier name whose series is exactly equal (such lines would hide each other)."""
+    out: dict[str, str] = {}
+    names = list(series)
+    for i, name in enumerate(names):
+        for earlier in names[:i]:
+            if earlier not in out and np.array_equal(np.asarray(series[name]), np.asarray(series[earlier])):
+                out[name] = earlier
+                break
+    return out
+
+
+def _line_style(i: int, hidden_behind: str | None) -> dict[str, Any]:
+    """Distinct marker and dash per line; a line equal to an earlier one gets hollow, larger markers."""
+    style = {"marker": "os^vDx"[i % 6], "ms": 4, "ls": ["-", "--", "-.", ":"][i % 4]}
+    if hidden_behind:
+        style.update(ms=9, mfc="none", mew=1.5)
+    return style
+
+
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
-    """accuracy.png (accuracy vs classes seen, with anchors) and bytes.png (bytes per merge per method)."""
+    """accuracy.png (accuracy vs classes seen, with references) and bytes.png (cumulative bytes vs classes seen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    methods = {n: m for n, m in results["methods"].items() if len(m["curve"])}
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, m) in enumerate(results["methods"].items()):
+    same = identical_to({n: [p[:2] for p in m["curve"]] for n, m in methods.items()})
+    for i, (name, m) in enumerate(methods.items()):
         c = np.asarray(m["curve"], dtype=np.float64)
-        if len(c):  # line styles differ so methods with equal numbers (fedrecon, centralized) both show
-            ax.plot(c[:, 0], c[:, 1], marker="os^vDx"[i % 6], ms=4, ls=["-", "--", "-.", ":"][i % 4], label=name)
-            ax.fill_between(c[:, 0], c[:, 1] - c[:, 2], c[:, 1] + c[:, 2], alpha=0.2)
+        label = f"{name} (identical to {same[name]})" if name in same else name
+        ax.plot(c[:, 0], c[:, 1], label=label, **_line_style(i, same.get(name)))
+        ax.fill_between(c[:, 0], c[:, 1] - c[:, 2], c[:, 1] + c[:, 2], alpha=0.2)
         for g, gc in m["group_curves"].items():
             gc = np.asarray(gc, dtype=np.float64)
             if len(gc):
                 ax.plot(gc[:, 0], gc[:, 1], ls="--", lw=1, label=f"{name} (server, {g})")
     for name, (x, y) in results.get("anchors", {}).items():
-        ax.scatter([x], [y], marker="*", s=120, zorder=5, label=f"{name} (published)")
+        ax.scatter([x], [y], marker="*", s=120, zorder=5, label=f"reference: {name} {y:g}% (published)")
     ax.set_xlabel("classes seen")
     ax.set_ylabel("accuracy over all classes seen (%)")
     ax.set_ylim(0, 100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{results['experiment']}: {results['dataset']['name']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -192,14 +227,18 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, m in results["methods"].items():
-        per = np.asarray(m["bytes_per_merge"], dtype=np.float64)
-        if len(per) and per.sum() > 0:
-            ax.plot(np.arange(1, len(per) + 1), per.sum(1), marker="o", ms=3, label=name)
+    moved = {n: np.cumsum(np.asarray(m["bytes_per_merge"], dtype=np.float64).sum(1)) for n, m in methods.items()
+             if np.asarray(m["bytes_per_merge"]).sum() > 0}
+    same = identical_to(moved)
+    for i, (name, total) in enumerate(moved.items()):
+        x = [p[0] for p in methods[name]["curve"]][: len(total)]
+        label = f"{name} (identical to {same[name]})" if name in same else name
+        ax.plot(x, total[: len(x)], label=label, **_line_style(i, same.get(name)))
     ax.set_yscale("log")
-    ax.set_xlabel("merge")
-    ax.set_ylabel("bytes moved per merge (up + down)")
-    ax.set_title(f"{results['experiment']}: communication")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("bytes moved so far (up + down)")
+    ax.set_title(f"{results['experiment']}: communication (raw-image uploads included)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -213,13 +252,19 @@ def write_all(results: dict[str, Any], out: str | Path) -> list[Path]:
     """results.json, results.csv, summary.md, accuracy.png, bytes.png under `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json"]
-    paths[0].write_text(json.dumps(results, indent=1, default=_json_default))
+    paths = [_write_atomic(out / "results.json", json.dumps(results, indent=1, default=_json_default))]
     paths.append(write_csv(results, out / "results.csv"))
-    paths.append(out / "summary.md")
-    paths[-1].write_text(markdown_table(results) + "\n")
+    paths.append(_write_atomic(out / "summary.md", markdown_table(results) + "\n"))
     paths += plot(results, out)
     return paths
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write via a temporary file and a rename, so a stopped run never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def _json_default(value: Any) -> Any:

@@ -17,6 +17,7 @@ from fedrecon.server.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from fedrecon.server.admin import AdminService
 from fedrecon.server.app import ReconServer, TlsConfig
 from fedrecon.server.auth import AuthInterceptor, TokenIdentity, TokenStore
+from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimitInterceptor, RateLimits
 from fedrecon.server.robust import RobustConfig, RobustMerge
 from fedrecon.server.service import Limits, identify_from_message
@@ -40,6 +41,7 @@ def build_server(
     rate_limits: RateLimits | None = None,
     robust: Mapping[str, RobustConfig] | None = None,
     max_workers: int = 16,
+    metrics: ServerMetrics | None = None,
 ) -> ReconServer:
     """A ReconServer with the Admin service; auth from `tokens`, or open mode only when `insecure` is True."""
     if tokens is None and not insecure:
@@ -56,6 +58,8 @@ def build_server(
         log.warning(INSECURE_WARNING)
     if rate_limits is not None and rate_limits.active:
         interceptors.append(RateLimitInterceptor(rate_limits, token_store))
+    if metrics is not None:  # outermost, so refusals by auth and rate limits are counted too
+        interceptors.insert(0, metrics.interceptor)
     merge = RobustMerge(store, robust) if robust else None
     admin = AdminService(store, token_store, merge)
     server = ReconServer(

@@ -15,6 +15,7 @@ from fedrecon.server.assemble import build_server
 from fedrecon.server.auth import TokenStore
 from fedrecon.server.durable import DatabaseError
 from fedrecon.server.logs import setup_logging
+from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.robust import RobustConfig
 from fedrecon.server.service import Limits
@@ -60,6 +61,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="drop client means whose norm is this many times off the median norm")
     parser.add_argument("--robust-outlier", type=float, default=3.0,
                         help="drop client means farther than this many median distances from the median")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default off)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
@@ -98,10 +101,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error, DatabaseError) as error:
         print(f"fedrecon server: cannot open database {args.db}: {error}", file=sys.stderr)
         return 2
+    metrics = ServerMetrics(store) if args.metrics_port is not None else None
     try:
         server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,
                               limits=limits, rate_limits=rate_limits, robust={s: robust for s in args.robust},
-                              max_workers=args.workers).start()
+                              max_workers=args.workers, metrics=metrics).start()
+        if metrics is not None:
+            log.info("metrics", extra={"url": f"http://{args.host}:{metrics.serve(args.host, args.metrics_port)}"
+                                              "/metrics"})
     except Exception:
         store.close()
         raise
@@ -117,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     while not stop.wait(1.0):
         pass
     server.stop(args.grace)
+    if metrics is not None:
+        metrics.stop()
     sys.stdout.flush()
     return 0
 

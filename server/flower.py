@@ -10,6 +10,7 @@ sum of their correct answers over the sum of their queries.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -53,10 +54,18 @@ class ReconPlan:
 
     def eval_slices(self, through_round: int, parts: int) -> list[Assignment]:
         """The held-out images of the superset split into `parts` contiguous slices of classes."""
-        classes = self.superset(through_round)
+        return self.slices(self.superset(through_round), parts)
+
+    def slices(self, classes: Sequence[str], parts: int) -> list[Assignment]:
+        """The held-out images of `classes` split into `parts` contiguous slices."""
         chunks = np.array_split(np.arange(len(classes)), max(1, parts))
         return [Assignment(tuple(classes[i] for i in chunk), tuple(self.queries[classes[i]] for i in chunk))
                 for chunk in chunks]
+
+    def key(self, space: str) -> str:
+        """Short fingerprint of the missions and the space: the idempotency key of this plan's merges."""
+        text = repr((space, self.missions, sorted(self.queries.items())))
+        return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 def plan_missions(
@@ -101,14 +110,17 @@ def plan_missions(
 
 @dataclass
 class RoundLog:
-    """What one round did: merges, bytes each way, accuracy (evaluation rounds), seconds."""
+    """What one round did: merges, bytes each way, accuracy (evaluation rounds), lost nodes, seconds."""
 
     round: int
     merged_classes: int = 0
     merged_examples: int = 0
+    already_merged: int = 0  # missions found in the store already (a rerun on the same db): not merged again
     bytes_down: int = 0
     bytes_up: int = 0
     failures: int = 0
+    answered: int = 0
+    lost: list[int] = field(default_factory=list)  # mission clients whose node failed or did not answer
     accuracy: float | None = None
     classes_seen: int = 0
     queries: int = 0
@@ -122,16 +134,25 @@ class _Sent:
     version: int
 
 
+class TooFewNodes(RuntimeError):
+    """Fewer nodes than `min-nodes` are alive or answered: the run cannot go on (the ServerApp fails)."""
+
+
 class PrototypeAveraging(Strategy):
     """Flower strategy whose state is a `PrototypeStore`: merges per-class deltas by count-weighted averaging.
 
     `task` is sent to every client (data set, encoder, wire dtype, ...); `space` is the encoder
-    fingerprint all deltas must carry. Clients are the first `plan.clients` node ids in sorted order.
+    fingerprint all deltas must carry. Mission clients are bound to the first `plan.clients` node ids
+    (sorted) of the first round and keep them. A round goes on with the nodes that are connected and
+    answer, if at least `min_nodes` (default 1) do; a lost node's client is skipped from then on, and
+    one that failed is sent the full table next time. Each mission is pushed under its own store
+    identity (plan key, client, round) with seq 1, so a rerun of the same plan on the same durable
+    store finds it there and does not merge it twice.
     """
 
     def __init__(
         self, store: PrototypeStore, plan: ReconPlan, space: str, *, task: dict | None = None,
-        dtype: str = "float32", eval_clients: int | None = None, client_prefix: str = "flower",
+        dtype: str = "float32", eval_clients: int | None = None, client_prefix: str = "flower", min_nodes: int = 1,
     ) -> None:
         self.store = store
         self.plan = plan
@@ -140,26 +161,45 @@ class PrototypeAveraging(Strategy):
         self.dtype = dtype
         self.eval_clients = plan.clients if eval_clients is None else max(1, min(eval_clients, plan.clients))
         self.client_prefix = client_prefix
+        self.min_nodes = max(1, int(min_nodes))
+        self.plan_key = plan.key(space)
         self.synced: dict[int, int] = {}
         self.sent: dict[int, _Sent] = {}
-        self.client_of: dict[int, int] = {}
+        self.node_of: dict[int, int] = {}  # mission client -> node id, fixed at the first round
+        self.outbox: dict[tuple[int, str], list[tuple[Message, int]]] = {}
+        self.known: set[str] = set()  # classes in the store's table from this plan's missions
         self.rounds: dict[int, RoundLog] = {}
         self._started: dict[int, float] = {}
         self.dim = 0
 
     # ----------------------------------------------------------------------------- helpers
-    def client_id(self, client: int) -> str:
-        """Store identity of mission client `client` (stable across simulation and deployment)."""
-        return f"{self.client_prefix}-{client}"
+    def client_id(self, client: int, server_round: int) -> str:
+        """Store identity of one mission: plan key, client and round (stable across simulation and deployment)."""
+        return f"{self.client_prefix}-{self.plan_key}-{client}-m{server_round}"
 
-    def _nodes(self, grid: Grid) -> list[int]:
+    def _alive(self, grid: Grid, server_round: int) -> list[int]:
+        """Mission clients whose node is connected now; fewer than `min_nodes` ends the run."""
         nodes = sorted(int(n) for n in grid.get_node_ids())
-        if len(nodes) < self.plan.clients:
-            raise RuntimeError(f"the plan needs {self.plan.clients} clients but only {len(nodes)} nodes are connected")
-        return nodes[: self.plan.clients]
+        if not self.node_of:
+            self.node_of = dict(enumerate(nodes[: self.plan.clients]))
+        connected = set(nodes)
+        alive = [k for k, node in sorted(self.node_of.items()) if node in connected]
+        entry = self._log(server_round)
+        for k in sorted(set(self.node_of) - set(alive)):
+            self.synced[k] = 0
+            if k not in entry.lost:
+                entry.lost.append(k)
+        if len(alive) < self.min_nodes:
+            raise TooFewNodes(f"round {server_round}: {len(alive)} of {self.plan.clients} mission nodes connected, "
+                              f"min-nodes is {self.min_nodes}")
+        return alive
 
     def _log(self, server_round: int) -> RoundLog:
         return self.rounds.setdefault(server_round, RoundLog(server_round))
+
+    def _superset(self, server_round: int) -> list[str]:
+        """Classes planned through this round that some client actually merged (lost missions are not scored)."""
+        return [c for c in self.plan.superset(server_round) if c in self.known]
 
     def _sync(self, client: int, config: dict) -> ArrayRecord:
         """The merged prototypes changed since `client`'s last sync (since 0: the full table, replacing its own)."""
@@ -172,18 +212,17 @@ class PrototypeAveraging(Strategy):
         return prototypes_record(pulled.counts, pulled.means, self.dtype, self.dim)
 
     def _messages(self, server_round: int, grid: Grid, kind: str) -> list[Message]:
-        nodes = self._nodes(grid)
+        alive = self._alive(grid, server_round)
         entry = self._log(server_round)
         self._started.setdefault(server_round, time.perf_counter())
         if kind == MessageType.TRAIN:
-            targets = list(range(self.plan.clients))
+            targets = alive
             slices: list[Assignment] = []
         else:
-            targets = list(range(self.eval_clients))
-            slices = self.plan.eval_slices(server_round, self.eval_clients)
+            targets = alive[: self.eval_clients]
+            slices = self.plan.slices(self._superset(server_round), len(targets))
         out = []
-        self.client_of = {nodes[k]: k for k in range(self.plan.clients)}
-        for k in targets:
+        for i, k in enumerate(targets):
             config: dict = {**self.task, "server-round": server_round, "client": k, "space": self.space,
                             "dtype": self.dtype}
             arrays = self._sync(k, config)
@@ -191,40 +230,63 @@ class PrototypeAveraging(Strategy):
                 config.update(self.plan.missions[server_round - 1][k].to_config("mission"))
                 entry.bytes_down += arrays.count_bytes()
             else:
-                config.update(slices[k].to_config("eval"))
+                config.update(slices[i].to_config("eval"))
                 entry.eval_bytes_down += arrays.count_bytes()
             content = RecordDict({"prototypes": arrays, "config": ConfigRecord(config)})
-            out.append(Message(content=content, message_type=kind, dst_node_id=nodes[k]))
+            out.append(Message(content=content, message_type=kind, dst_node_id=self.node_of[k]))
+        self.outbox[server_round, kind] = list(zip(out, targets, strict=True))
         return out
 
-    def _replies(self, replies: Iterable[Message], entry: RoundLog) -> list[tuple[int, Message]]:
-        good = []
+    def _replies(self, replies: Iterable[Message], entry: RoundLog, kind: str) -> list[tuple[int, Message]]:
+        """Good replies by client; failed and missing ones mark their client lost for this round.
+
+        A reply is matched to the message it answers (`reply_to_message_id`), never by `src_node_id`: the
+        error replies the SuperLink makes for a node that went away carry its own id, not the node's.
+        """
+        sent = self.outbox.get((entry.round, kind), [])
+        by_id = {msg.metadata.message_id: k for msg, k in sent}
+        good, heard = [], set()
         for msg in replies:
+            client = by_id.get(msg.metadata.reply_to_message_id)
+            if client is None:
+                log.warning("round %d: a reply to an unknown message (%s) ignored", entry.round,
+                            msg.metadata.reply_to_message_id)
+                continue
+            heard.add(client)
             if msg.has_error():
-                entry.failures += 1
-                client = self.client_of.get(int(msg.metadata.src_node_id))
-                if client is not None:  # its state is unknown now: send it the full table next time
-                    self.synced[client] = 0
-                log.warning("round %d: node %s failed: %s", entry.round, msg.metadata.src_node_id, msg.error.reason)
+                self._lose(entry, client, f"failed: {msg.error.reason}")
                 continue
             config = msg.content["config"]
-            client = int(config["client"])
-            if str(config["space"]) != self.space:
-                entry.failures += 1
-                log.warning("round %d: client %d answered in space %s, expected %s; ignored",
-                            entry.round, client, config["space"], self.space)
+            if str(config["space"]) != self.space or int(config["client"]) != client:
+                self._lose(entry, client, f"answered as client {config['client']} in space {config['space']}; "
+                                          f"expected client {client} in {self.space}")
                 continue
-            sent = self.sent.get(client)
-            if sent is not None:
-                self.synced[client] = sent.version
+            if client in self.sent:
+                self.synced[client] = self.sent[client].version
             good.append((client, msg))
+        for _, client in sent:
+            if client not in heard:
+                self._lose(entry, client, "no reply within the round timeout")
+        entry.answered = len(good)
+        needed = min(self.min_nodes, len(sent))
+        if len(good) < needed:
+            raise TooFewNodes(f"round {entry.round} ({kind}): {len(good)} of {len(sent)} nodes answered, "
+                              f"min-nodes is {self.min_nodes}")
         return sorted(good, key=lambda item: item[0])
+
+    def _lose(self, entry: RoundLog, client: int, why: str) -> None:
+        """A client whose reply is missing or unusable: counted, and sent the full table next time."""
+        entry.failures += 1
+        if client not in entry.lost:
+            entry.lost.append(client)
+        self.synced[client] = 0  # its state is unknown now
+        log.warning("round %d: client %d (node %s) %s", entry.round, client, self.node_of.get(client), why)
 
     # ----------------------------------------------------------------------------- Strategy
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """One message per mission client: merged prototypes changed since its last round + its mission."""
+        """One message per connected mission client: merged prototypes changed since its last round + its mission."""
         return self._messages(server_round, grid, MessageType.TRAIN)
 
     def aggregate_train(
@@ -232,42 +294,47 @@ class PrototypeAveraging(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Merge each client's deltas through the store (exactly once, in client order)."""
         entry = self._log(server_round)
-        for client, msg in self._replies(replies, entry):
+        for client, msg in self._replies(replies, entry, MessageType.TRAIN):
             protos = msg.content["prototypes"]
             ids, counts, means = read_prototypes(protos, msg.content["config"]["class-ids"])
             entry.bytes_up += protos.count_bytes()
             if not ids:
                 continue
-            cid = self.client_id(client)
-            seq = self.store.client_record(cid).last_seq + 1
             try:
-                self.store.push(cid, self.space, seq, ids, counts, means)
+                result = self.store.push(self.client_id(client, server_round), self.space, 1, ids, counts, means)
             except StoreError as exc:  # one bad client must not end the run; its deltas are refused whole
                 entry.failures += 1
                 log.warning("round %d: deltas of client %d refused: %s", server_round, client, exc)
                 continue
+            self.known.update(ids)
+            if result.duplicate:
+                entry.already_merged += 1
+                log.warning("round %d: the mission of client %d is already in this store (plan %s; a rerun on the "
+                            "same db): not merged again", server_round, client, self.plan_key)
+                continue
             entry.merged_classes += len(ids)
             entry.merged_examples += int(counts.sum())
         metrics = MetricRecord({"merged-classes": entry.merged_classes, "merged-examples": entry.merged_examples,
-                                "bytes-up": entry.bytes_up, "bytes-down": entry.bytes_down,
-                                "failures": entry.failures, "version": self.store.version})
+                                "already-merged": entry.already_merged, "bytes-up": entry.bytes_up,
+                                "bytes-down": entry.bytes_down, "failures": entry.failures,
+                                "version": self.store.version})
         return None, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sync the evaluating clients and give each a slice of the superset's held-out images."""
+        """Sync the connected evaluating clients and give each a slice of the merged superset's held-out images."""
         return self._messages(server_round, grid, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Class-incremental accuracy over the superset: total correct over total queries."""
+        """Class-incremental accuracy over the merged superset: total correct over total queries answered."""
         entry = self._log(server_round)
         correct = total = 0
-        for _, msg in self._replies(replies, entry):
+        for _, msg in self._replies(replies, entry, MessageType.EVALUATE):
             metrics = msg.content["metrics"]
             correct += int(metrics["correct"])
             total += int(metrics["queries"])
-        entry.classes_seen = len(self.plan.superset(server_round))
+        entry.classes_seen = len(self._superset(server_round))
         entry.queries = total
         entry.accuracy = correct / total if total else None
         entry.seconds = time.perf_counter() - self._started.get(server_round, time.perf_counter())
@@ -277,13 +344,13 @@ class PrototypeAveraging(Strategy):
 
     def summary(self) -> None:
         """Log the plan and the store this strategy merges into."""
-        log.info("PrototypeAveraging: %d clients x %d missions, space %s, store %s, wire %s, %d evaluating",
-                 self.plan.clients, self.plan.rounds, self.space, self.store.path or "in memory", self.dtype,
-                 self.eval_clients)
+        log.info("PrototypeAveraging: %d clients x %d missions, space %s, store %s, wire %s, %d evaluating, "
+                 "min-nodes %d, plan %s", self.plan.clients, self.plan.rounds, self.space,
+                 self.store.path or "in memory", self.dtype, self.eval_clients, self.min_nodes, self.plan_key)
 
     def report(self) -> list[dict]:
         """Per-round log as JSON-able dicts."""
-        return [vars(self.rounds[r]).copy() for r in sorted(self.rounds)]
+        return [{**vars(self.rounds[r]), "lost": list(self.rounds[r].lost)} for r in sorted(self.rounds)]
 
 
 @dataclass

@@ -42,3 +42,17 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return True
         time.sleep(interval)
     return False
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains `text` (a path or port unique to one test), for cleaning up
+    processes a test caused but holds no handle of (e.g. a detached Flower SuperLink, an orphaned ClientApp)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids

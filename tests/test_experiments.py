@@ -228,6 +228,6 @@ def test_glyphs_experiment_writes_results_schema(tmp_path: Path) -> None:
             assert key in m, (name, key)
         assert all(len(p) == 3 and 0 <= p[1] <= 100 for p in m["curve"])
         assert m["curve"][-1][0] == 12 and len(m["curve"]) == 3
-    assert doc["targets"]["fedrecon_minus_centralized_pp"]["value"] == 0.0
+    assert doc["comparisons"]["fedrecon_minus_centralized_pp"] == 0.0 and doc["status"] == "complete"
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "| fedrecon |" in (tmp_path / "summary.md").read_text()
