@@ -8,8 +8,6 @@ changed classes. Under auth only `admin` tokens reach this service (see `auth.Au
 from __future__ import annotations
 
 import logging
-import sqlite3
-import time
 
 import grpc
 
@@ -28,17 +26,6 @@ UINT64_MAX = 2**64 - 1
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
-def read_audit(store: PrototypeStore) -> list[tuple[int, str, str, str, float]]:
-    """The durable audit trail of a SQLite store, read over its own read-only connection."""
-    if store.path is None:
-        return []
-    conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, timeout=5.0)
-    try:
-        return conn.execute("SELECT version, kind, client_id, actor, at FROM audit ORDER BY version").fetchall()
-    finally:
-        conn.close()
-
-
 class AdminService(arpc.AdminServicer):
     """RevokeClient / Stats / Export over a store; `tokens` lets a revocation also disable the client's tokens."""
 
@@ -48,16 +35,11 @@ class AdminService(arpc.AdminServicer):
         self.tokens = tokens
         self.robust = robust
         self.identity = TokenIdentity(tokens) if tokens is not None else None
-        self._memory_audit: list[tuple[int, str, str, str, float]] = []
 
     def _actor(self, context: grpc.ServicerContext) -> str:
         if self.identity is not None:
             return self.identity.principal(context).client_id
         return f"insecure:{context.peer()}"
-
-    def _live_classes(self, client_id: str) -> int:
-        with self.store._lock:
-            return sum(int((t.counts > 0).sum()) for t in self.store.contributions.get(client_id, {}).values())
 
     def RevokeClient(self, request: apb.RevokeClientRequest, context: grpc.ServicerContext  # noqa: N802
                      ) -> apb.RevokeClientReply:
@@ -65,14 +47,13 @@ class AdminService(arpc.AdminServicer):
         actor = self._actor(context)
         if not request.client_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id must not be empty")
-        classes = self._live_classes(request.client_id)
-        applied = True
+        classes = self.store.live_classes(request.client_id)
         try:
             version = self.store.revoke(request.client_id, actor).version
         except UnknownClient as error:  # never pushed: nothing to remove, but its tokens can still be disabled
             if not request.disable_tokens:
                 context.abort(status_of(error), str(error))
-            version, applied = self.store.version, False
+            version = self.store.version
         except StoreError as error:
             context.abort(status_of(error), str(error))
         disabled = 0
@@ -82,8 +63,6 @@ class AdminService(arpc.AdminServicer):
                               f"contributions of {request.client_id!r} were revoked at version {version}, "
                               "but this server has no token file (--insecure), so there are no tokens to disable")
             disabled = self.tokens.remove_client(request.client_id)
-        if self.store.path is None and applied:
-            self._memory_audit.append((version, "revoke", request.client_id, actor, time.time()))
         log.warning("client revoked", extra={"client_id": request.client_id, "actor": actor,
                                              "version": version, "classes": classes,
                                              "tokens_disabled": disabled})
@@ -93,15 +72,9 @@ class AdminService(arpc.AdminServicer):
         """Version, spaces, per-client seq/classes/examples and the audit trail."""
         self._actor(context)
         info = self.store.info()
-        with self.store._lock:
-            clients = []
-            for client_id, record in sorted(self.store.clients.items()):
-                tables = self.store.contributions.get(client_id, {}).values()
-                clients.append(apb.ClientStats(
-                    client_id=client_id, last_seq=record.last_seq,
-                    classes=sum(int((t.counts > 0).sum()) for t in tables),
-                    examples=min(sum(sum(t.counts.tolist()) for t in tables), UINT64_MAX)))
-        audit = read_audit(self.store) if self.store.path is not None else list(self._memory_audit)
+        clients = [apb.ClientStats(client_id=c.client_id, last_seq=c.last_seq, classes=c.classes,
+                                   examples=min(c.examples, UINT64_MAX)) for c in self.store.client_stats()]
+        audit = self.store.audit()
         robust = sorted(self.robust.spaces) if self.robust is not None else []
         return apb.StatsReply(
             store_id=info["store_id"], version=info["version"], spaces=[pb.SpaceInfo(**s) for s in info["spaces"]],
@@ -119,9 +92,9 @@ class AdminService(arpc.AdminServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         tables = []
         if request.per_client:
-            with self.store._lock:
+            with self.store.consistent():
                 version = self.store.version
-                clients = sorted(self.store.contributions)
+                clients = self.store.client_ids()
             for client_id in clients:
                 table = self.store.contribution(client_id, request.space)
                 rows = table.live_rows()

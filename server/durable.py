@@ -261,7 +261,7 @@ class SqliteLog:
 
     def audit(self) -> list[tuple[int, str, str, str, float]]:
         """Administrative operations recorded (version, kind, client, actor, time)."""
-        return self.conn.execute("SELECT version, kind, client_id, actor, at FROM audit ORDER BY version").fetchall()
+        return self.conn.execute(AUDIT_QUERY).fetchall()
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed into the main file by SQLite), then release the lock."""
@@ -269,6 +269,18 @@ class SqliteLog:
             self.conn.close()
         finally:
             os.close(self._lock_fd)
+
+
+AUDIT_QUERY = "SELECT version, kind, client_id, actor, at FROM audit ORDER BY version"
+
+
+def read_audit(path: Path) -> list[tuple[int, str, str, str, float]]:
+    """The audit trail of a store's database, over a read-only connection of its own (any thread may call it)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return conn.execute(AUDIT_QUERY).fetchall()
+    finally:
+        conn.close()
 
 
 def _explain(error: sqlite3.Error) -> str:

@@ -101,17 +101,9 @@ class RobustMerge:
         config = self.config(space)
         if config is None:
             return self.store.pull(space, since, page_token, max_bytes, itemsize)
-        with self.store._lock:  # the contributions must match the pulled version
+        with self.store.consistent():  # the contributions must match the pulled version
             plain = self.store.pull(space, since, page_token, max_bytes, itemsize)
-            tables = [t[space] for t in self.store.contributions.values() if space in t]
-            per_client = []
-            for table in tables:
-                rows = table.rows(plain.class_ids, create=False)
-                present = rows >= 0
-                counts = np.where(present, table.counts[np.maximum(rows, 0)], 0) if len(table) else \
-                    np.zeros(len(rows), np.int64)
-                sums = table.sums[np.maximum(rows, 0)] if len(table) else np.zeros((len(rows), plain.means.shape[1]))
-                per_client.append((counts, sums))
+            per_client = self.store.contributions_to(space, plain.class_ids)
         return self._merge(plain, per_client, config)
 
     def _merge(self, plain: PullResult, per_client: list[tuple[np.ndarray, np.ndarray]],

@@ -23,7 +23,7 @@ import numpy as np
 
 from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.prototypes import PrototypeTable
-from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest
+from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest, read_audit
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
 log = logging.getLogger("fedrecon.store")
@@ -116,6 +116,16 @@ class PullResult:
 
 
 @dataclass(frozen=True)
+class ClientStats:
+    """What the Admin service reports of a client: last seq, live classes, examples."""
+
+    client_id: str
+    last_seq: int
+    classes: int
+    examples: int
+
+
+@dataclass(frozen=True)
 class ClientRecord:
     """A client's last applied sequence number, the answer it got and its content digest, for exactly-once retries."""
 
@@ -173,6 +183,7 @@ class PrototypeStore:
         self.contributions: dict[str, dict[str, PrototypeTable]] = {}
         self.clients: dict[str, ClientRecord] = {}
         self.revoked: dict[str, int] = {}  # client -> version of its latest revocation (since start-up)
+        self._memory_audit: list[tuple[int, str, str, str, float]] = []  # in-memory stores: this run's audit
         self.store_id = f"memory-{uuid.uuid4().hex}"  # unique: clients bind their state to it
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
@@ -269,6 +280,57 @@ class PrototypeStore:
         with self._lock:
             table = self.contributions.get(client_id, {}).get(space)
             return table.copy() if table is not None else PrototypeTable(self.dims.get(space))
+
+    def contributions_to(self, space: str, class_ids: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each contributing client's (counts, float64 sums) for `class_ids` of `space` (zeros where it has none).
+
+        Call inside `consistent()` to match a pull of the same version.
+        """
+        with self._lock:
+            out = []
+            for tables in self.contributions.values():
+                table = tables.get(space)
+                if table is None:
+                    continue
+                rows = table.rows(class_ids, create=False)
+                safe = np.maximum(rows, 0)
+                present = rows >= 0
+                counts = np.where(present, table.counts[safe], 0) if len(table) else np.zeros(len(rows), np.int64)
+                sums = np.where(present[:, None], table.sums[safe], 0.0) if len(table) else \
+                    np.zeros((len(rows), self.dims.get(space, 0)))
+                out.append((counts, sums))
+            return out
+
+    def consistent(self) -> threading.RLock:
+        """A lock under which several reads see one version (no push is applied in between)."""
+        return self._lock
+
+    def client_ids(self) -> list[str]:
+        """Every client with contributions, sorted."""
+        with self._lock:
+            return sorted(self.contributions)
+
+    def client_stats(self) -> list[ClientStats]:
+        """Per client: last seq, live classes and examples over every space (sorted by client id)."""
+        with self._lock:
+            out = []
+            for client_id, record in sorted(self.clients.items()):
+                tables = self.contributions.get(client_id, {}).values()
+                out.append(ClientStats(client_id, record.last_seq, sum(int((t.counts > 0).sum()) for t in tables),
+                                       sum(sum(t.counts.tolist()) for t in tables)))
+            return out
+
+    def live_classes(self, client_id: str) -> int:
+        """Classes one client currently contributes to, over every space."""
+        with self._lock:
+            return sum(int((t.counts > 0).sum()) for t in self.contributions.get(client_id, {}).values())
+
+    def audit(self) -> list[tuple[int, str, str, str, float]]:
+        """Administrative operations (version, kind, client, actor, time): the durable audit table, or this run's."""
+        if self._log is None:
+            with self._lock:
+                return list(self._memory_audit)
+        return read_audit(self.path)
 
     def revoked_at(self, client_id: str) -> int:
         """Version of the client's latest revocation (0 if none since start-up); open streams compare it."""
@@ -481,6 +543,8 @@ class PrototypeStore:
             self._dirty_clients.add(op.client_id)
         elif op.kind == "revoke":
             self.revoked[op.client_id] = op.version
+            if self._log is None:
+                self._memory_audit.append((op.version, "revoke", op.client_id, op.actor, op.at))
             for space, table in self.contributions.get(op.client_id, {}).items():
                 rows = table.live_rows()
                 ids = [table.class_ids[r] for r in rows]
