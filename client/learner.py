@@ -24,10 +24,11 @@ from PIL import Image
 from fedrecon.client.data.folder import labelled_files
 from fedrecon.client.encoder import Encoder
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
-from fedrecon.client.recon_client import Pulled, PushAck, ReconClient
+from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
 from fedrecon.proto import codec
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable
 
 ImageInput = str | Path | Image.Image
@@ -116,7 +117,7 @@ class Learner:
         """Push every un-pushed delta (and a push left pending by an earlier run) exactly once."""
         return self._client().push_memory(self.memory, self.space)
 
-    def pull(self) -> Pulled:
+    def pull(self) -> Snapshot:
         """Pull the classes merged since this client's last pull into the memory (persisted); returns what came."""
         client = self._client()
         client.bind()
@@ -168,7 +169,7 @@ class Learner:
             raise ValueError("accuracy: no images")
         return float(np.mean([p == t for p, t in zip(self.predict(images), class_ids, strict=True)]))
 
-    def pending(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Deltas not yet pushed: (class_ids, counts, means)."""
+    def pending(self) -> Deltas:
+        """Deltas not yet pushed (unpacks as class_ids, counts, means)."""
         return self.memory.pending()
 

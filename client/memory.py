@@ -8,22 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from fedrecon.proto.payloads import Deltas, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable, squared_distances
 
 T = TypeVar("T")
-
-
-class Snapshot(Protocol):
-    """What a pull returns: merged (count, mean) of the classes changed since a version, current to `version`."""
-
-    version: int
-    class_ids: list[str]
-    counts: np.ndarray
-    means: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -89,10 +81,10 @@ class PrototypeMemory:
         """Learn from embedded examples (one class id per row): running float64 sums and counts."""
         self.local.add_examples(class_ids, embeddings)
 
-    def pending(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """The deltas not yet pushed: (class_ids, counts, means)."""
+    def pending(self) -> Deltas:
+        """The deltas not yet pushed (unpacks as class_ids, counts, means)."""
         rows = self.local.live_rows()
-        return [self.local.class_ids[r] for r in rows], self.local.counts[rows].copy(), self.local.means(rows)
+        return Deltas([self.local.class_ids[r] for r in rows], self.local.counts[rows].copy(), self.local.means(rows))
 
     def mark_pushed(self, class_ids: Sequence[str] | None = None) -> None:
         """Forget the local deltas (of `class_ids`, default all) once pushed: they come back in pulls."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -23,6 +22,7 @@ from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity, open_channel
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.payloads import PushAck, Snapshot
 
 log = logging.getLogger("fedrecon.client")
 
@@ -68,32 +68,10 @@ class SequenceError(RuntimeError):
         self.expected = expected
 
 
-@dataclass(frozen=True)
-class PushAck:
-    """The server's acknowledgement of a push."""
-
-    seq: int
-    version: int
-    classes: int
-    duplicate: bool
-
-    def to_dict(self) -> dict:
-        """As a JSON-ready dict."""
-        return {"seq": self.seq, "version": self.version, "classes": self.classes, "duplicate": self.duplicate}
+Pulled = Snapshot  # the name experiments/flower_transport.py still imports
 
 
-@dataclass(frozen=True)
-class Pulled:
-    """Merged prototypes received from a pull: ids, counts, float64 means, and the version they are current to."""
-
-    space: str
-    version: int
-    class_ids: list[str]
-    counts: np.ndarray
-    means: np.ndarray
-
-
-def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Pulled:
+def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Snapshot:
     """Decode a PullReply, or the pages of one pull in order (count 0 rows mean a class was removed).
 
     A later page overrides an earlier one for the same class (it changed while paging); the result is
@@ -101,12 +79,12 @@ def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Pulled:
     """
     pages = [codec.decode_deltas(r.classes, allow_zero_counts=True) for r in (reply, *more)]
     if len(pages) == 1:
-        return Pulled(reply.space, reply.version, pages[0].class_ids, pages[0].counts, pages[0].means)
+        return Snapshot(reply.space, reply.version, pages[0].class_ids, pages[0].counts, pages[0].means)
     latest = {cid: i for i, cid in enumerate(c for p in pages for c in p.class_ids)}  # the last index per id wins
     keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
     counts = np.concatenate([p.counts for p in pages])[keep]
     means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means])[keep]
-    return Pulled(reply.space, (more[-1] if more else reply).version, list(latest), counts, means)
+    return Snapshot(reply.space, (more[-1] if more else reply).version, list(latest), counts, means)
 
 
 def push_size(client_id: str, space: str, class_ids: Sequence[str], dim: int, itemsize: int) -> int:
@@ -289,7 +267,7 @@ class ReconClient:
             start = end
         return acks
 
-    def pull(self, space: str, since: int | None = None, dtype: str | None = None) -> Pulled:
+    def pull(self, space: str, since: int | None = None, dtype: str | None = None) -> Snapshot:
         """Merged prototypes changed since `since` (default: the version this client last pulled)."""
         since = self.versions.get(space, 0) if since is None else since
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
@@ -301,7 +279,7 @@ class ReconClient:
         self.versions[space] = result.version
         return result
 
-    def watch(self, space: str, since: int = 0, dtype: str | None = None) -> Iterator[Pulled]:
+    def watch(self, space: str, since: int = 0, dtype: str | None = None) -> Iterator[Snapshot]:
         """Stream changes of a space as they are merged (a server stream; cancel by closing the client)."""
         request = pb.WatchRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
         pages: list[pb.PullReply] = []
@@ -328,7 +306,7 @@ class ReconClient:
                        "max_class_id_bytes": limits.max_class_id_bytes, "max_dim": limits.max_dim},
         }
 
-    def sync(self, memory: PrototypeMemory, space: str) -> tuple[list[PushAck], Pulled]:
+    def sync(self, memory: PrototypeMemory, space: str) -> tuple[list[PushAck], Snapshot]:
         """Push the memory's pending deltas (if any), then pull what changed and apply it to the memory."""
         acks = self.push_memory(memory, space)
         return acks, pull_into(memory, lambda since: self.pull(space, since=since))

@@ -18,9 +18,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedrecon.client.recon_client import Pulled, ReconClient, pulled_from_reply
+from fedrecon.client.recon_client import ReconClient, pulled_from_reply
 from fedrecon.proto import codec
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.payloads import Snapshot
 from fedrecon.server.service import ReconnaissanceService
 from fedrecon.server.store import PrototypeStore
 
@@ -45,7 +46,7 @@ class Transport(ABC):
         """Push one client's deltas; returns (global version after it, request bytes)."""
 
     @abstractmethod
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
         """Classes of `space` changed since `since`; returns (pulled, reply bytes)."""
 
     def close(self) -> None:
@@ -66,7 +67,7 @@ def push_request_size(client_id: str, space: str, seq: int, class_ids: Sequence[
     return pb.PushRequest(client_id=client_id, space=space, seq=seq, deltas=deltas).ByteSize()
 
 
-def pull_reply_size(pulled: Pulled, dtype: str) -> int:
+def pull_reply_size(pulled: Snapshot, dtype: str) -> int:
     """Serialized size of the PullReply that carried `pulled` (re-encoding gives the same bytes)."""
     classes = codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means, dtype)
     return pb.PullReply(space=pulled.space, version=pulled.version, classes=classes).ByteSize()
@@ -107,7 +108,7 @@ class InprocTransport(Transport):
         self.seqs[client_id] = seq
         return reply.version, request.ByteSize()
 
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
         """The service's Pull, decoded like a client decodes it."""
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(self.dtype))
         reply = self.service.Pull(request, self._context)
@@ -186,7 +187,7 @@ class GrpcTransport(Transport):
             raise TransportError(f"push of {client_id} failed: {error.code().name}: {error.details()}") from error
         return ack.version, push_request_size(client_id, space, ack.seq, class_ids, counts, means, self.dtype)
 
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
         """A real Pull RPC."""
         try:
             pulled = self.client(client_id).pull(space, since=since)

@@ -8,12 +8,12 @@ expected, so the server can answer INVALID_ARGUMENT and change nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.payloads import Deltas
 
 DTYPES: dict[int, np.dtype] = {
     pb.FLOAT32: np.dtype("<f4"),
@@ -81,20 +81,6 @@ def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
     if array.size and not np.isfinite(array).all():
         raise InvalidMessage(f"{field} holds NaN or Inf")
     return array
-
-
-@dataclass(frozen=True)
-class Deltas:
-    """Decoded per-class deltas: ids, int64 counts, float64 means (n x dim)."""
-
-    class_ids: list[str]
-    counts: np.ndarray
-    means: np.ndarray
-
-    @property
-    def dim(self) -> int:
-        """Vector width."""
-        return int(self.means.shape[1])
 
 
 def encode_deltas(

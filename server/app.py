@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.service import Identify, Limits, ReconnaissanceService, identify_from_message
-from fedrecon.server.store import PrototypeStore, PullResult
+from fedrecon.server.store import PrototypeStore, Snapshot
 
 log = logging.getLogger("fedrecon.server")
 
@@ -62,7 +62,7 @@ class ReconServer:
         tls: TlsConfig | None = None,
         identify: Identify = identify_from_message,
         interceptors: tuple[grpc.ServerInterceptor, ...] = (),
-        pull: Callable[..., PullResult] | None = None,
+        pull: Callable[..., Snapshot] | None = None,
         services: tuple[tuple[str, Callable[[grpc.Server], None]], ...] = (),
     ) -> None:
         self.store = store

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedrecon.proto.prototypes import PrototypeTable
-from fedrecon.server.store import PrototypeStore, PullResult
+from fedrecon.server.store import PrototypeStore, Snapshot
 
 ESTIMATORS = ("trimmed", "median", "mean")
 
@@ -96,7 +96,7 @@ class RobustMerge:
         return self.spaces.get(space) or self.spaces.get("*")
 
     def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
-             itemsize: int = 8) -> PullResult:
+             itemsize: int = 8) -> Snapshot:
         """Like `PrototypeStore.pull` (pages included), with robust means and counts for a robust space."""
         config = self.config(space)
         if config is None:
@@ -106,8 +106,8 @@ class RobustMerge:
             per_client = self.store.contributions_to(space, plain.class_ids)
         return self._merge(plain, per_client, config)
 
-    def _merge(self, plain: PullResult, per_client: list[tuple[np.ndarray, np.ndarray]],
-               config: RobustConfig) -> PullResult:
+    def _merge(self, plain: Snapshot, per_client: list[tuple[np.ndarray, np.ndarray]],
+               config: RobustConfig) -> Snapshot:
         n, dim = len(plain.class_ids), plain.means.shape[1]
         if not per_client or n == 0:
             return plain

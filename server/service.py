@@ -23,9 +23,9 @@ from fedrecon.server.store import (
     InvalidRequest,
     Limits,
     PrototypeStore,
-    PullResult,
     SeqReused,
     SequenceGap,
+    Snapshot,
     StoreError,
     StoreUnavailable,
     UnknownClient,
@@ -76,7 +76,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def __init__(self, store: PrototypeStore, limits: Limits | None = None,
                  identify: Identify = identify_from_message,
-                 pull: Callable[..., PullResult] | None = None) -> None:
+                 pull: Callable[..., Snapshot] | None = None) -> None:
         self.store = store
         if limits is not None:  # the store enforces the push limits, so every caller gets the same rules
             store.limits = limits

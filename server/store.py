@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.proto.codec import MAX_COUNT
+from fedrecon.proto.payloads import PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable
 from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest, read_audit
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
@@ -94,28 +95,6 @@ class StoreUnavailable(StoreError):
 
 
 @dataclass(frozen=True)
-class PushResult:
-    """Acknowledgement of a push: its seq, the global version after it, how many classes it held."""
-
-    seq: int
-    version: int
-    classes: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True)
-class PullResult:
-    """Merged prototypes of one space changed since a version: ids, counts, float64 means."""
-
-    space: str
-    version: int
-    class_ids: list[str]
-    counts: np.ndarray
-    means: np.ndarray
-    next_page_token: str = ""  # non-empty: a page of a paged pull, continued with this token
-
-
-@dataclass(frozen=True)
 class ClientStats:
     """What the Admin service reports of a client: last seq, live classes, examples."""
 
@@ -146,7 +125,7 @@ class _Request:
     means: np.ndarray | None = None
     actor: str = ""
     done: threading.Event = field(default_factory=threading.Event)
-    result: PushResult | None = None
+    result: PushAck | None = None
     error: Exception | None = None
 
 
@@ -217,7 +196,7 @@ class PrototypeStore:
     def push(
         self, client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
         means: np.ndarray,
-    ) -> PushResult:
+    ) -> PushAck:
         """Merge one client's deltas exactly once; returns after the push is durable."""
         try:
             request = _Request("push", client_id, space, int(seq), list(class_ids),
@@ -227,7 +206,7 @@ class PrototypeStore:
                 from error
         return self._submit(request)
 
-    def revoke(self, client_id: str, actor: str = "") -> PushResult:
+    def revoke(self, client_id: str, actor: str = "") -> PushAck:
         """Remove every contribution of one client from every class (exact unlearning); durable."""
         return self._submit(_Request("revoke", client_id, actor=actor))
 
@@ -238,7 +217,7 @@ class PrototypeStore:
                                f"(a different or reset store?); pull again with since=0")
 
     def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
-             itemsize: int = 8) -> PullResult:
+             itemsize: int = 8) -> Snapshot:
         """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes).
 
         With `max_bytes` the answer is one page of at most that many wire bytes (means of `itemsize`
@@ -252,7 +231,7 @@ class PrototypeStore:
                 raise InvalidRequest(str(error)) from None
             table = self.spaces.get(space)
             if table is None:
-                return PullResult(space, self.version, [], np.zeros(0, np.int64),
+                return Snapshot(space, self.version, [], np.zeros(0, np.int64),
                                   np.zeros((0, self.dims.get(space, 0)), np.float64))
             if cursor is None:
                 rows = table.live_rows() if since == 0 else table.changed_since(since)
@@ -263,10 +242,10 @@ class PrototypeStore:
             rows, token = page_rows(table, cursor, max_bytes or 2**62, itemsize)
             return self._rows_result(space, table, rows, token)
 
-    def _rows_result(self, space: str, table: PrototypeTable, rows: np.ndarray, token: str = "") -> PullResult:
+    def _rows_result(self, space: str, table: PrototypeTable, rows: np.ndarray, token: str = "") -> Snapshot:
         if len(rows) == len(table) and not token:  # every row (the usual full pull): slices, no per-row gathering
-            return PullResult(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
-        return PullResult(space, self.version, [table.class_ids[r] for r in rows.tolist()],
+            return Snapshot(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
+        return Snapshot(space, self.version, [table.class_ids[r] for r in rows.tolist()],
                           table.counts[rows].copy(), table.means(rows), token)
 
     def wait_for_change(self, since: int, timeout: float) -> bool:
@@ -373,7 +352,7 @@ class PrototypeStore:
         self.close()
 
     # ----------------------------------------------------------------------------- writing
-    def _submit(self, request: _Request) -> PushResult:
+    def _submit(self, request: _Request) -> PushAck:
         if self._log is None:
             if self._closing:
                 raise StoreUnavailable("the store is closed")
@@ -451,7 +430,7 @@ class PrototypeStore:
         for request in batch:
             request.done.set()
 
-    def _stage(self, request: _Request, stage: _Stage) -> PushResult:
+    def _stage(self, request: _Request, stage: _Stage) -> PushAck:
         """Check one request against the state plus the batch so far; record its operation."""
         self.limits.check_text("client_id", request.client_id)
         record = stage.clients.get(request.client_id) or self.clients.get(request.client_id) or ClientRecord()
@@ -462,7 +441,7 @@ class PrototypeStore:
             stage.ops.append(Operation(version, "revoke", request.client_id, "", record.last_seq, [],
                                        np.zeros(0, np.int64), np.zeros((0, 0)), request.actor, time.time()))
             stage.version = version
-            return PushResult(record.last_seq, version, 0)
+            return PushAck(record.last_seq, version, 0)
         self.limits.check_text("space", request.space)
         if request.seq < 1:
             raise InvalidPush("seq must start at 1")
@@ -473,14 +452,14 @@ class PrototypeStore:
         if retry:  # the first answer if it is the same push; other content under a used seq is refused
             if record.last_digest and digest != record.last_digest:
                 raise SeqReused(request.client_id, request.seq, record.last_seq + 1)
-            return PushResult(request.seq, record.last_version, record.last_classes, duplicate=True)
+            return PushAck(request.seq, record.last_version, record.last_classes, duplicate=True)
         self._check_deltas(request, stage)
         version = stage.version + 1
         stage.ops.append(Operation(version, "push", request.client_id, request.space, request.seq,
                                    request.class_ids, request.counts, request.means, at=time.time(), digest=digest))
         stage.version = version
         stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids), digest)
-        return PushResult(request.seq, version, len(request.class_ids))
+        return PushAck(request.seq, version, len(request.class_ids))
 
     def _check_deltas(self, request: _Request, stage: _Stage) -> None:
         counts, means, limits = request.counts, request.means, self.limits
