@@ -101,9 +101,7 @@ class PrototypeMemory:
     def apply_pull(self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, version: int) -> None:
         """Replace the pulled classes' global (count, mean) with the server's merged values."""
         if len(class_ids):
-            counts = np.asarray(counts, dtype=np.int64)
-            sums = np.asarray(means, dtype=np.float64) * counts[:, None]
-            self.global_table.set_rows(class_ids, counts, sums, version)
+            self.global_table.set_means(class_ids, counts, means, version)
         self.global_version = max(self.global_version, int(version))
 
     def union(self, *extra: PrototypeTable) -> PrototypeTable:

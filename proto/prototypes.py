@@ -13,25 +13,34 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 
-def squared_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (n_queries x n_prototypes) as one matrix product."""
+def sums_of(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Per-class float64 sums `count * mean` of deltas (the one place means become sums)."""
+    return np.asarray(means, dtype=np.float64) * np.asarray(counts, dtype=np.int64)[:, None]
+
+
+def _partial_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """`|p|^2 - 2 q.p` for every (query, prototype): the squared distance less `|q|^2`, as one matrix product."""
     q = np.asarray(queries, dtype=np.float64)
     p = np.asarray(prototypes, dtype=np.float64)
-    d = (q * q).sum(1)[:, None] - 2.0 * (q @ p.T) + (p * p).sum(1)[None, :]
+    scores = q @ p.T
+    scores *= -2.0
+    scores += np.einsum("ij,ij->i", p, p)[None, :]
+    return scores
+
+
+def squared_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (n_queries x n_prototypes)."""
+    q = np.asarray(queries, dtype=np.float64)
+    d = _partial_distances(q, prototypes)
+    d += np.einsum("ij,ij->i", q, q)[:, None]
     return np.maximum(d, 0.0, out=d)
 
 
 def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Index of the nearest prototype for each query (squared Euclidean distance)."""
+    """Index of the nearest prototype for each query (squared Euclidean distance; `|q|^2` does not change it)."""
     if len(prototypes) == 0:
         raise ValueError("nearest_prototype: no prototypes to classify against")
-    q = np.asarray(queries, dtype=np.float64)
-    p = np.asarray(prototypes, dtype=np.float64)
-    # |q|^2 is the same for every prototype of a query, so the arg-min needs only |p|^2 - 2 q.p
-    scores = q @ p.T
-    scores *= -2.0
-    scores += np.einsum("ij,ij->i", p, p)[None, :]
-    return scores.argmin(1)
+    return _partial_distances(queries, prototypes).argmin(1)
 
 
 class PrototypeTable:
@@ -141,6 +150,12 @@ class PrototypeTable:
             self._sums[rows[new_counts == 0]] = 0.0
         return rows
 
+    def set_means(
+        self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, versions: np.ndarray | int
+    ) -> np.ndarray:
+        """Overwrite the (count, mean) of the given classes (e.g. with merged values pulled from a server)."""
+        return self.set_rows(class_ids, counts, sums_of(counts, means), versions)
+
     def set_rows(
         self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, versions: np.ndarray | int
     ) -> np.ndarray:
@@ -159,9 +174,7 @@ class PrototypeTable:
         self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, version: int = 0
     ) -> np.ndarray:
         """Merge deltas `(count, mean)` per class: sum += count * mean, count += count."""
-        counts = np.asarray(counts, dtype=np.int64)
-        means = np.asarray(means, dtype=np.float64)
-        return self.add_sums(class_ids, counts, means * counts[:, None], version)
+        return self.add_sums(class_ids, counts, sums_of(counts, means), version)
 
     def add_examples(self, class_ids: Sequence[str], embeddings: np.ndarray, version: int = 0) -> None:
         """Add individual embeddings (one class id per row) to their classes' sums and counts."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.proto.prototypes import PrototypeTable, sums_of
 from fedrecon.server.store import PrototypeStore, Snapshot
 
 ESTIMATORS = ("trimmed", "median", "mean")
@@ -72,7 +72,7 @@ def combine(counts: np.ndarray, means: np.ndarray, config: RobustConfig) -> np.n
         ordered = np.sort(means, axis=0)
         return ordered[cut:k - cut].mean(axis=0)
     table = PrototypeTable(means.shape[1])
-    table.add_sums(["c"], [int(counts.sum())], (means * counts[:, None]).sum(axis=0, keepdims=True))
+    table.add_sums(["c"], [int(counts.sum())], sums_of(counts, means).sum(axis=0, keepdims=True))
     return table.means()[0]
 
 

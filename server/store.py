@@ -23,7 +23,7 @@ import numpy as np
 
 from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.payloads import PushAck, Snapshot
-from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.proto.prototypes import PrototypeTable, sums_of
 from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest, read_audit
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
@@ -505,7 +505,7 @@ class PrototypeStore:
             dim = op.means.shape[1]
             if op.space not in self.dims:
                 self.dims[op.space] = dim
-            sums = op.means * op.counts[:, None]
+            sums = sums_of(op.counts, op.means)
             table = self.spaces.get(op.space)
             if table is None:
                 table = self.spaces[op.space] = PrototypeTable(dim)
