@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -61,48 +60,3 @@ def machine() -> dict:
             versions[name] = None
     return {"nproc": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
             "loadavg_at_start": list(os.getloadavg()), **versions}
-
-
-class ServerProcess:
-    """`fedrecon server` as a real process on 127.0.0.1 and a free port (durable or --memory)."""
-
-    def __init__(self, db: Path | None, *extra: str) -> None:
-        store = ["--memory"] if db is None else ["--db", str(db)]
-        self.process = subprocess.Popen(
-            [*PYTHON_FEDRECON, "server", "--host", "127.0.0.1", "--port", "0", *store, "--log-level", "warning",
-             "--insecure", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        self.address = self.process.stdout.readline().strip()
-        if not self.address:
-            self.process.kill()
-            _, err = self.process.communicate()
-            raise RuntimeError(f"benchmark server did not start: {err}")
-
-    @property
-    def pid(self) -> int:
-        """Process id of the server."""
-        return self.process.pid
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds the server process has used so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGTERM and wait (the store checkpoints and closes)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.communicate()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fedrecon.benchmarks.harness import FEDRECON, ServerProcess, free_port, print_result
+from fedrecon.benchmarks.harness import free_port, print_result
+from fedrecon.server.process import FEDRECON, ServerProcess
 
 SPACE = "crash"
 
@@ -270,8 +271,7 @@ def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every
     workdir = Path(tempfile.mkdtemp(prefix="fedrecon-crash-")) if workdir is None else workdir
     workdir.mkdir(parents=True, exist_ok=True)
     db, stop = workdir / "crash.db", workdir / "stop"
-    server = ServerProcess(free_port(), ["--db", str(db)], ["--insecure", "--checkpoint-every",
-                                                            str(checkpoint_every)]).start()
+    server = ServerProcess(db, ["--checkpoint-every", str(checkpoint_every)], port=free_port()).start()
     procs = [subprocess.Popen([sys.executable, "-m", "fedrecon.benchmarks.crash_safety", "--worker",
                                "--index", str(c), "--address", server.address, "--state",
                                str(workdir / f"state{c}.json"), "--acks", str(workdir / f"acks{c}.txt"), "--stop",

@@ -21,14 +21,15 @@ import grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from tqdm import tqdm
 
-from fedrecon.benchmarks.harness import ServerProcess, free_port, print_result
+from fedrecon.benchmarks.harness import free_port, print_result
 from fedrecon.benchmarks.hostile import Outcome, Target, actions
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.server.process import ServerProcess
 
 
 def run(requests: int, seed: int = 0, millions: int = 2, bound_pushes: int = 66) -> dict:
     """Send `requests` hostile actions (plus one-million-class pushes and pushes past a space's count bound)."""
-    server = ServerProcess(free_port(), ["--memory"], ["--insecure"]).start()
+    server = ServerProcess(port=free_port()).start()
     target = Target(server.address)
     statuses: Counter[str] = Counter()
     kinds: Counter[str] = Counter()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrecon.benchmarks.harness import ServerProcess, free_port, percentiles_ms, print_result
+from fedrecon.benchmarks.harness import free_port, percentiles_ms, print_result
+from fedrecon.server.process import ServerProcess
 
 SPACE = "load"
 
@@ -74,11 +75,11 @@ def run(clients: int, seconds: float, processes: int = 4, classes: int = 16, dim
     workdir = Path(tempfile.mkdtemp(prefix="fedrecon-load-"))
     ids = [f"load{i}" for i in range(clients)]
     tokens: dict[str, str | None] = {cid: None for cid in ids}
-    extra = ["--insecure"]
+    extra: list[str] = []
     if auth:
         tokens = {cid: add_token(workdir / "tokens.json", cid) for cid in ids}
         extra = ["--tokens", str(workdir / "tokens.json")]
-    server = ServerProcess(free_port(), ["--db", str(workdir / "load.db")], extra).start()
+    server = ServerProcess(workdir / "load.db", extra, port=free_port(), insecure=not auth).start()
     processes = max(1, min(processes, clients))
     start_at = time.time() + warmup
     stop_at = start_at + seconds

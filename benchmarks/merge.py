@@ -13,10 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-from fedrecon.benchmarks.common import ServerProcess, percentiles, ratio
+from fedrecon.benchmarks.common import percentiles, ratio
 from fedrecon.benchmarks.push_worker import requests_for, run_worker
 from fedrecon.proto import codec
 from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.server.process import ServerProcess
 from fedrecon.server.store import PrototypeStore
 
 SPACE = "bench-space"
@@ -142,13 +143,13 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
         out["store_direct_durable_pushes_per_commit"] = per_commit
         runs = {}
         if not quick:  # the transport ceiling: the same server with an in-memory store
-            with ServerProcess(None) as server:
+            with ServerProcess() as server:
                 runs["memory_8"] = grpc_rate(server, 8, dim, batch, universe, seconds, "mem")
         for n in client_counts:
-            with ServerProcess(Path(tmp) / f"server-{n}.db", "--synchronous", synchronous) as server:
+            with ServerProcess(Path(tmp) / f"server-{n}.db", ["--synchronous", synchronous]) as server:
                 runs[f"durable_{n}"] = grpc_rate(server, n, dim, batch, universe, seconds, f"dur{n}")
         if not quick and synchronous == "FULL":  # what the per-commit fsync costs: NORMAL survives crashes only
-            with ServerProcess(Path(tmp) / "server-normal.db", "--synchronous", "NORMAL") as server:
+            with ServerProcess(Path(tmp) / "server-normal.db", ["--synchronous", "NORMAL"]) as server:
                 runs["normal_8"] = grpc_rate(server, 8, dim, batch, universe, seconds, "normal")
     for n in client_counts:
         r = runs[f"durable_{n}"]

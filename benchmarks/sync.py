@@ -12,8 +12,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from fedrecon.benchmarks.common import ServerProcess, percentiles, ratio
+from fedrecon.benchmarks.common import percentiles, ratio
 from fedrecon.client.recon_client import ReconClient
+from fedrecon.server.process import ServerProcess
 from fedrecon.server.store import PrototypeStore
 
 PUSH_CHUNK = 4096
@@ -39,7 +40,7 @@ def run(quick: bool = False, dim: int = 64, sizes: tuple[int, ...] | None = None
     out: dict = {"dim": dim, "repeats": repeats, "sizes": list(sizes)}
     store = PrototypeStore(None)
     seq = [0]
-    with ServerProcess(None) as server, ReconClient(server.address, "filler", timeout=120) as pusher, \
+    with ServerProcess() as server, ReconClient(server.address, "filler", timeout=120) as pusher, \
             ReconClient(server.address, "reader", timeout=120) as reader:
         for n in tqdm(sizes, desc="sync latency", leave=False):
             space = f"space-{n}"

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedrecon.experiments.datasets import class_counts, load_dataset, load_encoder_spec
 from fedrecon.experiments.protocols import federated
-from fedrecon.experiments.transports import ServerProcess
+from fedrecon.server.process import ServerProcess
 
 
 class ClientProcess:
@@ -96,7 +96,7 @@ def run_demo(dataset: str = "glyphs", data_dir: str | None = None, out: str | Pa
     schedule = federated(data.class_ids, class_counts(data), np.random.default_rng(seed), classes=classes,
                          clients=clients, classes_per_mission=classes_per_mission, train_shots=train_shots,
                          test_shots=test_shots, name="demo")
-    server = ServerProcess()
+    server = ServerProcess().start()
     echo(f"server {server.address} (a real `fedrecon server` process); {clients} client processes; "
          f"{data.name}; encoder {enc.fingerprint}")
     procs: list[ClientProcess] = []

@@ -7,10 +7,6 @@ factory `(config) -> Transport`; other modules (e.g. `experiments/flower_transpo
 
 from __future__ import annotations
 
-import functools
-import subprocess
-import sys
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +18,7 @@ from fedrecon.client.recon_client import ReconClient, pulled_from_reply
 from fedrecon.proto import codec
 from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.payloads import Snapshot
+from fedrecon.server.process import ServerProcess
 from fedrecon.server.service import ReconnaissanceService
 from fedrecon.server.store import PrototypeStore
 
@@ -119,47 +116,6 @@ class InprocTransport(Transport):
         self.store.close()
 
 
-@functools.cache
-def server_needs_insecure() -> bool:
-    """Whether this `fedrecon server` has an `--insecure` flag (required for token-less servers when present)."""
-    out = subprocess.run([sys.executable, "-m", "fedrecon", "server", "--help"], capture_output=True, text=True,
-                         timeout=60)
-    return "--insecure" in out.stdout
-
-
-class ServerProcess:
-    """A real `fedrecon server --port 0 --memory` process on loopback; `.address` is what it printed."""
-
-    def __init__(self, extra: Sequence[str] = (), db: str | None = None) -> None:
-        argv = [sys.executable, "-m", "fedrecon", "server", "--host", "127.0.0.1", "--port", "0",
-                "--log-level", "warning"]
-        argv += ["--db", db] if db else ["--memory"]
-        if server_needs_insecure():
-            argv.append("--insecure")
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=self._stderr, text=True)
-        line = self.process.stdout.readline().strip() if self.process.stdout else ""
-        if not line:
-            self.process.kill()
-            self.process.wait()
-            self._stderr.seek(0)
-            raise TransportError(f"fedrecon server did not start: {self._stderr.read()[-2000:]}")
-        self.address = line
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM and wait (kill if it does not stop in time)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
-        self._stderr.close()
-
-
 class GrpcTransport(Transport):
     """A real server process; each client id gets its own `ReconClient` channel over loopback."""
 
@@ -168,7 +124,7 @@ class GrpcTransport(Transport):
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
         address = self.config.get("address")
-        self.server = None if address else ServerProcess(self.config.get("server_args", ()))
+        self.server = None if address else ServerProcess(extra=self.config.get("server_args", ())).start()
         self.address = address or self.server.address
         self.clients: dict[str, ReconClient] = {}
 

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from fedrecon.server.process import FEDRECON, ServerProcess, free_port  # noqa: F401 - for the tests
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FEDRECON = [sys.executable, "-m", "fedrecon"]
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (never hard-code one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(db: Path, *extra: str, port: int = 0, insecure: bool = True) -> tuple[subprocess.Popen, str]:
@@ -24,14 +16,9 @@ def start_server(db: Path, *extra: str, port: int = 0, insecure: bool = True) ->
 
     Open mode (`--insecure`) unless `insecure=False` (then pass `--tokens FILE` in `extra`).
     """
-    mode = ["--insecure"] if insecure else []
-    process = subprocess.Popen([*FEDRECON, "server", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
-                                *mode, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline().strip()
-    if not line:
-        process.kill()
-        raise RuntimeError(f"server did not start: {process.stderr.read()}")
-    return process, line
+    server = ServerProcess(db, extra, port=port, insecure=insecure, log_level="info").start()
+    assert server.process is not None
+    return server.process, server.address
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -214,16 +214,25 @@ def test_client_resumes_pending_push_after_crash(server, tmp_path: Path) -> None
 def test_client_retries_until_server_is_up(tmp_path: Path) -> None:
     port = free_port()
     store = PrototypeStore(tmp_path / "late.db")
-    result = {}
+    result: dict = {}
 
-    def push() -> None:
-        with ReconClient(f"127.0.0.1:{port}", "late", timeout=2, retries=20, backoff=0.05) as c:
-            result["ack"] = c.push("s", ["a"], [1], np.ones((1, 2)))
+    def push(retries: int) -> None:
+        # each attempt waits 0.2 s at most and the connect check is off, so only retrying can outlast the gap
+        with ReconClient(f"127.0.0.1:{port}", "late", timeout=0.2, retries=retries, backoff=0.05,
+                         connect_timeout=None) as c:
+            try:
+                result[retries] = c.push("s", ["a"], [1], np.ones((1, 2)))
+            except grpc.RpcError as error:
+                result[retries] = error.code()
 
-    thread = threading.Thread(target=push)
-    thread.start()
-    threading.Event().wait(0.5)
+    impatient = threading.Thread(target=push, args=(0,))
+    patient = threading.Thread(target=push, args=(40,))
+    impatient.start()
+    patient.start()
+    threading.Event().wait(1.5)
+    impatient.join(5)
     srv = ReconServer(store, "127.0.0.1", port).start()
-    thread.join(30)
+    patient.join(30)
     srv.stop(1)
-    assert result["ack"].seq == 1
+    assert result[0] == grpc.StatusCode.DEADLINE_EXCEEDED  # without retries the same client gives up
+    assert result[40].seq == 1
