@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import FEDRECON, start_server
+from helpers import FEDRECON, ServerProcess, start_server
 from security_helpers import make_tokens
 
 from fedrecon.client.recon_client import ChannelSecurity, ReconClient
@@ -137,10 +137,9 @@ def test_cli_server_requires_a_mode_and_warns_when_insecure(tmp_path: Path) -> N
     out = subprocess.run([*FEDRECON, "server", "--port", "0", "--memory"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode != 0 and "--insecure" in out.stderr
-    process, _ = start_server(tmp_path / "s.db")
-    process.terminate()
-    _, err = process.communicate(timeout=30)
-    assert "INSECURE MODE" in err
+    server = ServerProcess(tmp_path / "s.db", log_level="info").start()
+    assert server.stop() == 0
+    assert "INSECURE MODE" in server.log_tail(100_000)
 
 
 def test_cli_tokens_end_to_end(tmp_path: Path) -> None:
