@@ -19,13 +19,12 @@ def run_one(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """One Flower simulation of `method` on the shared settings; its results dict."""
     from flwr.simulation import run_simulation
 
-    from fedrecon.client.flower import app as client_app
-    from fedrecon.server.flower_app import FlowerSettings, make_server_app
+    from fedrecon.experiments.flower_app import ExperimentSettings, client_app, make_server_app
 
-    settings = FlowerSettings(dataset=args.dataset, data_dir=args.data_dir, encoder=args.encoder,
-                              glyph_classes=args.glyph_classes, clients=args.clients, missions=args.missions,
-                              ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, method=method,
-                              epochs=args.epochs, lr=args.lr, timeout=3600.0)
+    settings = ExperimentSettings(dataset=args.dataset, data_dir=args.data_dir, encoder=args.encoder,
+                                  glyph_classes=args.glyph_classes, clients=args.clients, missions=args.missions,
+                                  ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, method=method,
+                                  epochs=args.epochs, lr=args.lr, timeout=3600.0)
     results: list[dict] = []
     backend = {"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
                "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}

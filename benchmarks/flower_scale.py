@@ -92,14 +92,13 @@ def run_flower(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from flwr.simulation import run_simulation
 
-    from fedrecon.client.flower import app as client_app
-    from fedrecon.server.flower_app import FlowerSettings, make_server_app
+    from fedrecon.experiments.flower_app import ExperimentSettings, client_app, make_server_app
 
-    settings = FlowerSettings(dataset="glyphs", data_dir=str(Path(args.cache_dir).resolve()), encoder=args.encoder,
-                              glyph_classes=classes, glyph_drawings=args.shots + args.queries,
-                              clients=args.clients, missions=args.missions, ways=args.ways, shots=args.shots,
-                              queries=args.queries, eval_clients=args.eval_clients, method=args.method,
-                              timeout=3600.0)
+    settings = ExperimentSettings(dataset="glyphs", data_dir=str(Path(args.cache_dir).resolve()), encoder=args.encoder,
+                                  glyph_classes=classes, glyph_drawings=args.shots + args.queries,
+                                  clients=args.clients, missions=args.missions, ways=args.ways, shots=args.shots,
+                                  queries=args.queries, eval_clients=args.eval_clients, method=args.method,
+                                  timeout=3600.0)
     results: list[dict] = []
     backend = {"client_resources": {"num_cpus": args.num_cpus, "num_gpus": 0.0},
                "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}
@@ -161,8 +160,8 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     superset = plan.superset(plan.rounds)
     picks = [(superset[i], plan.queries[superset[i]][0]) for i in rng.choice(len(superset),
-                                                                           min(args.eval_queries, len(superset)),
-                                                                           replace=False)]
+                                                                               min(args.eval_queries, len(superset)),
+                                                                               replace=False)]
     correct = 0
     for start in range(0, len(picks), 500):
         chunk = picks[start : start + 500]

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from fedrecon.experiments.datasets import class_counts, load_dataset, load_encoder_spec
+from fedrecon.client.data import load_dataset
+from fedrecon.experiments.datasets import class_counts, load_encoder_spec
 from fedrecon.experiments.protocols import federated
 from fedrecon.experiments.transports import ServerProcess
 
