@@ -8,6 +8,7 @@ Flower's FedAvg on the same plan. The benchmarks and the runner's `flower` trans
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,21 @@ def make_server_app(
 ) -> ServerApp:
     """The product ServerApp running `run_method` on `ExperimentSettings` (arguments as the product's)."""
     return product.make_server_app(settings, sink, store, run=run_method, settings_type=ExperimentSettings)
+
+
+def simulate(settings: ExperimentSettings, num_cpus: float = 1.0) -> dict[str, Any]:
+    """Run `settings` on Flower's Simulation Engine (one virtual SuperNode per client, `num_cpus` each) with
+    the experiments' apps; the results, or SystemExit when the run produced none."""
+    from flwr.simulation import run_simulation
+
+    results: list[dict[str, Any]] = []
+    backend = {"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0},
+               "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}
+    run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=settings.clients,
+                   backend_config=backend)
+    if not results:
+        raise SystemExit(f"{settings.method}: the simulation produced no results (see the log above)")
+    return results[0]
 
 
 # --------------------------------------------------------------------------------- client side

@@ -23,7 +23,7 @@ from fedrecon.client.flower import assigned_images, data_for, encoder_for, task_
 from fedrecon.experiments.methods.nets import Classifier, new_classifier, outputs, train
 from fedrecon.proto.flower_records import Assignment
 from fedrecon.server.flower import ReconPlan
-from fedrecon.server.flower_app import build_plan, wait_for_nodes
+from fedrecon.server.flower_app import build_plan, round_totals, wait_for_nodes
 
 BATCH_SIZE = 64
 ACTION = "fedavg"  # the ClientApp action of every FedAvg message: `train.fedavg`, `evaluate.fedavg`, `query.fedavg`
@@ -176,11 +176,5 @@ def run_fedavg(grid: Grid, settings: Any) -> dict[str, Any]:
                        "bytes_up": counter["up"], "bytes_down": counter["down"],
                        "eval_bytes_down": counter["eval_down"]})
     return {"method": "fedavg", "transport": "flower", "settings": vars(settings).copy(), "space": space, "dim": dim,
-            "model_bytes": int(initial.count_bytes()), "rounds": rounds,
-            "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
-            "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
-            "bytes_up": sum(r["bytes_up"] for r in rounds),
-            "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
-            "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
-            / max(1, len(rounds)),
+            "model_bytes": int(initial.count_bytes()), "rounds": rounds, **round_totals(rounds),
             "wall_s": time.perf_counter() - t0}

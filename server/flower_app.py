@@ -101,6 +101,17 @@ def build_plan(grid: Grid, settings: FlowerSettings) -> tuple[ReconPlan, str, in
     return plan, described.space, described.dim
 
 
+def round_totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final accuracy, the accuracy curve and the bytes (up, down with the evaluation syncs, per merge) of
+    per-round logs (`round`, `classes_seen`, `accuracy`, `bytes_up`, `bytes_down`, `eval_bytes_down`)."""
+    return {"final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+            "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
+            "bytes_up": sum(r["bytes_up"] for r in rounds),
+            "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
+            "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
+            / max(1, len(rounds))}
+
+
 def run_prototype_averaging(
     grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None
 ) -> tuple[dict[str, Any], PrototypeStore]:
@@ -116,12 +127,7 @@ def run_prototype_averaging(
     rounds = strategy.report()
     info = store.info()
     results = {"method": "fedrecon", "transport": "flower", "settings": vars(settings).copy(), "space": space,
-               "dim": dim, "rounds": rounds, "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
-               "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
-               "bytes_up": sum(r["bytes_up"] for r in rounds),
-               "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
-               "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
-               / max(1, len(rounds)),
+               "dim": dim, "rounds": rounds, **round_totals(rounds),
                "plan_key": strategy.plan_key, "lost_clients": sorted({k for r in rounds for k in r["lost"]}),
                "already_merged": sum(r["already_merged"] for r in rounds),
                "store": info, "wall_s": time.perf_counter() - t0}
