@@ -118,7 +118,7 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     from fedrecon.client.memory import PrototypeMemory
     from fedrecon.experiments.transports import InprocTransport
     from fedrecon.proto.flower_records import Assignment
-    from fedrecon.server.flower import plan_missions
+    from fedrecon.server.flower_plan import plan_missions
 
     torch.set_num_threads(1)  # many tiny embedding calls: threads only contend (Ray's actors run 1 thread too)
     t0 = time.perf_counter()

@@ -22,8 +22,8 @@ from flwr.serverapp.strategy import FedAvg
 from fedrecon.client.flower import assigned_images, data_for, encoder_for, task_of
 from fedrecon.experiments.methods.nets import Classifier, new_classifier, outputs, train
 from fedrecon.proto.flower_records import Assignment
-from fedrecon.server.flower import ReconPlan
 from fedrecon.server.flower_app import build_plan, round_totals, wait_for_nodes
+from fedrecon.server.flower_plan import ReconPlan
 
 BATCH_SIZE = 64
 ACTION = "fedavg"  # the ClientApp action of every FedAvg message: `train.fedavg`, `evaluate.fedavg`, `query.fedavg`
@@ -109,7 +109,7 @@ class MissionFedAvg(FedAvg):
 
     def _personalise(self, messages: Iterable[Message], server_round: int, kind: str) -> list[Message]:
         out = []
-        slices = self.plan.eval_slices(server_round, self.plan.clients)
+        slices = self.plan.slices(self.plan.superset(server_round), self.plan.clients)
         counter = self.bytes.setdefault(server_round, {"down": 0, "up": 0, "eval_down": 0})
         for msg in messages:
             node = msg.metadata.dst_node_id

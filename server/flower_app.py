@@ -23,7 +23,8 @@ from typing import Any
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrecon.server.flower import PrototypeAveraging, ReconPlan, describe, plan_missions
+from fedrecon.server.flower import PrototypeAveraging
+from fedrecon.server.flower_plan import ReconPlan, describe, plan_missions
 from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.flower")

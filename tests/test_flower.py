@@ -24,8 +24,8 @@ from fedrecon.client.memory import PrototypeMemory  # noqa: E402
 from fedrecon.experiments import flower_app as experiments_app  # noqa: E402
 from fedrecon.experiments.transports import GrpcTransport, InprocTransport  # noqa: E402
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes  # noqa: E402
-from fedrecon.server.flower import plan_missions  # noqa: E402
 from fedrecon.server.flower_app import FlowerSettings, make_server_app  # noqa: E402
+from fedrecon.server.flower_plan import plan_missions  # noqa: E402
 from fedrecon.server.store import PrototypeStore  # noqa: E402
 
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
@@ -51,7 +51,7 @@ def test_plan_is_seeded_disjoint_and_checked() -> None:
             for cid, idx in zip(m.classes, m.images, strict=True):
                 assert len(idx) == 3 and not set(idx) & set(a.queries[cid])
     assert a.superset(1) == learned[:12]
-    slices = a.eval_slices(2, 5)
+    slices = a.slices(a.superset(2), 5)
     assert sum(len(s.classes) for s in slices) == 24
     with pytest.raises(ValueError, match="only 30"):
         plan_missions(ids, sizes, clients=4, rounds=2, ways=4, shots=3, queries=2, seed=1)
