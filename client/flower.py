@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fedrecon.client.data import DEFAULT_SIZES, ImageSet, load_dataset
 from fedrecon.client.data.registry import GLYPH_DEFAULTS
-from fedrecon.client.encoder import Encoder, load_encoder
+from fedrecon.client.encoder import Encoder, load_encoder_spec
 from fedrecon.client.memory import PrototypeMemory, push_pending
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
 from fedrecon.proto.prototypes import PrototypeTable
@@ -56,9 +56,7 @@ def load_data(dataset: str, data_dir: str, glyph_classes: int, glyph_drawings: i
 @functools.lru_cache(maxsize=4)
 def get_encoder(name: str, seed: int = 0, dataset: str = "glyphs") -> Encoder:
     """The frozen encoder (cached per process): a shipped name, a checkpoint path, or `random` (seeded)."""
-    if name == "random":
-        return Encoder.random(dataset, seed=seed, device="cpu")
-    return load_encoder(name, device="cpu")
+    return load_encoder_spec(name, dataset, seed=seed, device="cpu")
 
 
 def task_of(config: ConfigRecord) -> dict[str, Any]:

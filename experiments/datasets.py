@@ -1,4 +1,5 @@
-"""Encoders and data-set helpers for experiments (the data sets themselves: `fedrecon.client.data.load_dataset`)."""
+"""Data-set helpers for experiments (data sets: `fedrecon.client.data.load_dataset`; encoders:
+`fedrecon.client.encoder.load_encoder_spec`)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fedrecon.client.data import DEFAULT_SIZES, ImageSet
+from fedrecon.client.data import ImageSet
 from fedrecon.client.data.images import to_float
-
-
-def load_encoder_spec(spec: str, dataset: str, image_size: int | None = None, seed: int = 0) -> Any:
-    """`random` (an untrained, seeded Conv4 for the data set), a shipped name (`omniglot`, `glyphs`) or a path."""
-    from fedrecon.client.encoder import Encoder, load_encoder
-
-    if spec == "random":
-        size, channels = DEFAULT_SIZES[dataset]
-        return Encoder.random(dataset, image_size or size, channels, seed=seed)
-    return load_encoder(spec)
 
 
 def fed_recon_class_order(spec: dict[str, Any], data_dir: Path | None) -> list[str]:

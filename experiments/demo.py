@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from fedrecon.client.data import load_dataset
-from fedrecon.experiments.datasets import class_counts, load_encoder_spec
+from fedrecon.client.encoder import load_encoder_spec
+from fedrecon.experiments.datasets import class_counts
 from fedrecon.experiments.protocols import federated
 from fedrecon.experiments.transports import ServerProcess
 
