@@ -8,6 +8,7 @@ Flower's FedAvg on the same plan. The benchmarks and the runner's `flower` trans
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,10 +88,10 @@ def relay(msg: Message, context: Context) -> Message:
 def _reply(handler: Callable[[Message, Context], RecordDict]) -> Callable[[Message, Context], Message]:
     """A ClientApp handler that answers `msg` with what `handler` returns."""
 
+    @functools.wraps(handler)
     def answer(msg: Message, context: Context) -> Message:
         return Message(handler(msg, context), reply_to=msg)
 
-    answer.__doc__ = handler.__doc__
     return answer
 
 
