@@ -3,7 +3,8 @@
 `client_app` is the product ClientApp's handlers (`fedrecon.client.flower.register`) plus `*.fedavg`
 (the baseline's client side) and `query.relay` (the `flower` transport's echo). `make_server_app` is
 the product ServerApp run with `ExperimentSettings`, whose `method` picks prototype averaging or
-Flower's FedAvg on the same plan. The benchmarks and the runner's `flower` transport use these.
+Flower's FedAvg on the same plan; `app` is that ServerApp built from the run config. The benchmarks
+and the runner's `flower` transport use these; `flwr run .` (pyproject's components) uses the product apps.
 """
 
 from __future__ import annotations
