@@ -22,9 +22,11 @@ demo: venv
 
 test: venv
 	FEDRECON_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q
+	$(BIN)/python .ci/lint_imports.py
 	$(BIN)/ruff check .
 
 lint: venv
+	$(BIN)/python .ci/lint_imports.py
 	$(BIN)/ruff check .
 
 stubs: venv

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,24 +16,14 @@ from typing import Any
 
 def run_one(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """One Flower simulation of `method` on the shared settings; its results dict."""
-    from flwr.simulation import run_simulation
+    from fedrecon.experiments.flower_app import ExperimentSettings, simulate
 
-    from fedrecon.client.flower import app as client_app
-    from fedrecon.server.flower_app import FlowerSettings, make_server_app
-
-    settings = FlowerSettings(dataset=args.dataset, data_dir=args.data_dir, encoder=args.encoder,
-                              glyph_classes=args.glyph_classes, clients=args.clients, missions=args.missions,
-                              ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, method=method,
-                              epochs=args.epochs, lr=args.lr, timeout=3600.0)
-    results: list[dict] = []
-    backend = {"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}
+    settings = ExperimentSettings(dataset=args.dataset, data_dir=args.data_dir, encoder=args.encoder,
+                                  glyph_classes=args.glyph_classes, clients=args.clients, missions=args.missions,
+                                  ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, method=method,
+                                  epochs=args.epochs, lr=args.lr, timeout=3600.0)
     t0 = time.perf_counter()
-    run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=args.clients,
-                   backend_config=backend)
-    if not results:
-        raise SystemExit(f"{method}: the simulation produced no results")
-    r = results[0]
+    r = simulate(settings)
     return {"method": method, "final_accuracy": r["final_accuracy"], "curve": r["curve"],
             "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"], "bytes_per_merge": r["bytes_per_merge"],
             "app_wall_s": round(r["wall_s"], 2), "wall_s": round(time.perf_counter() - t0, 2),

@@ -90,26 +90,16 @@ def _common(args: argparse.Namespace, classes: int) -> dict[str, Any]:
 def run_flower(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     """The ServerApp/ClientApp on Flower's Simulation Engine (Ray), one virtual SuperNode per client."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    from flwr.simulation import run_simulation
+    from fedrecon.experiments.flower_app import ExperimentSettings, simulate
 
-    from fedrecon.client.flower import app as client_app
-    from fedrecon.server.flower_app import FlowerSettings, make_server_app
-
-    settings = FlowerSettings(dataset="glyphs", data_dir=str(Path(args.cache_dir).resolve()), encoder=args.encoder,
-                              glyph_classes=classes, glyph_drawings=args.shots + args.queries,
-                              clients=args.clients, missions=args.missions, ways=args.ways, shots=args.shots,
-                              queries=args.queries, eval_clients=args.eval_clients, method=args.method,
-                              timeout=3600.0)
-    results: list[dict] = []
-    backend = {"client_resources": {"num_cpus": args.num_cpus, "num_gpus": 0.0},
-               "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error"}}
+    settings = ExperimentSettings(dataset="glyphs", data_dir=str(Path(args.cache_dir).resolve()), encoder=args.encoder,
+                                  glyph_classes=classes, glyph_drawings=args.shots + args.queries,
+                                  clients=args.clients, missions=args.missions, ways=args.ways, shots=args.shots,
+                                  queries=args.queries, eval_clients=args.eval_clients, method=args.method,
+                                  timeout=3600.0)
     t0 = time.perf_counter()
-    run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=args.clients,
-                   backend_config=backend)
+    r = simulate(settings, args.num_cpus)
     wall = time.perf_counter() - t0
-    if not results:
-        raise SystemExit("the simulation produced no results (see the log above)")
-    r = results[0]
     return {**_common(args, classes), "engine": "flower-simulation (ray)", "eval_clients": args.eval_clients,
             "final_accuracy": r["final_accuracy"], "curve": r["curve"], "bytes_up": r["bytes_up"],
             "bytes_down": r["bytes_down"], "bytes_per_merge": r["bytes_per_merge"],
@@ -128,7 +118,7 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     from fedrecon.client.memory import PrototypeMemory
     from fedrecon.experiments.transports import InprocTransport
     from fedrecon.proto.flower_records import Assignment
-    from fedrecon.server.flower import plan_missions
+    from fedrecon.server.flower_plan import plan_missions
 
     torch.set_num_threads(1)  # many tiny embedding calls: threads only contend (Ray's actors run 1 thread too)
     t0 = time.perf_counter()
@@ -161,8 +151,8 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     superset = plan.superset(plan.rounds)
     picks = [(superset[i], plan.queries[superset[i]][0]) for i in rng.choice(len(superset),
-                                                                           min(args.eval_queries, len(superset)),
-                                                                           replace=False)]
+                                                                               min(args.eval_queries, len(superset)),
+                                                                               replace=False)]
     correct = 0
     for start in range(0, len(picks), 500):
         chunk = picks[start : start + 500]

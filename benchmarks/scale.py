@@ -87,7 +87,7 @@ def flower(clients: int = 1_000, timeout: float = 300.0) -> dict:
     try:
         import flwr.simulation  # noqa: F401
 
-        import fedrecon.server.flower  # noqa: F401
+        import fedrecon.experiments.flower_app  # noqa: F401
     except Exception as error:  # noqa: BLE001 - any import problem means "not available"
         return {"available": False, "reason": f"Flower simulation not importable: {error}"}
     with tempfile.TemporaryDirectory() as tmp:

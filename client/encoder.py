@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
+from fedrecon.client.data.registry import DEFAULT_SIZES
 from fedrecon.client.preprocess import Preprocessing, check_inputs, native, to_pixels
 
 FORMAT = "fedrecon-encoder/2"
@@ -282,3 +283,12 @@ def load_encoder(name_or_path: str | Path, device: str | torch.device | None = N
     if enc.fingerprint != blob["fingerprint"]:
         raise ValueError(f"{name_or_path}: fingerprint {enc.fingerprint} != recorded {blob['fingerprint']}")
     return enc
+
+
+def load_encoder_spec(spec: str, dataset: str, image_size: int | None = None, seed: int = 0,
+                      device: str | torch.device | None = None) -> Encoder:
+    """`random` (an untrained, seeded Conv4 sized for the data set), a shipped name (`omniglot`, `glyphs`) or a path."""
+    if spec == "random":
+        size, channels = DEFAULT_SIZES[dataset]
+        return Encoder.random(dataset, image_size or size, channels, seed=seed, device=device)
+    return load_encoder(spec, device=device)

@@ -4,6 +4,8 @@ Messages carry a `config` ConfigRecord (task: data set, data dir, encoder, wire 
 evaluation slice; the sync versions) and a `prototypes` ArrayRecord (merged classes changed since this
 client's last round). The client keeps the merged table it has seen in `context.state`, so each round
 only the changes travel. A supernode's `--node-config "data-dir='...'"` overrides the task's data dir.
+It knows nothing of baselines: the experiments' app (`fedrecon.experiments.flower_app`) calls `register`
+and adds its own handlers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrecon.client.encoder import Encoder, load_encoder
+from fedrecon.client.data import DEFAULT_SIZES, ImageSet, load_dataset
+from fedrecon.client.data.registry import GLYPH_DEFAULTS
+from fedrecon.client.encoder import Encoder, load_encoder_spec
 from fedrecon.client.memory import PrototypeMemory, push_pending
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
 from fedrecon.proto.prototypes import PrototypeTable
@@ -24,8 +28,7 @@ from fedrecon.proto.prototypes import PrototypeTable
 STATE_ARRAYS = "fedrecon-global"
 STATE_META = "fedrecon-meta"
 DEFAULT_CACHE = Path(".fedrecon-cache")
-
-app = ClientApp()
+FLOWER_DATASETS = ("glyphs", "omniglot")
 
 
 # --------------------------------------------------------------------------------- data and encoder
@@ -35,35 +38,34 @@ def _data_dir(task: dict[str, Any], context: Context | None) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_data(dataset: str, data_dir: str, glyph_classes: int, glyph_drawings: int, data_seed: int) -> Any:
-    """The task's data set (cached per process): `glyphs` (generated), or Omniglot `images_evaluation`."""
+def load_data(dataset: str, data_dir: str, glyph_classes: int, glyph_drawings: int, data_seed: int) -> ImageSet:
+    """The task's data set through the registry (cached per process): `glyphs` (generated), or Omniglot
+    `images_evaluation`."""
+    if dataset not in FLOWER_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected 'glyphs' or 'omniglot'")
+    if dataset == "omniglot" and not data_dir:
+        raise ValueError("dataset 'omniglot' needs data-dir (the folder with images_evaluation.zip)")
     if dataset == "glyphs":
-        from fedrecon.client.data.glyphs import make_glyphs
-
-        cache = Path(data_dir) if data_dir else DEFAULT_CACHE
-        return make_glyphs(glyph_classes, glyph_drawings, data_seed, cache_dir=cache)
-    if dataset == "omniglot":
-        from fedrecon.client.data.omniglot import load_omniglot
-
-        if not data_dir:
-            raise ValueError("dataset 'omniglot' needs data-dir (the folder with images_evaluation.zip)")
-        return load_omniglot(data_dir, background=False, cache_dir=DEFAULT_CACHE)
-    raise ValueError(f"unknown dataset {dataset!r}; expected 'glyphs' or 'omniglot'")
+        spec = {"name": "glyphs", "classes": glyph_classes, "drawings": glyph_drawings, "seed": data_seed,
+                "cache_dir": data_dir or DEFAULT_CACHE}
+    else:
+        spec = {"name": "omniglot", "background": False, "cache_dir": DEFAULT_CACHE}
+    return load_dataset(spec, data_dir or None, DEFAULT_SIZES[dataset][0])
 
 
 @functools.lru_cache(maxsize=4)
 def get_encoder(name: str, seed: int = 0, dataset: str = "glyphs") -> Encoder:
     """The frozen encoder (cached per process): a shipped name, a checkpoint path, or `random` (seeded)."""
-    if name == "random":
-        return Encoder.random(dataset, seed=seed, device="cpu")
-    return load_encoder(name, device="cpu")
+    return load_encoder_spec(name, dataset, seed=seed, device="cpu")
 
 
 def task_of(config: ConfigRecord) -> dict[str, Any]:
     """The task keys of a message config, with defaults."""
     return {"dataset": str(config.get("dataset", "glyphs")), "data-dir": str(config.get("data-dir", "")),
-            "encoder": str(config.get("encoder", "glyphs")), "glyph-classes": int(config.get("glyph-classes", 200)),
-            "glyph-drawings": int(config.get("glyph-drawings", 20)), "data-seed": int(config.get("data-seed", 0)),
+            "encoder": str(config.get("encoder", "glyphs")),
+            "glyph-classes": int(config.get("glyph-classes", GLYPH_DEFAULTS["classes"])),
+            "glyph-drawings": int(config.get("glyph-drawings", GLYPH_DEFAULTS["drawings"])),
+            "data-seed": int(config.get("data-seed", GLYPH_DEFAULTS["seed"])),
             "encoder-seed": int(config.get("encoder-seed", 0))}
 
 
@@ -133,15 +135,9 @@ def _reply_config(config: ConfigRecord, **extra: Any) -> ConfigRecord:
 
 
 # --------------------------------------------------------------------------------- handlers
-@app.query()
 def query(msg: Message, context: Context) -> Message:
     """Describe the task's data set and encoder: space fingerprint, dim, class ids and images per class."""
-    config = msg.content["config"]
-    if "head-size" in config:  # the fedavg baseline asks for its initial model
-        from fedrecon.experiments.flower_fedavg import describe_model
-
-        return Message(describe_model(task_of(config), config, context), reply_to=msg)
-    task = task_of(config)
+    task = task_of(msg.content["config"])
     data = data_for(task, context)
     encoder = encoder_for(task)
     if tuple(data.image_shape) != (encoder.config["channels"], encoder.config["image_size"],
@@ -153,27 +149,9 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"config": reply}), reply_to=msg)
 
 
-@app.query("relay")
-def relay(msg: Message, context: Context) -> Message:
-    """Relay endpoint of the experiments runner's `flower` transport: returns the prototypes it received
-    (a push's deltas going up, or a pull's merged classes that reached this client)."""
-    config = msg.content["config"]
-    op = str(config["op"])
-    ids, counts, means = read_prototypes(msg.content["prototypes"], list(config["class-ids"]), allow_empty=op == "pull")
-    dtype = str(msg.content["prototypes"]["means"].numpy().dtype)
-    reply = RecordDict({"prototypes": prototypes_record(counts, means, dtype, means.shape[1] if means.ndim == 2 else 0),
-                        "config": ConfigRecord({"class-ids": ids, "op": op})})
-    return Message(reply, reply_to=msg)
-
-
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Apply the server's sync, learn the mission's classes, and return their per-class deltas."""
     config = msg.content["config"]
-    if str(config.get("method", "fedrecon")) == "fedavg":
-        from fedrecon.experiments.flower_fedavg import train_fedavg
-
-        return Message(train_fedavg(msg, context), reply_to=msg)
     task, client, space, dtype = task_of(config), int(config["client"]), str(config["space"]), str(config["dtype"])
     encoder = encoder_for(task)
     if encoder.fingerprint != space:
@@ -195,14 +173,9 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Apply the server's sync and classify the evaluation slice against every class this client knows."""
     config = msg.content["config"]
-    if str(config.get("method", "fedrecon")) == "fedavg":
-        from fedrecon.experiments.flower_fedavg import evaluate_fedavg
-
-        return Message(evaluate_fedavg(msg, context), reply_to=msg)
     task, client, space = task_of(config), int(config["client"]), str(config["space"])
     memory = restore_memory(context, space)
     apply_sync(memory, msg, client)
@@ -216,3 +189,14 @@ def evaluate(msg: Message, context: Context) -> Message:
                         "metrics": MetricRecord({"correct": correct, "queries": len(labels),
                                                  "num-examples": len(labels)})})
     return Message(reply, reply_to=msg)
+
+
+def register(client_app: ClientApp) -> ClientApp:
+    """Add fedrecon's handlers (the default query, train and evaluate) to `client_app`; other apps add theirs."""
+    client_app.query()(query)
+    client_app.train()(train)
+    client_app.evaluate()(evaluate)
+    return client_app
+
+
+app = register(ClientApp())

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from fedrecon.experiments.datasets import class_counts, load_dataset, load_encoder_spec
+from fedrecon.client.data import load_dataset
+from fedrecon.client.encoder import load_encoder_spec
+from fedrecon.experiments.datasets import class_counts
 from fedrecon.experiments.protocols import federated
 from fedrecon.server.process import ServerProcess
 

@@ -17,9 +17,11 @@ import time
 import numpy as np
 import torch
 
+from fedrecon.client.data import load_dataset
+from fedrecon.client.encoder import load_encoder_spec
 from fedrecon.client.learner import Learner
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.experiments.datasets import load_dataset, load_encoder_spec, take
+from fedrecon.experiments.datasets import take
 from fedrecon.experiments.transports import pull_reply_size, push_request_size
 
 

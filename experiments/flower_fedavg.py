@@ -1,9 +1,11 @@
 """The `fedavg` baseline on Flower's own `FedAvg` strategy, on the same Conv4, data and missions as fedrecon.
 
 Server side: `MissionFedAvg` keeps Flower's FedAvg sampling and example-weighted averaging and only adds
-each node's mission (or evaluation slice) to the config it sends. Client side: the ClientApp (method
-`fedavg`) loads the global Conv4 + linear head (one output per planned class), fine-tunes it with Adam
-on its mission, and returns the weights; evaluation is arg-max over the classes seen so far.
+each node's mission (or evaluation slice) to the config it sends. Client side: the handlers load the
+global Conv4 + linear head (one output per planned class), fine-tune it with Adam on the mission, and
+return the weights; evaluation is arg-max over the classes seen so far. Its messages carry the action
+`fedavg` (`train.fedavg`, `evaluate.fedavg`, `query.fedavg`), which the experiments' ClientApp
+(`fedrecon.experiments.flower_app`) handles.
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedrecon.client.flower import assigned_images, data_for, encoder_for, task_of
 from fedrecon.experiments.methods.nets import Classifier, new_classifier, outputs, train
 from fedrecon.proto.flower_records import Assignment
-from fedrecon.server.flower import ReconPlan
+from fedrecon.server.flower_app import build_plan, round_totals, wait_for_nodes
+from fedrecon.server.flower_plan import ReconPlan
 
 BATCH_SIZE = 64
+ACTION = "fedavg"  # the ClientApp action of every FedAvg message: `train.fedavg`, `evaluate.fedavg`, `query.fedavg`
+
+
+def fedavg_type(kind: str) -> str:
+    """The message type of a FedAvg message of `kind` (train, evaluate, query)."""
+    return f"{kind}.{ACTION}"
 
 
 # --------------------------------------------------------------------------------- client side
 def _classifier(task: dict[str, Any], head: int) -> Classifier:
-    from fedrecon.client.flower import encoder_for
-
     net = new_classifier(encoder_for(task))
     net.grow(head, 0)
     return net
@@ -45,16 +53,15 @@ def _load(net: Classifier, arrays: ArrayRecord) -> None:
         raise ValueError(f"fedavg: global arrays do not fit the model (missing {missing}, unexpected {unexpected})")
 
 
-def describe_model(task: dict[str, Any], config: ConfigRecord, context: Context) -> RecordDict:
+def describe_model(msg: Message, context: Context) -> RecordDict:
     """The initial global model: the encoder's Conv4 plus a seeded head with `head-size` outputs."""
-    net = _classifier(task, int(config["head-size"]))
+    config = msg.content["config"]
+    net = _classifier(task_of(config), int(config["head-size"]))
     return RecordDict({"arrays": _state(net), "config": ConfigRecord({"head-size": net.classes})})
 
 
 def train_fedavg(msg: Message, context: Context) -> RecordDict:
     """Fine-tune the global model on this node's mission; reply with the weights and example count."""
-    from fedrecon.client.flower import assigned_images, data_for, task_of
-
     config = msg.content["config"]
     task = task_of(config)
     labels = [str(c) for c in config["label-classes"]]
@@ -71,8 +78,6 @@ def train_fedavg(msg: Message, context: Context) -> RecordDict:
 
 def evaluate_fedavg(msg: Message, context: Context) -> RecordDict:
     """Accuracy of the global model on this node's evaluation slice, over the classes seen so far."""
-    from fedrecon.client.flower import assigned_images, data_for, task_of
-
     config = msg.content["config"]
     task = task_of(config)
     labels = [str(c) for c in config["label-classes"]]
@@ -104,7 +109,7 @@ class MissionFedAvg(FedAvg):
 
     def _personalise(self, messages: Iterable[Message], server_round: int, kind: str) -> list[Message]:
         out = []
-        slices = self.plan.eval_slices(server_round, self.plan.clients)
+        slices = self.plan.slices(self.plan.superset(server_round), self.plan.clients)
         counter = self.bytes.setdefault(server_round, {"down": 0, "up": 0, "eval_down": 0})
         for msg in messages:
             node = msg.metadata.dst_node_id
@@ -122,7 +127,7 @@ class MissionFedAvg(FedAvg):
             arrays = msg.content[self.arrayrecord_key]
             counter["down" if kind == MessageType.TRAIN else "eval_down"] += arrays.count_bytes()
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(config)})
-            out.append(Message(content=content, message_type=kind, dst_node_id=node))
+            out.append(Message(content=content, message_type=fedavg_type(kind), dst_node_id=node))
         return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -148,15 +153,13 @@ class MissionFedAvg(FedAvg):
 
 def run_fedavg(grid: Grid, settings: Any) -> dict[str, Any]:
     """The FedAvg baseline on the same plan as fedrecon: initial model from a node, `missions` rounds."""
-    from fedrecon.server.flower_app import build_plan, wait_for_nodes
-
     t0 = time.perf_counter()
     nodes = wait_for_nodes(grid, settings.clients, settings.wait_nodes)[: settings.clients]
     plan, space, dim = build_plan(grid, settings)
     task = settings.task()
     labels = plan.superset(plan.rounds)
     query = Message(content=RecordDict({"config": ConfigRecord({**task, "head-size": len(labels)})}),
-                    message_type=MessageType.QUERY, dst_node_id=nodes[0])
+                    message_type=fedavg_type(MessageType.QUERY), dst_node_id=nodes[0])
     reply = list(grid.send_and_receive([query], timeout=settings.timeout))
     if not reply or reply[0].has_error():
         raise RuntimeError(f"fedavg: node {nodes[0]} gave no initial model: "
@@ -173,11 +176,5 @@ def run_fedavg(grid: Grid, settings: Any) -> dict[str, Any]:
                        "bytes_up": counter["up"], "bytes_down": counter["down"],
                        "eval_bytes_down": counter["eval_down"]})
     return {"method": "fedavg", "transport": "flower", "settings": vars(settings).copy(), "space": space, "dim": dim,
-            "model_bytes": int(initial.count_bytes()), "rounds": rounds,
-            "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
-            "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
-            "bytes_up": sum(r["bytes_up"] for r in rounds),
-            "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
-            "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
-            / max(1, len(rounds)),
+            "model_bytes": int(initial.count_bytes()), "rounds": rounds, **round_totals(rounds),
             "wall_s": time.perf_counter() - t0}

@@ -1,7 +1,8 @@
 """The `flower` transport for the experiments runner: pushes and pulls travel as Flower messages.
 
 The transport starts Flower's Simulation Engine (Ray) in a background thread with one virtual SuperNode per
-experiment client. Its ServerApp serves the runner's calls one at a time: a push sends the client's
+experiment client, running the experiments' ClientApp (`flower_app.client_app`, whose `query.relay`
+handler echoes). Its ServerApp serves the runner's calls one at a time: a push sends the client's
 outgoing deltas to that client's ClientApp, whose reply carries them back up (Flower is server-driven, so
 the client->server leg is a reply), and the server merges the reply into a `PrototypeStore` (the same
 store and merge as `inproc`/`grpc`); a pull sends the classes changed since a version down to the
@@ -18,16 +19,16 @@ from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.client.recon_client import Pulled
+from fedrecon.experiments.flower_app import RELAY
 from fedrecon.experiments.transports import TRANSPORTS, Transport, TransportError
 from fedrecon.proto.flower_records import prototypes_record, read_prototypes
 from fedrecon.server.flower_app import wait_for_nodes
 from fedrecon.server.store import PrototypeStore
 
-RELAY = f"{MessageType.QUERY}.relay"
 DEFAULT_NODES = 8
 
 
@@ -40,7 +41,7 @@ class FlowerTransport(Transport):
         super().__init__(config)
         from flwr.simulation import run_simulation
 
-        from fedrecon.client.flower import app as client_app
+        from fedrecon.experiments.flower_app import client_app
 
         self.store = PrototypeStore(self.config.get("db"))
         self.nodes_wanted = int(self.config.get("nodes") or self.config.get("clients") or DEFAULT_NODES)

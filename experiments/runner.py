@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from fedrecon.client.data import load_dataset
+from fedrecon.client.encoder import load_encoder_spec
 from fedrecon.experiments import results as results_mod
 from fedrecon.experiments.datasets import (
     class_counts,
     fed_recon_class_order,
-    load_dataset,
-    load_encoder_spec,
     take,
 )
 from fedrecon.experiments.methods import METHODS

@@ -1,12 +1,13 @@
-"""The fedrecon Flower `ServerApp`: federated reconnaissance (or the FedAvg baseline) over a Flower grid.
+"""The fedrecon Flower `ServerApp`: federated reconnaissance (prototype averaging) over a Flower grid.
 
 `flwr run .` reads `[tool.flwr.app.config]` from pyproject.toml (override with `--run-config`):
 dataset (`glyphs` | `omniglot`), data-dir, encoder, clients, missions, ways, shots, queries, seed,
-dtype, db (SQLite path for a durable store; empty: in memory), method (`fedrecon` | `fedavg`),
-out (write results JSON there), timeout (seconds a round waits for replies), wait-nodes (seconds to
-wait for `clients` nodes at the start), min-nodes (the fewest nodes a round may go on with; 0: any).
-The results are also logged as one JSON line. A run that cannot finish (fewer nodes than min-nodes
-answer) raises, so the ServerApp fails and Flower records the run as failed.
+dtype, db (SQLite path for a durable store; empty: in memory), out (write results JSON there),
+timeout (seconds a round waits for replies), wait-nodes (seconds to wait for `clients` nodes at the
+start), min-nodes (the fewest nodes a round may go on with; 0: any). The results are also logged as
+one JSON line. A run that cannot finish (fewer nodes than min-nodes answer) raises, so the ServerApp
+fails and Flower records the run as failed. It knows nothing of baselines: `make_server_app(run=...,
+settings_type=...)` is the hook the experiments' app (`fedrecon.experiments.flower_app`) uses to add FedAvg.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrecon.server.flower import PrototypeAveraging, ReconPlan, describe, plan_missions
+from fedrecon.server.flower import PrototypeAveraging
+from fedrecon.server.flower_plan import ReconPlan, describe, plan_missions
 from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.flower")
@@ -48,9 +50,6 @@ class FlowerSettings:
     dtype: str = "float32"
     db: str = ""
     eval_clients: int = 0
-    method: str = "fedrecon"
-    epochs: int = 50
-    lr: float = 0.001
     out: str = ""
     timeout: float = 600.0
     wait_nodes: float = 120.0
@@ -67,16 +66,13 @@ class FlowerSettings:
         for key, value in config.items():
             f = known[key]
             values[f.name] = type(getattr(cls(), f.name))(value)
-        out = cls(**values)
-        if out.method not in ("fedrecon", "fedavg"):
-            raise ValueError(f"method must be 'fedrecon' or 'fedavg', got {out.method!r}")
-        return out
+        return cls(**values)
 
     def task(self) -> dict[str, Any]:
         """What every client needs to know to load the same data and encoder."""
         return {"dataset": self.dataset, "data-dir": self.data_dir, "encoder": self.encoder or self.dataset,
                 "encoder-seed": self.encoder_seed, "glyph-classes": self.glyph_classes,
-                "glyph-drawings": self.glyph_drawings, "data-seed": self.data_seed, "method": self.method}
+                "glyph-drawings": self.glyph_drawings, "data-seed": self.data_seed}
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float, minimum: int | None = None) -> list[int]:
@@ -106,6 +102,17 @@ def build_plan(grid: Grid, settings: FlowerSettings) -> tuple[ReconPlan, str, in
     return plan, described.space, described.dim
 
 
+def round_totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final accuracy, the accuracy curve and the bytes (up, down with the evaluation syncs, per merge) of
+    per-round logs (`round`, `classes_seen`, `accuracy`, `bytes_up`, `bytes_down`, `eval_bytes_down`)."""
+    return {"final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+            "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
+            "bytes_up": sum(r["bytes_up"] for r in rounds),
+            "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
+            "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
+            / max(1, len(rounds))}
+
+
 def run_prototype_averaging(
     grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None
 ) -> tuple[dict[str, Any], PrototypeStore]:
@@ -121,50 +128,57 @@ def run_prototype_averaging(
     rounds = strategy.report()
     info = store.info()
     results = {"method": "fedrecon", "transport": "flower", "settings": vars(settings).copy(), "space": space,
-               "dim": dim, "rounds": rounds, "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
-               "curve": [[r["classes_seen"], r["accuracy"]] for r in rounds],
-               "bytes_up": sum(r["bytes_up"] for r in rounds),
-               "bytes_down": sum(r["bytes_down"] + r["eval_bytes_down"] for r in rounds),
-               "bytes_per_merge": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_down"] for r in rounds)
-               / max(1, len(rounds)),
+               "dim": dim, "rounds": rounds, **round_totals(rounds),
                "plan_key": strategy.plan_key, "lost_clients": sorted({k for r in rounds for k in r["lost"]}),
                "already_merged": sum(r["already_merged"] for r in rounds),
                "store": info, "wall_s": time.perf_counter() - t0}
     return results, store
 
 
-def run_settings(grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None) -> dict[str, Any]:
-    """Run the configured method and write/log its results (a given store is left open)."""
-    if settings.method == "fedavg":
-        from fedrecon.experiments.flower_fedavg import run_fedavg
+def run_fedrecon(grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None) -> dict[str, Any]:
+    """Run prototype averaging; a store it opened itself is closed, a given one left open."""
+    results, used = run_prototype_averaging(grid, settings, store)
+    if store is None:
+        used.close()
+    return results
 
-        results = run_fedavg(grid, settings)
-    else:
-        results, used = run_prototype_averaging(grid, settings, store)
-        if store is None:
-            used.close()
+
+RunFn = Callable[[Grid, Any, PrototypeStore | None], dict[str, Any]]
+
+
+def publish(results: dict[str, Any], out: str = "") -> None:
+    """Log the results as one JSON line, print it, and write them to `out` when set."""
     line = json.dumps(results, default=float)
     log.info("fedrecon results: %s", line)
     print(line, flush=True)
-    if settings.out:
-        path = Path(settings.out)
+    if out:
+        path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+def run_settings(grid: Grid, settings: FlowerSettings, store: PrototypeStore | None = None,
+                 run: RunFn = run_fedrecon) -> dict[str, Any]:
+    """Run (`run_fedrecon` unless told otherwise) and publish the results (a given store is left open)."""
+    results = run(grid, settings, store)
+    publish(results, settings.out)
     return results
 
 
 def make_server_app(
     settings: FlowerSettings | None = None, sink: Callable[[dict[str, Any]], None] | None = None,
-    store: PrototypeStore | None = None,
+    store: PrototypeStore | None = None, *, run: RunFn = run_fedrecon,
+    settings_type: type[FlowerSettings] = FlowerSettings,
 ) -> ServerApp:
     """A ServerApp; with `settings` it ignores the run config (Python-API simulation), `sink` gets results,
-    `store` (optional) is the store to merge into."""
+    `store` (optional) is the store to merge into. `run` and `settings_type` let another app (the
+    experiments' baselines) run its own methods on the same settings and plan."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        chosen = settings or FlowerSettings.from_config(dict(context.run_config))
-        results = run_settings(grid, chosen, store)
+        chosen = settings or settings_type.from_config(dict(context.run_config))
+        results = run_settings(grid, chosen, store, run)
         if sink is not None:
             sink(results)
 

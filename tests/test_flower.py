@@ -21,10 +21,11 @@ from flwr.simulation import run_simulation  # noqa: E402
 from fedrecon.client.flower import app as client_app  # noqa: E402
 from fedrecon.client.flower import get_encoder, load_data  # noqa: E402
 from fedrecon.client.memory import PrototypeMemory  # noqa: E402
+from fedrecon.experiments import flower_app as experiments_app  # noqa: E402
 from fedrecon.experiments.transports import GrpcTransport, InprocTransport  # noqa: E402
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes  # noqa: E402
-from fedrecon.server.flower import plan_missions  # noqa: E402
 from fedrecon.server.flower_app import FlowerSettings, make_server_app  # noqa: E402
+from fedrecon.server.flower_plan import plan_missions  # noqa: E402
 from fedrecon.server.store import PrototypeStore  # noqa: E402
 
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
@@ -50,7 +51,7 @@ def test_plan_is_seeded_disjoint_and_checked() -> None:
             for cid, idx in zip(m.classes, m.images, strict=True):
                 assert len(idx) == 3 and not set(idx) & set(a.queries[cid])
     assert a.superset(1) == learned[:12]
-    slices = a.eval_slices(2, 5)
+    slices = a.slices(a.superset(2), 5)
     assert sum(len(s.classes) for s in slices) == 24
     with pytest.raises(ValueError, match="only 30"):
         plan_missions(ids, sizes, clients=4, rounds=2, ways=4, shots=3, queries=2, seed=1)
@@ -149,13 +150,28 @@ def test_simulation_merges_like_the_other_transports(simulated, transport) -> No
     assert results["final_accuracy"] == pytest.approx(correct / total)
 
 
+def test_product_app_knows_no_baselines() -> None:
+    """The product run config (pyproject) has no method keys; only the experiments' settings choose one."""
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert FlowerSettings.from_config(config) == FlowerSettings(**{k.replace("-", "_"): v for k, v in config.items()})
+    with pytest.raises(ValueError, match="unknown run-config keys \\['epochs', 'method'\\]"):
+        FlowerSettings.from_config({**config, "method": "fedavg", "epochs": 1})
+    chosen = experiments_app.ExperimentSettings.from_config({**config, "method": "fedavg", "epochs": 1})
+    assert (chosen.method, chosen.epochs, chosen.glyph_classes) == ("fedavg", 1, config["glyph-classes"])
+    with pytest.raises(ValueError, match="method must be"):
+        experiments_app.ExperimentSettings(method="fedavgg")
+
+
 @pytest.mark.slow
 def test_fedavg_baseline_runs_on_flowers_fedavg(tmp_path) -> None:
     """The fedavg baseline: Flower's FedAvg over the same plan; reports accuracy, model bytes, wall time."""
-    settings = small_settings(tmp_path, method="fedavg", epochs=1, missions=1)
+    base = small_settings(tmp_path, missions=1)
+    settings = experiments_app.ExperimentSettings(**vars(base), method="fedavg", epochs=1)
     results: list[dict] = []
-    run_simulation(make_server_app(settings, results.append), client_app, num_supernodes=settings.clients,
-                   backend_config=BACKEND)
+    run_simulation(experiments_app.make_server_app(settings, results.append), experiments_app.client_app,
+                   num_supernodes=settings.clients, backend_config=BACKEND)
     (r,) = results
     assert r["method"] == "fedavg" and len(r["rounds"]) == 1
     assert r["rounds"][0]["classes_seen"] == settings.clients * settings.ways

@@ -15,7 +15,8 @@ pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
 from fedrecon.proto.flower_records import Assignment, prototypes_record  # noqa: E402
-from fedrecon.server.flower import PrototypeAveraging, TooFewNodes, plan_missions  # noqa: E402
+from fedrecon.server.flower import PrototypeAveraging, TooFewNodes  # noqa: E402
+from fedrecon.server.flower_plan import plan_missions  # noqa: E402
 from fedrecon.server.store import PrototypeStore  # noqa: E402
 
 SPACE = "conv4-test"
