@@ -40,7 +40,7 @@ def main() -> int:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p)}
         command = [str(Path(sys.executable).parent / "lint-imports"), "--no-cache", "--config",
                    str(ROOT / "pyproject.toml")]
-        return subprocess.call(command, env=env, cwd=ROOT)
+        return subprocess.call(command, env=env, cwd=tmp)  # not ROOT: its fedrecon/ folder holds only the root package
 
 
 if __name__ == "__main__":

@@ -68,9 +68,6 @@ class SequenceError(RuntimeError):
         self.expected = expected
 
 
-Pulled = Snapshot  # the name experiments/flower_transport.py still imports
-
-
 def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Snapshot:
     """Decode a PullReply, or the pages of one pull in order (count 0 rows mean a class was removed).
 

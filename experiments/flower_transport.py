@@ -22,10 +22,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedrecon.client.recon_client import Pulled
 from fedrecon.experiments.flower_app import RELAY
 from fedrecon.experiments.transports import TRANSPORTS, Transport, TransportError
 from fedrecon.proto.flower_records import prototypes_record, read_prototypes
+from fedrecon.proto.payloads import Snapshot
 from fedrecon.server.flower_app import wait_for_nodes
 from fedrecon.server.store import PrototypeStore
 
@@ -122,13 +122,13 @@ class FlowerTransport(Transport):
         self.seqs[client_id] = seq
         return result.version, nbytes
 
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Pulled, int]:
+    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
         """Send the classes changed since `since` down to the client's ClientApp; (what it received, bytes)."""
         pulled = self.store.pull(space, since)
         ids, counts, means, nbytes = self._call({"op": "pull", "client": client_id, "class_ids": pulled.class_ids,
                                                  "counts": pulled.counts, "means": pulled.means,
                                                  "dim": self.store.dims.get(space, 0)})
-        return Pulled(space, pulled.version, ids, counts, means), nbytes
+        return Snapshot(space, pulled.version, ids, counts, means), nbytes
 
     def close(self) -> None:
         """Stop the ServerApp loop (which ends the simulation) and close the store."""
