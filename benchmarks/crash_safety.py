@@ -181,10 +181,10 @@ class Pressure:
         import grpc
 
         from fedrecon.proto import codec
-        from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-        from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
-        from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-        from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+        from fedrecon.proto.v1 import admin_pb2 as apb
+        from fedrecon.proto.v1 import admin_pb2_grpc as arpc
+        from fedrecon.proto.v1 import recon_pb2 as pb
+        from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
         with grpc.insecure_channel(self.address) as channel:
             stub, admin = rpc.ReconnaissanceStub(channel), arpc.AdminStub(channel)
@@ -210,8 +210,8 @@ class Pressure:
         import grpc
 
         from fedrecon.proto import codec
-        from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-        from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+        from fedrecon.proto.v1 import recon_pb2 as pb
+        from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
         with grpc.insecure_channel(self.address) as channel:  # default receive limits
             stub = rpc.ReconnaissanceStub(channel)

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedrecon.benchmarks.common import ratio
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2 as pb
 
 
 def conv4_parameters() -> int:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fedrecon.benchmarks.harness import free_port, print_result
 from fedrecon.benchmarks.hostile import Outcome, Target, actions
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.process import ServerProcess
 
 

@@ -19,10 +19,10 @@ import numpy as np
 from hypothesis import strategies as st
 
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import admin_pb2 as apb
+from fedrecon.proto.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
 SPACES = {"s": 4, "t": 8}
 CLIENTS = ("alice", "bob", "carol")

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
 
 def requests_for(client_id: str, space: str, dim: int, batch: int, universe: int, variants: int = 8,

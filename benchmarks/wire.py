@@ -16,7 +16,7 @@ import numpy as np
 
 from fedrecon.benchmarks.common import ratio
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2 as pb
 
 DTYPES = ("float32", "float16", "bfloat16")
 SPACE = "conv4-0123456789abcdef"  # the length of a real encoder fingerprint
@@ -111,7 +111,7 @@ def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str =
     try:
         import grpc
 
-        from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+        from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
         rng = np.random.default_rng(0)
         ids = class_ids(batch, style)

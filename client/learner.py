@@ -27,9 +27,9 @@ from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.proto.v1 import recon_pb2 as pb
 
 ImageInput = str | Path | Image.Image
 

@@ -20,9 +20,9 @@ from fedrecon.client.memory import PrototypeMemory, pull_into
 from fedrecon.client.state import ClientState
 from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity, open_channel
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
 from fedrecon.proto.payloads import PushAck, Snapshot
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
 log = logging.getLogger("fedrecon.client")
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import ml_dtypes
 import numpy as np
 
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
 from fedrecon.proto.payloads import Deltas
+from fedrecon.proto.v1 import recon_pb2 as pb
 
 DTYPES: dict[int, np.dtype] = {
     pb.FLOAT32: np.dtype("<f4"),

@@ -1,8 +1,9 @@
 """Regenerate the Python stubs from `proto/fedrecon/v1/*.proto` (run: python -m fedrecon.proto.generate).
 
-grpc_tools writes `from fedrecon.v1 import recon_pb2`; the stubs live in `fedrecon.proto.fedrecon.v1`,
-so that import is rewritten. A test regenerates into a temporary folder and compares with the
-committed files, so the stubs can never drift from the .proto.
+The .proto files sit where their package `fedrecon.v1` says (so descriptors, reflection and other
+languages see `fedrecon/v1/recon.proto`); the Python stubs are the module `fedrecon.proto.v1`
+(folder `proto/v1/`): protoc's output moves there, its `from fedrecon.v1 import` rewritten. A test
+regenerates into a temporary folder and compares with the committed files, so the stubs never drift.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
-    files = sorted(p for p in (out_dir / "fedrecon" / "v1").iterdir() if p.name.endswith(GENERATED_SUFFIXES))
-    for path in files:
-        text = re.sub(r"^from fedrecon\.v1 import", "from fedrecon.proto.fedrecon.v1 import", path.read_text(),
-                      flags=re.M)
-        path.write_text(text)
+    target = out_dir / "v1"
+    target.mkdir(exist_ok=True)
+    files = []
+    for path in sorted(p for p in (out_dir / "fedrecon" / "v1").iterdir() if p.name.endswith(GENERATED_SUFFIXES)):
+        text = re.sub(r"^from fedrecon\.v1 import", "from fedrecon.proto.v1 import", path.read_text(), flags=re.M)
+        (target / path.name).write_text(text)
+        path.unlink()
+        files.append(target / path.name)
     return files
 
 

@@ -12,9 +12,9 @@ import logging
 import grpc
 
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import admin_pb2 as apb
+from fedrecon.proto.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.auth import TokenIdentity, TokenStore
 from fedrecon.server.robust import RobustMerge
 from fedrecon.server.service import status_of

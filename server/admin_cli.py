@@ -17,8 +17,8 @@ import numpy as np
 
 from fedrecon.proto import codec
 from fedrecon.proto.channel import add_tls_arguments, open_channel, security_from_args
-from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import admin_pb2 as apb
+from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.server.auth import ROLES, TokenFileError, add_token, read_entries, remove_tokens
 
 

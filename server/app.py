@@ -11,8 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.service import Identify, Limits, ReconnaissanceService, identify_from_message
 from fedrecon.server.store import PrototypeStore, Snapshot
 

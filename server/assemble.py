@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.server.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from fedrecon.server.admin import AdminService
 from fedrecon.server.app import ReconServer, TlsConfig
@@ -66,5 +66,4 @@ def build_server(
         store, host, port, limits=limits, max_workers=max_workers, tls=tls, identify=identify,
         interceptors=tuple(interceptors), pull=merge.pull if merge is not None else None,
         services=((ADMIN_SERVICE_NAME, lambda s: arpc.add_AdminServicer_to_server(admin, s)),))
-    server.admin = admin  # type: ignore[attr-defined]
     return server

@@ -15,8 +15,8 @@ import grpc
 from fedrecon import __version__
 from fedrecon.proto import codec
 from fedrecon.proto.codec import MAX_COUNT
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.ratelimit import refuse_for_now
 from fedrecon.server.store import (
     MAX_SPACE_EXAMPLES,

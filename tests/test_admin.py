@@ -12,8 +12,8 @@ from security_helpers import make_tokens
 
 from fedrecon.client.recon_client import ChannelSecurity, ReconClient
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import admin_pb2 as apb
+from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.server.assemble import build_server
 from fedrecon.server.store import PrototypeStore
 

@@ -14,10 +14,10 @@ from security_helpers import make_tokens
 
 from fedrecon.client.recon_client import ChannelSecurity, ReconClient
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import admin_pb2 as apb
+from fedrecon.proto.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.assemble import build_server
 from fedrecon.server.auth import TokenFileError, TokenStore, hash_token, read_entries, remove_tokens
 from fedrecon.server.store import PrototypeStore

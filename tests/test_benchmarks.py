@@ -45,12 +45,16 @@ def test_sync_latency_tiny() -> None:
     r = sync.run(quick=True, sizes=(200,), repeats=3)
     for key in ("full_0k_p50_ms", "store_full_0k_p50_ms", "incremental10_0k_p50_ms", "ratio_full_0k_to_store"):
         assert positive(r[key]), key
+    # the ratio is the two figures measured in the same run, not a constant
+    assert r["ratio_full_0k_to_store"] == pytest.approx(r["full_0k_p50_ms"] / r["store_full_0k_p50_ms"], rel=0.01)
 
 
 def test_client_cost_tiny() -> None:
     r = client_cost.run(quick=True, shots=5, warmup_classes=1, timed_classes=1)
     for key in ("ms_per_class", "lower_ms_per_class", "icarl_ms_per_class", "speedup_vs_icarl"):
         assert positive(r[key]), key
+    assert r["ms_per_class"] == r["fedrecon"]["p50_ms"] and r["icarl_ms_per_class"] == r["icarl"]["p50_ms"]
+    assert r["speedup_vs_icarl"] == pytest.approx(r["icarl_ms_per_class"] / r["ms_per_class"], rel=0.01)
     assert r["torch_threads"] == 1 and r["fedrecon"]["n"] == 3
 
 

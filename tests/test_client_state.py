@@ -242,7 +242,7 @@ def test_experiments_and_pretraining_run_on_an_image_folder(tmp_path: Path) -> N
 
 def test_an_oversized_push_never_wedges_the_client(tmp_path: Path) -> None:
     from fedrecon.proto import codec
-    from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+    from fedrecon.proto.v1 import recon_pb2 as pb
 
     server = _server(tmp_path / "s.db", max_message_bytes=4096)
     try:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2 as pb
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 0), ("float32", 1e-7), ("float16", 1e-3), ("bfloat16", 1e-2)])

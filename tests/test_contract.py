@@ -17,13 +17,13 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     fresh = generate.generate(tmp_path)
     assert fresh, "protoc generated nothing"
     for path in fresh:
-        committed = REPO_ROOT / "proto" / "fedrecon" / "v1" / path.name
+        committed = REPO_ROOT / "proto" / "v1" / path.name
         assert committed.exists(), f"{committed} is missing; run `make stubs`"
         assert filecmp.cmp(path, committed, shallow=False), f"{committed.name} drifted; run `make stubs`"
 
 
 def test_imports_are_namespaced() -> None:
-    import fedrecon.proto.fedrecon.v1.recon_pb2_grpc as stubs
+    import fedrecon.proto.v1.recon_pb2_grpc as stubs
 
     assert stubs.__name__.startswith("fedrecon.proto.")
     for name in ("server", "client", "proto", "experiments"):
@@ -41,7 +41,7 @@ def test_wheel_install_layout(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops <= {"fedrecon", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}, tops
     for expected in ("fedrecon/main.py", "fedrecon/server/store.py", "fedrecon/client/recon_client.py",
-                     "fedrecon/proto/codec.py", "fedrecon/proto/fedrecon/v1/recon_pb2.py",
+                     "fedrecon/proto/codec.py", "fedrecon/proto/v1/recon_pb2.py",
                      "fedrecon/proto/fedrecon/v1/recon.proto", "fedrecon/experiments/__init__.py"):
         assert expected in names, expected
     site = tmp_path / "site"

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2 as pb
 address, state, data = sys.argv[1:4]
 acks = []
 with ReconClient(address, "b", state_path=state, dtype="float64") as client:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.assemble import build_server
 from fedrecon.server.ratelimit import RateLimits, StreamSlots, TokenBuckets
 from fedrecon.server.service import Limits
@@ -121,8 +121,8 @@ def test_stream_slots() -> None:
 
 def test_totals_never_overflow_info_or_stats() -> None:
     """128 valid pushes of 65,536 classes with count 2**40: the space stops at its bound; Info and Stats answer."""
-    from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-    from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+    from fedrecon.proto.v1 import admin_pb2 as apb
+    from fedrecon.proto.v1 import admin_pb2_grpc as arpc
     from fedrecon.server.store import MAX_SPACE_EXAMPLES
 
     n = 65_536
@@ -154,8 +154,8 @@ def test_info_and_stats_answer_on_a_database_whose_totals_overflowed_before_the_
     """A database written by an older server, with a space total past 2**63: Info and Stats still answer."""
     import sqlite3
 
-    from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-    from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+    from fedrecon.proto.v1 import admin_pb2 as apb
+    from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 
     db = tmp_path / "old.db"
     with PrototypeStore(db, checkpoint_every=1) as store:

@@ -12,8 +12,8 @@ import numpy as np
 from helpers import free_port, start_server, wait_until
 
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
 
 def scrape(port: int) -> dict[str, float]:

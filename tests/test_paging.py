@@ -8,8 +8,8 @@ import pytest
 
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as pb
-from fedrecon.proto.fedrecon.v1 import recon_pb2_grpc as rpc
+from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.app import ReconServer
 from fedrecon.server.store import InvalidRequest, Limits, PrototypeStore
 
@@ -166,8 +166,8 @@ def test_watch_with_since_ahead_is_failed_precondition() -> None:
 def test_watch_ends_the_stream_of_a_revoked_or_removed_client(tmp_path) -> None:
     from security_helpers import make_tokens
 
-    from fedrecon.proto.fedrecon.v1 import admin_pb2 as apb
-    from fedrecon.proto.fedrecon.v1 import admin_pb2_grpc as arpc
+    from fedrecon.proto.v1 import admin_pb2 as apb
+    from fedrecon.proto.v1 import admin_pb2_grpc as arpc
     from fedrecon.server.assemble import build_server
     from fedrecon.server.auth import remove_tokens
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as fedrecon_dot_v1_dot_recon__pb2
+from fedrecon.proto.v1 import recon_pb2 as fedrecon_dot_v1_dot_recon__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

@@ -1,4 +1,4 @@
-from fedrecon.proto.fedrecon.v1 import recon_pb2 as _recon_pb2
+from fedrecon.proto.v1 import recon_pb2 as _recon_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
