@@ -45,7 +45,6 @@ class FlowerTransport(Transport):
 
         self.store = PrototypeStore(self.config.get("db"))
         self.nodes_wanted = int(self.config.get("nodes") or self.config.get("clients") or DEFAULT_NODES)
-        self.seqs: dict[str, int] = {}
         self.node_of: dict[str, int] = {}
         self._requests: queue.Queue[tuple[str, dict[str, Any], Future] | None] = queue.Queue()
         self._ready: Future = Future()
@@ -117,9 +116,8 @@ class FlowerTransport(Transport):
         """Send the deltas up through the client's ClientApp and merge what arrives; (version, bytes up)."""
         ids, up_counts, up_means, nbytes = self._call({"op": "push", "client": client_id, "class_ids": list(class_ids),
                                                        "counts": counts, "means": means})
-        seq = self.seqs.get(client_id, 0) + 1
+        seq = self.store.client_record(client_id).last_seq + 1  # the store is the one record of push numbers
         result = self.store.push(client_id, space, seq, ids, up_counts, up_means)
-        self.seqs[client_id] = seq
         return result.version, nbytes
 
     def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:

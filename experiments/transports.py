@@ -92,17 +92,15 @@ class InprocTransport(Transport):
         super().__init__(config)
         self.store = PrototypeStore(self.config.get("db"))
         self.service = ReconnaissanceService(self.store)
-        self.seqs: dict[str, int] = {}
         self._context = _DirectContext()
 
     def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
              means: np.ndarray) -> tuple[int, int]:
         """Encode, hand to the service's Push, return (version, request bytes)."""
-        seq = self.seqs.get(client_id, 0) + 1
+        seq = self.store.client_record(client_id).last_seq + 1  # the store is the one record of push numbers
         request = pb.PushRequest(client_id=client_id, space=space, seq=seq,
                                  deltas=codec.encode_deltas(class_ids, counts, means, self.dtype))
         reply = self.service.Push(request, self._context)
-        self.seqs[client_id] = seq
         return reply.version, request.ByteSize()
 
     def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
