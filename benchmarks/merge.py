@@ -1,13 +1,15 @@
 """Merge throughput: acknowledged durable class-updates/s from 1, 8, 32 client processes over loopback gRPC.
 
-Next to it, on the same updates and in the same run: the in-memory numpy merge (`PrototypeTable.add`,
-the ceiling), the store called directly (in memory and durable, no gRPC), and the gRPC server with an
-in-memory store (transport + service cost without SQLite). Each ratio says what one layer costs.
+Next to it, on the same updates and in the same run: the transport ceiling (a gRPC server whose Push does
+nothing, `noop_server`, fed by the same client processes: `durable_vs_transport_ceiling`), the in-memory
+numpy merge (`PrototypeTable.add`), the store called directly (in memory and durable, no gRPC), and the gRPC
+server with an in-memory store (transport + service cost without SQLite). Each ratio says what one layer costs.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 import tempfile
 import threading
 import time
@@ -142,7 +144,11 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
         out["store_direct_durable_updates_per_s_8_threads"] = rate
         out["store_direct_durable_pushes_per_commit"] = per_commit
         runs = {}
-        if not quick:  # the transport ceiling: the same server with an in-memory store
+        ceiling_clients = 8 if 8 in client_counts else client_counts[-1]
+        # the transport's own ceiling: a server whose Push does nothing, fed by the same client processes
+        with ServerProcess(command=[sys.executable, "-m", "fedrecon.benchmarks.noop_server"]) as server:
+            runs[f"noop_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, "noop")
+        if not quick:  # the transport plus the service: the same server with an in-memory store
             with ServerProcess() as server:
                 runs["memory_8"] = grpc_rate(server, 8, dim, batch, universe, seconds, "mem")
         for n in client_counts:
@@ -159,8 +165,12 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
         out[f"durable_server_cpu_us_per_push_{n}_clients"] = r["server_cpu_us_per_push"]
         out[f"durable_client_cpu_us_per_push_{n}_clients"] = r["client_cpu_us_per_push"]
         out[f"durable_idle_2core_estimate_updates_per_s_{n}_clients"] = r["idle_2core_estimate_updates_per_s"]
-    key8 = f"durable_updates_per_s_{8 if 8 in client_counts else client_counts[-1]}_clients"
+    key8 = f"durable_updates_per_s_{ceiling_clients}_clients"
     out["ratio_durable_8_to_inmemory"] = ratio(out[key8], out["inmemory_updates_per_s"])
+    noop = runs[f"noop_{ceiling_clients}"]
+    out[f"transport_ceiling_updates_per_s_{ceiling_clients}_clients"] = noop["updates_per_s"]
+    out[f"transport_ceiling_server_cpu_us_per_push_{ceiling_clients}_clients"] = noop["server_cpu_us_per_push"]
+    out["durable_vs_transport_ceiling"] = ratio(out[key8], noop["updates_per_s"])
     if "normal_8" in runs:
         out["sync_normal_updates_per_s_8_clients"] = runs["normal_8"]["updates_per_s"]
     if "memory_8" in runs:

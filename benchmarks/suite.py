@@ -43,6 +43,8 @@ HEADLINES: list[tuple[str, str | None, str, Callable[[float], bool] | None, str]
     ("merge.durable_updates_per_s_8_clients", "merge.inmemory_updates_per_s", ">= 50,000",
      lambda v: v >= 50_000, "updates/s"),
     ("merge.durable_updates_per_s_32_clients", "merge.inmemory_updates_per_s", "", None, "updates/s"),
+    ("merge.durable_vs_transport_ceiling", None, ">= 0.5", lambda v: v >= 0.5, "x no-op gRPC server"),
+    ("merge.transport_ceiling_updates_per_s_8_clients", None, "", None, "updates/s"),
     ("merge.durable_server_cpu_us_per_push_8_clients", "merge.durable_client_cpu_us_per_push_8_clients", "", None,
      "us CPU"),
     ("merge.durable_idle_2core_estimate_updates_per_s_8_clients", None, "", None, "updates/s (estimate)"),

@@ -30,10 +30,12 @@ class ServerProcess:
     """A `fedrecon server` process: `start()` (or `with`), `.address`, `stop()` (SIGTERM), `kill()` (SIGKILL)."""
 
     def __init__(self, db: str | Path | None = None, extra: Sequence[str] = (), *, port: int = 0,
-                 insecure: bool = True, log_level: str = "warning", startup_timeout: float = 60.0) -> None:
+                 insecure: bool = True, log_level: str = "warning", startup_timeout: float = 60.0,
+                 command: Sequence[str] | None = None) -> None:
         store = ["--memory"] if db is None else ["--db", str(db)]
-        self.argv = [*FEDRECON, "server", "--host", "127.0.0.1", "--port", str(port), *store,
-                     "--log-level", log_level, *(["--insecure"] if insecure else []), *extra]
+        self.argv = list(command) if command is not None else [
+            *FEDRECON, "server", "--host", "127.0.0.1", "--port", str(port), *store, "--log-level", log_level,
+            *(["--insecure"] if insecure else []), *extra]  # `command`: another server that prints its address
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.startup_timeout = startup_timeout

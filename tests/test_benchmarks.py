@@ -39,6 +39,10 @@ def test_merge_throughput_tiny(tmp_path) -> None:
         assert positive(r[key]), key
     run = r["runs"]["durable_2"]
     assert run["pushes"] > 0 and run["updates_per_s"] == pytest.approx(run["pushes"] * 64 / run["seconds"])
+    noop = r["runs"]["noop_2"]  # the transport ceiling, measured in the same run by the same client processes
+    assert noop["pushes"] > 0 and r["transport_ceiling_updates_per_s_2_clients"] == noop["updates_per_s"]
+    assert r["durable_vs_transport_ceiling"] == pytest.approx(r["durable_updates_per_s_2_clients"]
+                                                              / noop["updates_per_s"])
 
 
 def test_sync_latency_tiny() -> None:
