@@ -173,17 +173,22 @@ def test_library_calls_fail_fast_too() -> None:
         assert time.monotonic() - started < 5  # retries stop at the deadline, not after 100 attempts
 
 
-def test_cli_learn_offline_with_a_label_then_sync_and_classify(tmp_path: Path) -> None:
+def _glyph_folder(root: Path, classes: int, seed: int, name: str, dark_ink: bool = False, size: int = 28) -> None:
+    """Write glyph drawings as PNG files in the ImageFolder layout `root/<name>K/<i>.png` (6 per class)."""
     from PIL import Image
 
     from fedrecon.client.data.glyphs import make_glyphs
 
-    glyphs = make_glyphs(3, 6, seed=5, image_size=28)
+    glyphs = make_glyphs(classes, 6, seed=seed, image_size=28)
     for k, cid in enumerate(glyphs.class_ids):
-        folder = tmp_path / "images" / f"class{k}"
+        folder = root / f"{name}{k}"
         folder.mkdir(parents=True)
         for i, pixels in enumerate(glyphs.pixels[glyphs.indices(cid)]):
-            Image.fromarray(pixels[0]).resize((64, 64)).save(folder / f"{i}.png")  # any size: the encoder resizes
+            Image.fromarray(255 - pixels[0] if dark_ink else pixels[0]).resize((size, size)).save(folder / f"{i}.png")
+
+
+def test_cli_learn_offline_with_a_label_then_sync_and_classify(tmp_path: Path) -> None:
+    _glyph_folder(tmp_path / "images", 3, seed=5, name="class", size=64)  # any size: the encoder resizes
     server = _server(tmp_path / "s.db")
     base = [*FEDRECON, "client"]
     opts = ["--server", server.address, "--client-id", "gus", "--encoder", "glyphs", "--state-dir", str(tmp_path)]
@@ -209,16 +214,7 @@ def test_cli_learn_offline_with_a_label_then_sync_and_classify(tmp_path: Path) -
 def test_experiments_and_pretraining_run_on_an_image_folder(tmp_path: Path) -> None:
     import json
 
-    from PIL import Image
-
-    from fedrecon.client.data.glyphs import make_glyphs
-
-    glyphs = make_glyphs(8, 6, seed=9, image_size=28)
-    for k, cid in enumerate(glyphs.class_ids):
-        folder = tmp_path / "images" / f"glyph{k}"
-        folder.mkdir(parents=True)
-        for i, pixels in enumerate(glyphs.pixels[glyphs.indices(cid)]):
-            Image.fromarray(255 - pixels[0]).save(folder / f"{i}.png")  # dark ink on white, as scanned
+    _glyph_folder(tmp_path / "images", 8, seed=9, name="glyph", dark_ink=True)  # dark ink on white, as scanned
     out = subprocess.run([*FEDRECON, "pretrain", "--dataset", "folder", "--data-dir", str(tmp_path / "images"),
                           "--invert", "--out", str(tmp_path / "mine.pt"), "--ways", "3", "--shots", "1",
                           "--queries", "2", "--episodes", "3", "--val-every", "3", "--val-ways", "2",
