@@ -302,3 +302,20 @@ def test_cli_pushes_sharing_a_state_or_a_restored_backup_lose_nothing_silently(t
         assert _counts(server) == {"c0": 10, "c1": 11, "c2": 12}  # nothing acked was dropped, nothing doubled
     finally:
         server.stop(1)
+
+
+def test_image_folders_with_mistakes_are_refused_by_name(tmp_path: Path) -> None:
+    from fedrecon.client.data.folder import labelled_files
+    from fedrecon.client.data.images import DataError
+
+    _glyph_folder(tmp_path / "root", 2, seed=1, name="c")
+    (tmp_path / "root" / "stray.png").write_bytes((tmp_path / "root" / "c0" / "0.png").read_bytes())
+    with pytest.raises(DataError, match="outside the class folders"):
+        labelled_files([tmp_path / "root"])
+    assert len(labelled_files([tmp_path / "root" / "stray.png"], label="x")) == 1
+    (tmp_path / "root" / "stray.png").unlink()
+    (tmp_path / "root" / "empty").mkdir()
+    with pytest.raises(DataError, match="class folder without images"):
+        labelled_files([tmp_path / "root"])
+    with pytest.raises(DataError, match="needs --label"):
+        labelled_files([tmp_path / "root" / "c0" / "0.png"])

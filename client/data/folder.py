@@ -42,10 +42,14 @@ def folder_classes(root: str | Path) -> dict[str, list[Path]]:
         if not files:
             raise DataError(f"{d}: class folder without images (expected {LAYOUT})")
         classes[d.name] = files
+    loose = sorted(p.name for p in root.iterdir() if is_image(p))
     if not classes:
-        loose = [p.name for p in root.iterdir() if is_image(p)][:3]
-        hint = f"; it holds loose images such as {loose}: give --label NAME to learn them as one class" if loose else ""
+        hint = f"; it holds loose images such as {loose[:3]}: give --label NAME to learn them as one class" \
+            if loose else ""
         raise DataError(f"{root}: no class sub-folders (expected {LAYOUT}){hint}")
+    if loose:  # never drop images silently
+        raise DataError(f"{root}: {len(loose)} images lie outside the class folders (e.g. {loose[:3]}); move them "
+                        f"into a class folder, or learn them with --label NAME")
     return classes
 
 
