@@ -137,21 +137,10 @@ def _learner(args: argparse.Namespace, offline: bool = False) -> Learner:
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
-    from fedrecon.client.data.folder import images_under, is_image
+    """The image files to classify: the files given, and every image below the folders given."""
+    from fedrecon.client.data.folder import labelled_files
 
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += images_under(p)
-        elif p.exists():
-            if not is_image(p):
-                raise CommandError(f"{p}: not an image file")
-            files.append(p)
-        else:
-            raise CommandError(f"{p}: no such file or folder")
-    if not files:
-        raise CommandError(f"no image files in {[str(p) for p in paths]}")
-    return files
+    return [f for f, _ in labelled_files(paths, label="")]  # any label: files and folders are read as one class
 
 
 def _print_predictions(files: list[Path], predictions: list, as_json: bool) -> None:
