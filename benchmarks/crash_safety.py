@@ -1,6 +1,6 @@
 """Crash safety: client processes push while the server is SIGKILLed at random moments and restarted on its database.
 
-Run: python -m fedrecon.benchmarks.crash_safety --kills 20 --clients 8
+Run: python -m fedrecon.benchmarks.crash_safety --kills 20 --clients 8 [--stream 8]
 
 Each client process pushes numbered deltas whose content is a pure function of (client, seq), with
 values that are exact binary fractions so every float64 sum is exact in any order; it appends each
@@ -56,10 +56,15 @@ def worker(args: argparse.Namespace) -> int:
             acks.write(f"{ack.seq} {ack.version}\n")
         while not Path(args.stop).exists():
             seq = client.state.last_seq + 1
-            ack = client.push(SPACE, *push_content(args.index, seq, args.pool, args.dim))
-            if ack.seq != seq:
-                raise RuntimeError(f"{client_id}: pushed seq {seq}, acknowledged {ack.seq}")
-            acks.write(f"{ack.seq} {ack.version}\n")
+            if args.stream > 1:  # a backlog: `stream` numbered pushes on one PushStream call
+                pushes = [push_content(args.index, seq + i, args.pool, args.dim) for i in range(args.stream)]
+                answered = client.push_many(SPACE, pushes)
+            else:
+                answered = [client.push(SPACE, *push_content(args.index, seq, args.pool, args.dim))]
+            if [a.seq for a in answered] != list(range(seq, seq + len(answered))) or not answered:
+                raise RuntimeError(f"{client_id}: pushed from seq {seq}, acknowledged {[a.seq for a in answered]}")
+            for ack in answered:
+                acks.write(f"{ack.seq} {ack.version}\n")
             acks.flush()
             os.fsync(acks.fileno())
     acks.close()
@@ -264,7 +269,8 @@ class Pressure:
 
 
 def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every: int = 2, min_up: float = 0.3,
-        max_up: float = 1.5, seed: int = 0, workdir: Path | None = None, hostile: bool = True) -> dict:
+        max_up: float = 1.5, seed: int = 0, workdir: Path | None = None, hostile: bool = True,
+        stream: int = 1) -> dict:
     """The whole experiment; returns the JSON-ready result."""
     rng = random.Random(seed)
     own = workdir is None
@@ -275,7 +281,8 @@ def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every
     procs = [subprocess.Popen([sys.executable, "-m", "fedrecon.benchmarks.crash_safety", "--worker",
                                "--index", str(c), "--address", server.address, "--state",
                                str(workdir / f"state{c}.json"), "--acks", str(workdir / f"acks{c}.txt"), "--stop",
-                               str(stop), "--pool", str(pool), "--dim", str(dim)]) for c in range(clients)]
+                               str(stop), "--pool", str(pool), "--dim", str(dim), "--stream", str(stream)])
+             for c in range(clients)]
     checks, failures = [], []
     pressure = Pressure(server.address, db, clients, pool, dim, seed).start() if hostile else None
     start = time.monotonic()
@@ -310,7 +317,7 @@ def run(kills: int, clients: int, pool: int = 40, dim: int = 8, checkpoint_every
                 p.kill()
                 p.wait()
     result = {
-        "kills": kills, "clients": clients, "checkpoint_every": checkpoint_every,
+        "kills": kills, "clients": clients, "checkpoint_every": checkpoint_every, "stream": stream,
         "acked": final["acked"], "lost": final["lost"] + sum(c["lost"] for c in checks),
         "doubled": final["doubled"] + sum(c["doubled"] for c in checks),
         "mismatched": final["mismatched"] + sum(c["mismatched"] for c in checks),
@@ -338,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-up", type=float, default=0.3, help="shortest time between a restart and a kill (s)")
     parser.add_argument("--max-up", type=float, default=1.5, help="longest time between a restart and a kill (s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream", type=int, default=1,
+                        help="pushes per client call: 1 = unary Push, N > 1 = N pushes on one PushStream call")
     parser.add_argument("--workdir", type=Path, help="keep the database and ack files here")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     parser.add_argument("--no-hostile", action="store_true",
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kills < 0 or args.clients < 1:
         parser.error("--kills must be >= 0 and --clients >= 1")
     result = run(args.kills, args.clients, args.pool, args.dim, args.checkpoint_every, args.min_up, args.max_up,
-                 args.seed, args.workdir, hostile=not args.no_hostile)
+                 args.seed, args.workdir, hostile=not args.no_hostile, stream=args.stream)
     print_result(result, args.out)
     bad = ("lost", "doubled", "mismatched", "reuse_silently_dropped", "reuse_accepted", "paged_mismatched",
            "second_servers_started")

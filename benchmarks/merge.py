@@ -1,7 +1,9 @@
 """Merge throughput: acknowledged durable class-updates/s from 1, 8, 32 client processes over loopback gRPC.
 
 Next to it, on the same updates and in the same run: the transport ceiling (a gRPC server whose Push does
-nothing, `noop_server`, fed by the same client processes: `durable_vs_transport_ceiling`), the in-memory
+nothing, `noop_server`, fed by the same client processes: `durable_vs_transport_ceiling`), the same clients
+pushing their backlog on PushStream calls (`durable_stream_vs_transport_ceiling`, against the same unary
+ceiling, and against a no-op PushStream), the in-memory
 numpy merge (`PrototypeTable.add`), the store called directly (in memory and durable, no gRPC), and the gRPC
 server with an in-memory store (transport + service cost without SQLite). Each ratio says what one layer costs.
 """
@@ -23,6 +25,7 @@ from fedrecon.server.process import ServerProcess
 from fedrecon.server.store import PrototypeStore
 
 SPACE = "bench-space"
+STREAM_WINDOW = 8  # pushes a PushStream client keeps unanswered (a client with a backlog)
 
 
 def _decoded(dim: int, batch: int, universe: int, clients: int) -> list[tuple[str, codec.Deltas]]:
@@ -87,9 +90,10 @@ def _context() -> mp.context.BaseContext:
 
 
 def grpc_rate(server: ServerProcess, clients: int, dim: int, batch: int, universe: int, seconds: float,
-              tag: str) -> dict:
+              tag: str, window: int = 0) -> dict:
     """Acknowledged class-updates/s from `clients` processes pushing concurrently to the server.
 
+    `window` 0: unary pushes, one at a time per client; N: PushStream with up to N unanswered per client.
     Also the CPU each acknowledged push cost the server process and the client processes, and from
     those the rate two otherwise idle cores could sustain (an estimate: 2 / CPU seconds per push).
     """
@@ -100,7 +104,7 @@ def grpc_rate(server: ServerProcess, clients: int, dim: int, batch: int, univers
     for k in range(clients):
         ready = ctx.Event()
         p = ctx.Process(target=run_worker, args=(address, f"{tag}-client-{k}", SPACE, dim, batch, universe,
-                                                 seconds, k, ready, go, results), daemon=True)
+                                                 seconds, k, ready, go, results, window), daemon=True)
         p.start()
         readies.append(ready)
         procs.append(p)
@@ -148,6 +152,12 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
         # the transport's own ceiling: a server whose Push does nothing, fed by the same client processes
         with ServerProcess(command=[sys.executable, "-m", "fedrecon.benchmarks.noop_server"]) as server:
             runs[f"noop_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, "noop")
+            runs[f"noop_stream_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds,
+                                                               "noops", STREAM_WINDOW)
+        # the same clients with a backlog: numbered pushes on one PushStream call each, STREAM_WINDOW in flight
+        with ServerProcess(Path(tmp) / "server-stream.db", ["--synchronous", synchronous]) as server:
+            runs[f"durable_stream_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe,
+                                                                  seconds, "durs", STREAM_WINDOW)
         if not quick:  # the transport plus the service: the same server with an in-memory store
             with ServerProcess() as server:
                 runs["memory_8"] = grpc_rate(server, 8, dim, batch, universe, seconds, "mem")
@@ -171,6 +181,14 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
     out[f"transport_ceiling_updates_per_s_{ceiling_clients}_clients"] = noop["updates_per_s"]
     out[f"transport_ceiling_server_cpu_us_per_push_{ceiling_clients}_clients"] = noop["server_cpu_us_per_push"]
     out["durable_vs_transport_ceiling"] = ratio(out[key8], noop["updates_per_s"])
+    stream, noop_stream = runs[f"durable_stream_{ceiling_clients}"], runs[f"noop_stream_{ceiling_clients}"]
+    out["stream_window"] = STREAM_WINDOW
+    out[f"durable_stream_updates_per_s_{ceiling_clients}_clients"] = stream["updates_per_s"]
+    out[f"durable_stream_push_p50_ms_{ceiling_clients}_clients"] = stream["push_latency_p50_ms"]
+    out[f"durable_stream_server_cpu_us_per_push_{ceiling_clients}_clients"] = stream["server_cpu_us_per_push"]
+    out[f"transport_ceiling_stream_updates_per_s_{ceiling_clients}_clients"] = noop_stream["updates_per_s"]
+    out["durable_stream_vs_transport_ceiling"] = ratio(stream["updates_per_s"], noop["updates_per_s"])
+    out["durable_stream_vs_stream_ceiling"] = ratio(stream["updates_per_s"], noop_stream["updates_per_s"])
     if "normal_8" in runs:
         out["sync_normal_updates_per_s_8_clients"] = runs["normal_8"]["updates_per_s"]
     if "memory_8" in runs:

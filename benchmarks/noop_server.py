@@ -1,14 +1,15 @@
 """The transport ceiling: a Python gRPC server whose Push does nothing but answer, fed like the real one.
 
 `python -m fedrecon.benchmarks.noop_server` binds 127.0.0.1 on a free port, prints the address as its
-first line (like `fedrecon server`) and serves until SIGTERM. Push replies `seq` (so the benchmark
-clients' checks pass) without decoding the deltas beyond what gRPC itself parses.
+first line (like `fedrecon server`) and serves until SIGTERM. Push (and each push of PushStream) replies
+`seq` (so the benchmark clients' checks pass) without decoding the deltas beyond what gRPC itself parses.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -23,6 +24,12 @@ class NoopService(rpc.ReconnaissanceServicer):
     def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
         """Acknowledge the push's number without doing anything."""
         return pb.PushReply(seq=request.seq, version=request.seq)
+
+    def PushStream(self, requests: Iterator[pb.PushRequest],  # noqa: N802
+                   context: grpc.ServicerContext) -> Iterator[pb.PushReply]:
+        """Acknowledge each push of the stream at once, in order."""
+        for request in requests:
+            yield pb.PushReply(seq=request.seq, version=request.seq)
 
 
 def main() -> int:

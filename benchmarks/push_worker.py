@@ -7,7 +7,9 @@ real, numbered, acknowledged (durable when the server is) push.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 
 import grpc
@@ -33,8 +35,11 @@ def requests_for(client_id: str, space: str, dim: int, batch: int, universe: int
 
 
 def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, universe: int, duration: float,
-               seed: int, ready: Event, go: Event, results) -> None:  # noqa: ANN001 - a multiprocessing queue
-    """Push until `duration` seconds after `go`; put (id, pushes, start, end, latencies, error, cpu s) on `results`."""
+               seed: int, ready: Event, go: Event, results, window: int = 0) -> None:  # noqa: ANN001 - mp queue
+    """Push until `duration` seconds after `go`; put (id, pushes, start, end, latencies, error, cpu s) on `results`.
+
+    `window` 0: one unary Push at a time; N > 0: one PushStream call with up to N pushes unanswered.
+    """
     requests = requests_for(client_id, space, dim, batch, universe, seed=seed)
     channel = grpc.insecure_channel(address)
     stub = rpc.ReconnaissanceStub(channel)
@@ -45,21 +50,54 @@ def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, u
     seq = 0
     cpu = time.process_time()
     start = time.perf_counter()
-    deadline = start + duration
     now = start
     try:
-        while now < deadline:
-            request = requests[seq % len(requests)]
-            seq += 1
-            request.seq = seq
-            reply = stub.Push(request, timeout=60)
-            if reply.seq != seq or reply.duplicate:
-                raise RuntimeError(f"push {seq} of {client_id} was not applied as new: {reply}")
-            after = time.perf_counter()
-            latencies.append(after - now)
-            now = after
+        if window:
+            seq, now = _stream_pushes(stub, requests, start + duration, window, latencies)
+        else:
+            while now < start + duration:
+                request = requests[seq % len(requests)]
+                seq += 1
+                request.seq = seq
+                reply = stub.Push(request, timeout=60)
+                _check(reply, seq, client_id)
+                after = time.perf_counter()
+                latencies.append(after - now)
+                now = after
         results.put((client_id, seq, start, now, latencies, None, time.process_time() - cpu))
     except Exception as error:  # noqa: BLE001 - report to the parent instead of dying silently
         results.put((client_id, seq, start, time.perf_counter(), latencies, repr(error), time.process_time() - cpu))
     finally:
         channel.close()
+
+
+def _check(reply: pb.PushReply, seq: int, client_id: str) -> None:
+    if reply.seq != seq or reply.duplicate:
+        raise RuntimeError(f"push {seq} of {client_id} was not applied as new: {reply}")
+
+
+def _stream_pushes(stub: rpc.ReconnaissanceStub, requests: list[pb.PushRequest], deadline: float, window: int,
+                   latencies: list[float]) -> tuple[int, float]:
+    """Pushes on one PushStream call, `window` unanswered at most, until `deadline`; (pushes answered, end time)."""
+    slots = threading.Semaphore(window)
+    sent: list[float] = []
+
+    def outgoing() -> Iterator[pb.PushRequest]:
+        while True:
+            slots.acquire()
+            if time.perf_counter() >= deadline:
+                return
+            request = pb.PushRequest()
+            request.CopyFrom(requests[len(sent) % len(requests)])
+            request.seq = len(sent) + 1
+            sent.append(time.perf_counter())
+            yield request
+
+    answered, now = 0, time.perf_counter()
+    for reply in stub.PushStream(outgoing(), timeout=120):
+        answered += 1
+        _check(reply, answered, requests[0].client_id)
+        now = time.perf_counter()
+        latencies.append(now - sent[answered - 1])
+        slots.release()
+    return answered, now

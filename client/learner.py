@@ -137,14 +137,16 @@ class Learner:
 
     # ------------------------------------------------------------------ answering
     def _in_flight(self) -> list[PrototypeTable]:
-        """The deltas of a push recorded but not yet acknowledged (they count until the server has them)."""
-        pending = self.state.pending if self.state is not None else None
-        if pending is None or pending.space != self.space:
-            return []
-        deltas = codec.decode_deltas(pb.PushRequest.FromString(pending.request).deltas)
-        table = PrototypeTable(deltas.dim)
-        table.add(deltas.class_ids, deltas.counts, deltas.means)
-        return [table]
+        """The deltas of pushes recorded but not yet acknowledged (they count until the server has them)."""
+        tables = []
+        for pending in self.state.all_pending if self.state is not None else []:
+            if pending.space != self.space:
+                continue
+            deltas = codec.decode_deltas(pb.PushRequest.FromString(pending.request).deltas)
+            table = PrototypeTable(deltas.dim)
+            table.add(deltas.class_ids, deltas.counts, deltas.means)
+            tables.append(table)
+        return tables
 
     def prototypes(self) -> PrototypeTable:
         """Every class this client knows: the pulled global table plus local and in-flight deltas."""

@@ -195,6 +195,8 @@ class ReconClient:
                 self.state.drop_pending(error.code().name, error.details() or "")
                 log.info("push %d refused for good (%s: %s); dropped, a copy is kept in the client state",
                             request.seq, error.code().name, error.details())
+                expected = dict(error.trailing_metadata() or ()).get("fedrecon-expected-seq")
+                self._renumber_pending(int(expected) if expected else request.seq)
                 hint = ""
                 if error.code() == grpc.StatusCode.ALREADY_EXISTS:  # the store holds other content under this seq
                     hint = (" The store already holds other content under this number: was this client state "
@@ -207,18 +209,84 @@ class ReconClient:
         return PushAck(reply.seq, reply.version, reply.classes, reply.duplicate)
 
     def resume(self) -> PushAck | None:
-        """Send again the push that was pending when the process stopped (same number); None if none."""
-        pending = self.state.pending
-        if pending is None:
-            return None
+        """Send again what was pending when the process stopped (same numbers); the last answer, None if none."""
+        acks = self._send_pending()
+        return acks[-1] if acks else None
+
+    def _send_pending(self) -> list[PushAck]:
+        """Send every pending push in order: several on one PushStream call, then any left one at a time."""
+        pending = self.state.all_pending
+        if not pending:
+            return []
         self.bind()
-        return self._send_push(pb.PushRequest.FromString(pending.request))
+        acks = self._stream_pending([pb.PushRequest.FromString(p.request) for p in pending]) if len(pending) > 1 \
+            else []
+        while (left := self.state.pending) is not None:  # none, or those the stream did not answer
+            try:
+                acks.append(self._send_push(pb.PushRequest.FromString(left.request)))
+            except SequenceError as error:
+                confirmed = self._confirm_merged(error.expected)
+                if not confirmed:
+                    raise
+                acks.extend(confirmed)
+        return acks
+
+    def _confirm_merged(self, expected: int | None) -> list[PushAck]:
+        """The store is ahead of this client's acknowledged pushes (a stream's answers were lost): if the
+        store's last push is this client's pending push of that number (resent, answered as a duplicate),
+        the pending pushes before it were merged too (a store merges one client's pushes in order).
+        Returns their acknowledgements (those before it carry its version), or [] if that is not so."""
+        pending = {p.seq: p for p in self.state.all_pending}
+        last = (expected or 0) - 1
+        if last not in pending or min(pending) >= last:
+            return []
+        ack = self._send_push(pb.PushRequest.FromString(pending[last].request))
+        if not ack.duplicate:
+            return [ack]
+        before = [pending[seq] for seq in sorted(pending) if seq < last]
+        for push in before:
+            self.state.acknowledge(push.seq)
+        log.info("pushes %d..%d were merged but their answers lost; confirmed by push %d", before[0].seq,
+                 before[-1].seq, last)
+        return [PushAck(p.seq, ack.version, len(pb.PushRequest.FromString(p.request).deltas.class_ids), True)
+                for p in before] + [ack]
+
+    def _stream_pending(self, requests: list[pb.PushRequest]) -> list[PushAck]:
+        """Pushes on one PushStream call, each acknowledged in the state as its answer comes.
+
+        Whatever ends the call early (a refusal, a lost connection, an old server without PushStream) leaves
+        the rest pending, and `_send_pending` sends them one at a time with the unary rules and retries.
+        """
+        self._connect()
+        acks = []
+        try:
+            for reply in self.stub.PushStream(iter(requests), timeout=self.timeout * max(1, len(requests)),
+                                              metadata=self._metadata):
+                self.state.acknowledge(reply.seq)
+                acks.append(PushAck(reply.seq, reply.version, reply.classes, reply.duplicate))
+        except grpc.RpcError as error:
+            log.info("push stream ended after %d of %d pushes (%s); sending the rest one at a time", len(acks),
+                     len(requests), error.code().name)
+        return acks
+
+    def _renumber_pending(self, first: int) -> None:
+        """Number the pushes still pending from `first` on: after a refused push none of them was merged (a
+        push is only merged after the one before it, and a stream merges nothing after a refusal)."""
+        rest = self.state.all_pending
+        renumbered = []
+        for i, push in enumerate(rest):
+            request = pb.PushRequest.FromString(push.request)
+            request.seq = first + i
+            renumbered.append((request.seq, push.space, request.SerializeToString()))
+        if renumbered:
+            self.state.replace_pending(renumbered)
+            log.info("%d pending pushes renumbered from %d", len(renumbered), first)
 
     def _request(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
-                 dtype: str | None) -> pb.PushRequest:
+                 dtype: str | None, seq: int | None = None) -> pb.PushRequest:
         deltas = codec.encode_deltas(class_ids, counts, means, dtype or self.dtype)
         request = pb.PushRequest(client_id=self.client_id, space=space, deltas=deltas)
-        request.seq = self.state.last_seq + 1
+        request.seq = self.state.last_seq + 1 if seq is None else seq
         limit = int(self.server_info()["limits"]["max_message_bytes"] or 0)
         if limit and request.ByteSize() > limit:
             raise PushRefused(f"a push of {len(class_ids)} classes is {request.ByteSize():,} bytes; the server at "
@@ -234,35 +302,42 @@ class ReconClient:
         self.state.begin(request.seq, space, request.SerializeToString())
         return self._send_push(request)
 
-    def push_memory(self, memory: PrototypeMemory, space: str, dtype: str | None = None) -> list[PushAck]:
-        """Push a memory's un-pushed deltas, in as many pushes as the server's limits need.
+    def push_many(self, space: str, pushes: Sequence[tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]],
+                  dtype: str | None = None, memory: PrototypeMemory | None = None) -> list[PushAck]:
+        """Push several deltas (class_ids, counts, means) as consecutive numbered pushes on one PushStream call.
 
-        Each push is recorded as pending in the same transaction that removes its classes from the
-        memory's persisted local deltas, so nothing is lost or sent twice whenever the process dies.
+        All are recorded as pending in one transaction first (with `memory`: together with its remaining
+        local deltas), so a crash at any point loses nothing and doubles nothing: the next call resends them.
         """
-        acks = []
-        resumed = self.resume()
-        if resumed is not None:
-            acks.append(resumed)
+        acks = self._send_pending()
+        self.bind()
+        first = self.state.last_seq + 1
+        requests = [self._request(space, ids, counts, means, dtype, seq=first + i)
+                    for i, (ids, counts, means) in enumerate(pushes)]
+        if requests:
+            self.state.begin_all([(r.seq, space, r.SerializeToString()) for r in requests], memory)
+            acks.extend(self._send_pending())
+        return acks
+
+    def push_memory(self, memory: PrototypeMemory, space: str, dtype: str | None = None) -> list[PushAck]:
+        """Push a memory's un-pushed deltas, in as many pushes as the server's limits need (`push_many`)."""
+        acks = self._send_pending()
         self.bind()
         class_ids, counts, means = memory.pending()
         limits = self.server_info()["limits"]
         itemsize = codec.DTYPES[codec.dtype_code(dtype or self.dtype)].itemsize
         budget = int(limits["max_message_bytes"] or 4 << 20) // 2
         per_push = max(1, int(limits["max_classes_per_push"] or len(class_ids) or 1))
-        start = 0
+        chunks, start = [], 0
         while start < len(class_ids):
             end = min(len(class_ids), start + per_push)
             while end - start > 1 and push_size(self.client_id, space, class_ids[start:end], means.shape[1],
                                                 itemsize) > budget:
                 end = start + (end - start) // 2
-            chunk = class_ids[start:end]
-            request = self._request(space, chunk, counts[start:end], means[start:end], dtype)
-            memory.mark_pushed(chunk)
-            self.state.begin(request.seq, space, request.SerializeToString(), memory)
-            acks.append(self._send_push(request))
+            chunks.append((class_ids[start:end], counts[start:end], means[start:end]))
             start = end
-        return acks
+        memory.mark_pushed(class_ids)
+        return acks + self.push_many(space, chunks, dtype, memory)
 
     def pull(self, space: str, since: int | None = None, dtype: str | None = None) -> Snapshot:
         """Merged prototypes changed since `since` (default: the version this client last pulled)."""

@@ -209,6 +209,34 @@ class ClientState:
             if memory is not None:
                 self._write_local(db, space, memory)
 
+    def begin_all(self, pushes: list[tuple[int, str, bytes]], memory: PrototypeMemory | None = None) -> None:
+        """Record consecutive pushes (seq, space, request) as pending at once, with the memory's remaining deltas."""
+        if not pushes:
+            return
+        seqs = [seq for seq, _, _ in pushes]
+        if seqs != list(range(self.last_seq + 1, self.last_seq + 1 + len(pushes))):
+            raise StateError(f"pushes {seqs[0]}..{seqs[-1]} do not follow the last acknowledged push {self.last_seq}")
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM pending").fetchone():
+                raise StateError("a push is still pending; it must be resumed first")
+            now = time.time()
+            db.executemany("INSERT INTO pending VALUES (?, ?, ?, ?)", [(*push, now) for push in pushes])
+            if memory is not None:
+                self._write_local(db, pushes[0][1], memory)
+
+    @property
+    def all_pending(self) -> list[PendingPush]:
+        """Every push recorded and not yet acknowledged, in number order."""
+        return [PendingPush(int(seq), str(space), bytes(request)) for seq, space, request in
+                self.db.execute("SELECT seq, space, request FROM pending ORDER BY seq")]
+
+    def replace_pending(self, pushes: list[tuple[int, str, bytes]]) -> None:
+        """Replace every pending push at once (renumbered after a refused one that was never merged)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM pending")
+            now = time.time()
+            db.executemany("INSERT INTO pending VALUES (?, ?, ?, ?)", [(*push, now) for push in pushes])
+
     def acknowledge(self, seq: int) -> None:
         """The store acknowledged push `seq`: it is no longer pending."""
         with self._transaction() as db:

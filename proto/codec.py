@@ -65,7 +65,7 @@ def encode_matrix_into(target: pb.Matrix, array: np.ndarray, dtype: str | int = 
     return target
 
 
-def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
+def decode_matrix(message: pb.Matrix, field: str = "means", check_finite: bool = True) -> np.ndarray:
     """A read-only numpy view (rows x dim) of a packed matrix; checks dtype, dim, length, finiteness."""
     if message.dtype not in DTYPES:
         raise InvalidMessage(f"{field}.dtype {message.dtype} is not one of FLOAT32, FLOAT16, BFLOAT16, FLOAT64")
@@ -78,7 +78,7 @@ def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
             f"{field}.data has {len(message.data)} bytes; expected rows*dim*{dtype.itemsize} = {expected}"
         )
     array = np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
-    if array.size and not np.isfinite(array).all():
+    if check_finite and array.size and not np.isfinite(array).all():
         raise InvalidMessage(f"{field} holds NaN or Inf")
     return array
 
@@ -115,14 +115,20 @@ def encode_deltas_into(
     return target
 
 
-def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False) -> Deltas:
-    """Decode and validate deltas: matching lengths, counts in 1..2**40, finite means, unique ids."""
-    means = decode_matrix(message.means)
+def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False, float64: bool = True) -> Deltas:
+    """Decode and validate deltas: matching lengths, counts in 1..2**40, finite means, unique ids.
+
+    With `float64=False` (the server's pushes) only the wire format is checked and the means stay a
+    read-only view in the wire dtype: counts, ids and finiteness are left to the store, which checks them
+    for every caller (a count of 2**63 or more reads as negative there and is refused)."""
+    means = decode_matrix(message.means, check_finite=float64)
     n = len(message.class_ids)
     if len(message.counts) != n or means.shape[0] != n:
         raise InvalidMessage(
             f"class_ids ({n}), counts ({len(message.counts)}) and means rows ({means.shape[0]}) differ in length"
         )
+    if not float64:  # the store checks the content rules itself (counts, uniqueness, finiteness)
+        return Deltas(list(message.class_ids), np.array(message.counts, dtype=np.uint64).astype(np.int64), means)
     counts = np.fromiter(message.counts, dtype=np.uint64, count=n)
     if n and counts.max() > MAX_COUNT:
         raise InvalidMessage(f"counts must be <= {MAX_COUNT}")
@@ -133,4 +139,4 @@ def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False) -> D
     class_ids = list(message.class_ids)
     if len(set(class_ids)) != n:
         raise InvalidMessage("a class_id appears more than once in one message")
-    return Deltas(class_ids, counts, means.astype(np.float64))
+    return Deltas(class_ids, counts, means.astype(np.float64) if float64 else means)

@@ -103,7 +103,7 @@ class PrototypeTable:
     def rows(self, class_ids: Sequence[str], create: bool = True) -> np.ndarray:
         """Row index of each class id; new ids get new rows when `create`, else -1."""
         index = self.index
-        found = [index.get(cid) for cid in class_ids]  # one C-level pass; the common case is all known
+        found = list(map(index.get, class_ids))  # one C-level pass; the common case is all known
         if None in found:
             if create:
                 self._grow(len(self.class_ids) + found.count(None))
@@ -122,11 +122,13 @@ class PrototypeTable:
         return np.array(found, dtype=np.int64)
 
     def add_sums(
-        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, version: int | np.ndarray = 0
+        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, version: int | np.ndarray = 0,
+        unique: bool = False,
     ) -> np.ndarray:
         """Add raw float64 sums and counts per class (negative values subtract); returns the rows.
 
         `version` is one version for every row, or one per row (the highest per class is kept).
+        `unique`: the caller guarantees no class id appears twice (skips that check).
         """
         sums = np.asarray(sums, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.int64)
@@ -134,7 +136,7 @@ class PrototypeTable:
             raise ValueError("add_sums: class_ids, counts and sums must have the same length")
         self._check_dim(sums.shape[1])
         rows = self.rows(class_ids)
-        if len(set(rows.tolist())) == len(rows):
+        if unique or len(set(rows.tolist())) == len(rows):
             self._sums[rows] += sums
             new_counts = self._counts[rows] + counts
             self._counts[rows] = new_counts

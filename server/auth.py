@@ -31,6 +31,7 @@ TOKEN_PREFIX = "frt_"
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 ADMIN_SERVICE = "/fedrecon.v1.Admin/"
 PUSH_METHOD = "/fedrecon.v1.Reconnaissance/Push"
+PUSH_STREAM_METHOD = "/fedrecon.v1.Reconnaissance/PushStream"
 PRINCIPAL_KEY = "fedrecon-principal"
 
 
@@ -168,7 +169,7 @@ def allowed(method: str, role: str) -> bool:
     """Whether a role may call a method: Admin needs `admin`; a push needs `client`; pulls and info either."""
     if method.startswith(ADMIN_SERVICE):
         return role == "admin"
-    if method == PUSH_METHOD:
+    if method in (PUSH_METHOD, PUSH_STREAM_METHOD):
         return role == "client"
     return True
 

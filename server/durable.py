@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedrecon.proto.codec import DTYPES
 
 SCHEMA_VERSION = "1"
 
@@ -60,19 +63,51 @@ class Operation:
     seq: int
     class_ids: list[str]
     counts: np.ndarray  # int64
-    means: np.ndarray  # float64 (n x dim)
+    means: np.ndarray  # n x dim floats (float64 from the log; a push's wire float32 or float64)
     actor: str = ""
     at: float = 0.0
     digest: str = ""  # of a push's content (`content_digest`); not stored, recomputed from the row on load
+    packed: tuple[str, bytes, bytes] | None = None  # `pack_operation` of the content, when computed beforehand
+    sums: np.ndarray | None = None  # float64 count * mean, when computed beforehand (not stored)
 
 
-def content_digest(space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
-    """Hex digest of a push's content (space, ids, int64 counts, float64 means): a retry must match it."""
+HASH_CHUNK = 2047  # hashlib releases the GIL for larger updates, which costs a thread switch under load
+DIGEST_PREFIX = "2:"  # digests of the current kind; unprefixed ones were written by older versions
+
+
+def content_digest(space: str, packed: tuple[str, bytes, bytes]) -> str:
+    """Digest of a push's content, a retry must match it: blake2b of the space and the content's log
+    encoding (`pack_operation`), so equal content gives an equal digest and the log row alone recomputes it."""
+    h = hashlib.blake2b(digest_size=16)
+    parts = (space.encode(), packed[0].encode(), packed[1], packed[2])
+    h.update(struct.pack("<4Q", *map(len, parts)))
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), HASH_CHUNK):  # small updates keep the GIL: no thread switch per push
+            h.update(view[start:start + HASH_CHUNK])
+    return DIGEST_PREFIX + h.hexdigest()
+
+
+def legacy_content_digest(space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
+    """The digest older versions stored (of int64 counts and float64 means), to check a retry against it."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([space, class_ids]).encode())
     h.update(np.ascontiguousarray(counts, dtype="<i8").tobytes())
     h.update(np.ascontiguousarray(means, dtype="<f8").tobytes())
     return h.hexdigest()
+
+
+def same_content(stored: str, space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray,
+                 digest: str) -> bool:
+    """Whether a retry's content (`digest`, of the current kind) matches the stored digest of either kind."""
+    if stored.startswith(DIGEST_PREFIX):
+        return stored == digest
+    return stored == legacy_content_digest(space, class_ids, counts, means)
+
+
+def pack_operation(class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> tuple[str, bytes, bytes]:
+    """The log columns of a push's content: JSON class ids, int64 counts, `pack_means` means."""
+    return json.dumps(class_ids), np.ascontiguousarray(counts, dtype="<i8").tobytes(), pack_means(means)
 
 
 @dataclass(frozen=True)
@@ -111,12 +146,18 @@ def lock_writer(path: Path) -> int:
     return fd
 
 
+NARROW_FLOATS = tuple(d for d in DTYPES.values() if d.itemsize <= 4)  # wire dtypes exact in float32
+
+
 def pack_means(means: np.ndarray) -> bytes:
-    """Log bytes of float64 means: float32 when every value survives the round trip exactly, else float64.
+    """Log bytes of means: float32 when every value survives the round trip exactly, else float64.
 
     Pushes usually arrive as float32 (or float16/bfloat16) on the wire, so their means fit float32
     exactly; logging them at 4 bytes halves the write volume of every commit and loses nothing.
+    Means still in a wire dtype of 32 bits or fewer are float32-exact by construction (no check).
     """
+    if means.dtype in NARROW_FLOATS:
+        return np.ascontiguousarray(means, dtype="<f4").tobytes()
     packed = means.astype("<f4")
     if np.array_equal(packed, means):
         return packed.tobytes()
@@ -197,9 +238,9 @@ class SqliteLog:
         """Durably append operations (and register new spaces) in one transaction."""
         operations = list(operations)
         rows = [
-            (op.version, op.kind, op.client_id, op.space, op.seq, json.dumps(op.class_ids),
-             op.counts.astype("<i8").tobytes(), pack_means(op.means), op.means.shape[1] if
-             op.means.ndim == 2 else 0, op.actor, op.at)
+            (op.version, op.kind, op.client_id, op.space, op.seq,
+             *(op.packed or pack_operation(op.class_ids, op.counts, op.means)),
+             op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at)
             for op in operations
         ]
         with self.transaction():
@@ -255,7 +296,7 @@ class SqliteLog:
                 query, (after,)):
             class_ids = json.loads(ids)
             counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
-            digest = content_digest(space, class_ids, counts_array, means_array) if kind == "push" else ""
+            digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
             yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
                             digest)
 

@@ -87,11 +87,15 @@ class ServerMetrics:
         if code is not grpc.StatusCode.OK:
             self.refusals.labels(method, name).inc()
         elif method == "Push" and reply is not None:
-            if reply.duplicate:
-                self.duplicates.inc()
-            else:
-                self.pushes.inc()
-                self.classes.inc(reply.classes)
+            self.observe_push(reply)
+
+    def observe_push(self, reply: Any) -> None:
+        """Record one answered push (of a Push call, or one of a PushStream call's)."""
+        if reply.duplicate:
+            self.duplicates.inc()
+        else:
+            self.pushes.inc()
+            self.classes.inc(reply.classes)
 
 
 def _code(context: grpc.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -125,6 +129,10 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(name, handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._pushes(name, handler.stream_stream), handler.request_deserializer,
+                handler.response_serializer)
         return handler
 
     def _unary(self, name: str, behavior: Callable) -> Callable:
@@ -143,6 +151,24 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             finally:
                 timer.__exit__(None, None, None)
                 metrics.observe(name, _code(context, error), reply)
+
+        return call
+
+    def _pushes(self, name: str, behavior: Callable) -> Callable:
+        """PushStream: every answered push counts as a push; the call's status is recorded when it ends."""
+        metrics = self.metrics
+
+        def call(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            error = None
+            try:
+                for reply in behavior(requests, context):
+                    metrics.observe_push(reply)
+                    yield reply
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                metrics.observe(name, _code(context, error))
 
         return call
 

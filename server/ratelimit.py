@@ -18,9 +18,8 @@ from typing import Any
 
 import grpc
 
-from fedrecon.server.auth import TokenStore, bearer_token
+from fedrecon.server.auth import PUSH_METHOD, PUSH_STREAM_METHOD, TokenStore, bearer_token
 
-PUSH_METHOD = "/fedrecon.v1.Reconnaissance/Push"
 RETRY_AFTER_KEY = "fedrecon-retry-after-ms"  # trailer of every transient RESOURCE_EXHAUSTED
 
 
@@ -118,6 +117,14 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
         peer = context.peer() or ""
         return peer.rsplit(":", 1)[0]
 
+    def _wait_or_refuse(self, request: Any, context: grpc.ServicerContext) -> None:
+        """Take the push's token from its client's bucket, or refuse it as transient (retry-after trailer)."""
+        assert self.buckets is not None
+        wait = self.buckets.take(self._key(request, context))
+        if wait > 0:
+            refuse_for_now(context, wait, f"push rate limit {self.limits.pushes_per_second:g}/s exceeded; "
+                           f"retry in {wait:.3f} s")
+
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         """Wrap pushes with the per-client bucket and streams with the per-client slot count."""
         handler = continuation(handler_call_details)
@@ -129,13 +136,20 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             inner = handler.unary_unary
 
             def limited_push(request: Any, context: grpc.ServicerContext) -> Any:
-                wait = self.buckets.take(self._key(request, context))
-                if wait > 0:
-                    refuse_for_now(context, wait, f"push rate limit {self.limits.pushes_per_second:g}/s exceeded; "
-                                   f"retry in {wait:.3f} s")
+                self._wait_or_refuse(request, context)
                 return inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(limited_push, **kwargs)
+        if handler_call_details.method == PUSH_STREAM_METHOD and self.buckets is not None and handler.stream_stream:
+            inner_pushes = handler.stream_stream
+
+            def limited_pushes(requests: Any, context: grpc.ServicerContext) -> Any:
+                def metered() -> Any:  # one token per push on the stream, as for unary pushes
+                    for request in requests:
+                        self._wait_or_refuse(request, context)
+                        yield request
+                yield from inner_pushes(metered(), context)
+            return grpc.stream_stream_rpc_method_handler(limited_pushes, **kwargs)
         if handler.unary_stream and self.streams is not None:
             inner_stream = handler.unary_stream
 

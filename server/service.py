@@ -7,6 +7,7 @@ nothing; the server keeps serving.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterator
 
@@ -15,13 +16,16 @@ import grpc
 from fedrecon import __version__
 from fedrecon.proto import codec
 from fedrecon.proto.codec import MAX_COUNT
+from fedrecon.proto.payloads import PushAck
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.ratelimit import refuse_for_now
 from fedrecon.server.store import (
     MAX_SPACE_EXAMPLES,
+    EarlierPushRefused,
     InvalidRequest,
     Limits,
+    Pending,
     PrototypeStore,
     SeqReused,
     SequenceGap,
@@ -39,7 +43,51 @@ def limits_message(limits: Limits) -> pb.Limits:
     """The limits as the wire message that Info returns."""
     return pb.Limits(max_classes_per_push=limits.max_classes_per_push, max_message_bytes=limits.max_message_bytes,
                      max_class_id_bytes=limits.max_class_id_bytes, max_dim=limits.max_dim, max_count=MAX_COUNT,
-                     max_space_examples=MAX_SPACE_EXAMPLES, max_reply_bytes=limits.max_reply_bytes)
+                     max_space_examples=MAX_SPACE_EXAMPLES, max_reply_bytes=limits.max_reply_bytes,
+                     max_stream_window=limits.max_stream_window)
+
+
+def push_reply(ack: PushAck) -> pb.PushReply:
+    """The wire answer to one push."""
+    return pb.PushReply(seq=ack.seq, version=ack.version, classes=ack.classes, duplicate=ack.duplicate)
+
+
+class StreamWindow:
+    """The pushes of one PushStream call between reading and answering: a cheap C queue plus a bound.
+
+    The reader thread only raises `put`, the handler only `taken`, so neither count needs a lock.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: queue.SimpleQueue[Pending | BaseException | None] = queue.SimpleQueue()
+        self.put_count = 0
+        self.taken = 0
+        self._room = threading.Event()
+
+    def make_room(self, context: grpc.ServicerContext) -> bool:
+        """Wait while `size` pushes are unanswered (the reader then stops reading); False once the call ended."""
+        while self.put_count - self.taken >= self.size:
+            self._room.clear()
+            if self.put_count - self.taken < self.size:  # taken meanwhile: `take` saw the event still set
+                break
+            self._room.wait(0.5)
+            if not context.is_active():
+                return False
+        return True
+
+    def put(self, item: Pending | BaseException | None) -> None:
+        """Queue a push (or the reader's refusal, or None at the end)."""
+        self.put_count += 1
+        self._items.put(item)
+
+    def take(self) -> Pending | BaseException | None:
+        """The next item, in order (blocks)."""
+        item = self._items.get()
+        self.taken += 1
+        if not self._room.is_set():  # the reader may be waiting for room
+            self._room.set()
+        return item
 
 
 # Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
@@ -53,6 +101,7 @@ def identify_from_message(request: pb.PushRequest, context: grpc.ServicerContext
 
 STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
     (SequenceGap, grpc.StatusCode.FAILED_PRECONDITION),
+    (EarlierPushRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (SeqReused, grpc.StatusCode.ALREADY_EXISTS),
     (VersionAhead, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -88,22 +137,55 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
         code = status_of(error)
-        if isinstance(error, SequenceGap | SeqReused):
+        if isinstance(error, SequenceGap | SeqReused | EarlierPushRefused):
             context.set_trailing_metadata((("fedrecon-expected-seq", str(error.expected)),))
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         context.abort(code, str(error))
 
+    def _submit(self, request: pb.PushRequest, context: grpc.ServicerContext, after: Pending | None = None) -> Pending:
+        """Identify, decode and queue one push (the store checks the rules); `after`: the stream's previous push."""
+        client_id = self.identify(request, context)
+        deltas = codec.decode_deltas(request.deltas, float64=False)  # the wire format; the store checks the rules
+        return self.store.submit_push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
+                                      deltas.means, after=after)
+
     def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
         """Merge one client's deltas exactly once."""
         try:
-            client_id = self.identify(request, context)
-            deltas = codec.decode_deltas(request.deltas)  # the wire format; the store checks the rules
-            result = self.store.push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
-                                     deltas.means)
+            result = self._submit(request, context).wait()
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Push")
-        return pb.PushReply(seq=result.seq, version=result.version, classes=result.classes,
-                            duplicate=result.duplicate)
+        return push_reply(result)
+
+    def PushStream(self, requests: Iterator[pb.PushRequest],  # noqa: N802
+                   context: grpc.ServicerContext) -> Iterator[pb.PushReply]:
+        """Many pushes on one call: a reader thread queues them as they arrive (at most `max_stream_window`
+        unanswered), and each is answered in order once durable; the first refusal ends the call."""
+        window = StreamWindow(self.limits.max_stream_window)
+        threading.Thread(target=self._read_pushes, args=(requests, context, window), daemon=True,
+                         name="fedrecon-push-stream").start()
+        while (item := window.take()) is not None:
+            try:
+                if isinstance(item, BaseException):
+                    raise item
+                ack = item.wait()
+            except (StoreError, codec.InvalidMessage) as error:
+                self._refuse(context, error, "PushStream")
+            yield push_reply(ack)
+
+    def _read_pushes(self, requests: Iterator[pb.PushRequest], context: grpc.ServicerContext,
+                     window: StreamWindow) -> None:
+        """Queue a stream's pushes in order, each conditional on the one before; stop at the first refusal."""
+        after = None
+        try:
+            for request in requests:
+                if not window.make_room(context):
+                    return
+                after = self._submit(request, context, after)
+                window.put(after)
+        except Exception as error:  # noqa: BLE001 - a refusal (or an abort) is answered by the handler
+            window.put(error)
+        window.put(None)
 
     def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
         """One page of a pull, under the page budget (the server's, or the request's smaller one)."""

@@ -24,7 +24,16 @@ import numpy as np
 from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.payloads import PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable, sums_of
-from fedrecon.server.durable import DatabaseError, Operation, SqliteLog, TableRow, content_digest, read_audit
+from fedrecon.server.durable import (
+    DatabaseError,
+    Operation,
+    SqliteLog,
+    TableRow,
+    content_digest,
+    pack_operation,
+    read_audit,
+    same_content,
+)
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
 log = logging.getLogger("fedrecon.store")
@@ -56,6 +65,7 @@ class Limits:
     max_dim: int = 16_384
     max_watch_streams: int = 8
     max_reply_bytes: int = 1024 * 1024  # page budget of pulls and watches: well under gRPC's default 4 MiB
+    max_stream_window: int = 64  # unanswered pushes one PushStream call may have in flight
 
     def check_text(self, name: str, value: str) -> None:
         """Refuse an empty name or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
@@ -114,8 +124,18 @@ class ClientRecord:
     last_digest: str = ""  # empty for a record written before digests were kept: such a retry is not checked
 
 
+class EarlierPushRefused(StoreError):
+    """A push of a stream whose earlier push was refused: never merged, so its number may be used again."""
+
+    def __init__(self, client_id: str, seq: int, expected: int) -> None:
+        super().__init__(f"push {seq} of {client_id!r} follows a refused push on the same stream; not applied")
+        self.expected = expected
+
+
 @dataclass
-class _Request:
+class Pending:
+    """A submitted request: `wait()` returns its answer once it is durable (or raises its refusal)."""
+
     kind: str
     client_id: str
     space: str = ""
@@ -124,9 +144,22 @@ class _Request:
     counts: np.ndarray | None = None
     means: np.ndarray | None = None
     actor: str = ""
+    after: Pending | None = None  # the previous push of the same stream: if it was refused, so is this one
+    digest: str = ""  # content digest, log encoding and sums: computed once, when the writer stages it
+    packed: tuple[str, bytes, bytes] | None = None
+    sums: np.ndarray | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: PushAck | None = None
     error: Exception | None = None
+
+    def wait(self, timeout: float | None = None) -> PushAck:
+        """The acknowledgement once durable; raises the refusal (a StoreError) instead."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"push {self.seq} of {self.client_id!r} not answered within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 @dataclass
@@ -138,6 +171,41 @@ class _Stage:
     clients: dict[str, ClientRecord] = field(default_factory=dict)
     new_spaces: dict[str, int] = field(default_factory=dict)
     added: dict[str, int] = field(default_factory=dict)  # examples the batch adds per space (for the bound)
+
+
+def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, limits: Limits) -> np.ndarray:
+    """The rules a push's content must keep whatever the store holds (InvalidPush otherwise); returns the
+    float64 sums `count * mean`. Few whole-matrix numpy calls: each releases the GIL, a thread switch."""
+    n = len(class_ids)
+    if n == 0:
+        raise InvalidPush("a push needs at least one class")
+    if n > limits.max_classes_per_push:
+        raise InvalidPush(f"{n} classes in one push; the limit is {limits.max_classes_per_push}")
+    if means.ndim != 2 or means.shape[0] != n or counts.shape != (n,):
+        raise InvalidPush(f"{n} class_ids need {n} counts and {n} mean rows")
+    if means.shape[1] > limits.max_dim:
+        raise InvalidPush(f"dim {means.shape[1]} exceeds the limit {limits.max_dim}")
+    if not all(isinstance(c, str) for c in class_ids):
+        raise InvalidPush(f"class_id {next(c for c in class_ids if not isinstance(c, str))!r} is not a string")
+    lengths = list(map(len, class_ids))
+    if min(lengths) == 0 or max(lengths) * 4 > limits.max_class_id_bytes:  # UTF-8 is at most 4 bytes a character
+        for class_id in class_ids:
+            limits.check_text("class_id", class_id)
+    if len(set(class_ids)) != n:
+        raise InvalidPush("a class_id appears more than once in one push")
+    if counts.min() <= 0:  # a wire count of 2**63 or more reads as negative here
+        bad = int(np.argmin(counts))
+        raise InvalidPush(f"count of class {class_ids[bad]!r} is {counts[bad]}; each count must be >= 1 and <= {MAX_COUNT}")
+    if counts.max() > MAX_COUNT:
+        raise InvalidPush(f"counts must be <= {MAX_COUNT}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = np.multiply(means, counts[:, None], dtype=np.float64)
+        largest = np.abs(sums).max()
+    if not largest <= MAX_ABS_SUM:  # NaN propagates through max, so `not <=` catches it
+        if not np.isfinite(largest):
+            raise InvalidPush("means hold NaN or Inf; every mean must be finite")
+        raise InvalidPush(f"|count * mean| must be <= {MAX_ABS_SUM:g} (means must be finite and bounded)")
+    return sums
 
 
 class PrototypeStore:
@@ -170,7 +238,7 @@ class PrototypeStore:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._write_lock = threading.Lock()
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[Pending] = deque()
         self._queue_cond = threading.Condition()
         self._closing = False
         self._dirty_clients: set[str] = set()  # changed classes are found by their versions at checkpoint
@@ -198,17 +266,31 @@ class PrototypeStore:
         means: np.ndarray,
     ) -> PushAck:
         """Merge one client's deltas exactly once; returns after the push is durable."""
+        return self.submit_push(client_id, space, seq, class_ids, counts, means).wait()
+
+    def submit_push(
+        self, client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
+        means: np.ndarray, after: Pending | None = None,
+    ) -> Pending:
+        """Queue a push and return at once (`wait()` on the result); `after`: refuse it if that push was refused.
+
+        The writer thread checks the content and computes its sums, log encoding and digest, so the
+        callers' threads (one per call or stream) do little and contend less for the GIL.
+        """
         try:
-            request = _Request("push", client_id, space, int(seq), list(class_ids),
-                               np.asarray(counts, dtype=np.int64), np.asarray(means, dtype=np.float64))
+            wire = np.asarray(means)
+            if wire.dtype.kind != "f" or wire.dtype.itemsize < 4:  # float16 / bfloat16 widen exactly to float32
+                wire = wire.astype(np.float32 if wire.dtype.itemsize < 4 else np.float64)
+            request = Pending("push", client_id, space, int(seq), list(class_ids), np.asarray(counts, dtype=np.int64),
+                              wire, after=after)
         except (OverflowError, TypeError, ValueError) as error:
             raise InvalidPush(f"counts must be integers in 1..{MAX_COUNT} and means a float matrix ({error})") \
                 from error
-        return self._submit(request)
+        return self._enqueue(request)
 
     def revoke(self, client_id: str, actor: str = "") -> PushAck:
         """Remove every contribution of one client from every class (exact unlearning); durable."""
-        return self._submit(_Request("revoke", client_id, actor=actor))
+        return self._submit(Pending("revoke", client_id, actor=actor))
 
     def check_since(self, since: int) -> None:
         """Refuse a `since` this store never reached (VersionAhead): the rule of Pull and Watch alike."""
@@ -352,23 +434,24 @@ class PrototypeStore:
         self.close()
 
     # ----------------------------------------------------------------------------- writing
-    def _submit(self, request: _Request) -> PushAck:
+    def _submit(self, request: Pending) -> PushAck:
+        return self._enqueue(request).wait()
+
+    def _enqueue(self, request: Pending) -> Pending:
+        """Hand a request to the writer thread (durable stores) or process it now (in memory)."""
         if self._log is None:
             if self._closing:
                 raise StoreUnavailable("the store is closed")
             with self._write_lock:
                 self._process([request])
-        else:
-            with self._queue_cond:
-                if self._closing:
-                    raise StoreUnavailable("the store is shutting down")
-                self._queue.append(request)
+            return request
+        with self._queue_cond:
+            if self._closing:
+                raise StoreUnavailable("the store is shutting down")
+            self._queue.append(request)
+            if len(self._queue) == 1:  # the writer only sleeps on an empty queue
                 self._queue_cond.notify()
-            request.done.wait()
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        return request
 
     def _writer_loop(self) -> None:
         while True:
@@ -397,10 +480,10 @@ class PrototypeStore:
                 self._log.close()
                 return
 
-    def _process(self, batch: list[_Request]) -> None:
+    def _process(self, batch: list[Pending]) -> None:
         """Validate a batch, make it durable in one commit, then apply and acknowledge it."""
         stage = _Stage(self.version)
-        staged: list[_Request] = []
+        staged: list[Pending] = []
         for request in batch:
             before = len(stage.ops)
             try:
@@ -423,14 +506,13 @@ class PrototypeStore:
             else:
                 self._report_recovery()
         with self._changed:
-            for op in stage.ops:
-                self._apply(op)
+            self._apply_all(stage.ops)
             if stage.ops:
                 self._changed.notify_all()
         for request in batch:
             request.done.set()
 
-    def _stage(self, request: _Request, stage: _Stage) -> PushAck:
+    def _stage(self, request: Pending, stage: _Stage) -> PushAck:
         """Check one request against the state plus the batch so far; record its operation."""
         self.limits.check_text("client_id", request.client_id)
         record = stage.clients.get(request.client_id) or self.clients.get(request.client_id) or ClientRecord()
@@ -443,55 +525,40 @@ class PrototypeStore:
             stage.version = version
             return PushAck(record.last_seq, version, 0)
         self.limits.check_text("space", request.space)
+        if request.packed is None:  # the content checks and encodings, done here in the writer thread
+            request.sums = check_content(request.class_ids, request.counts, request.means, self.limits)
+            request.packed = pack_operation(request.class_ids, request.counts, request.means)
+            request.digest = content_digest(request.space, request.packed)
         if request.seq < 1:
             raise InvalidPush("seq must start at 1")
         retry = record.last_seq > 0 and request.seq == record.last_seq
+        if request.after is not None and request.after.error is not None:
+            raise EarlierPushRefused(request.client_id, request.seq, record.last_seq + 1)
         if not retry and request.seq != record.last_seq + 1:
             raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
-        digest = content_digest(request.space, request.class_ids, request.counts, request.means)
+        digest = request.digest
         if retry:  # the first answer if it is the same push; other content under a used seq is refused
-            if record.last_digest and digest != record.last_digest:
+            if record.last_digest and not same_content(record.last_digest, request.space, request.class_ids,
+                                                       request.counts, request.means, digest):
                 raise SeqReused(request.client_id, request.seq, record.last_seq + 1)
             return PushAck(request.seq, record.last_version, record.last_classes, duplicate=True)
         self._check_deltas(request, stage)
         version = stage.version + 1
         stage.ops.append(Operation(version, "push", request.client_id, request.space, request.seq,
-                                   request.class_ids, request.counts, request.means, at=time.time(), digest=digest))
+                                   request.class_ids, request.counts, request.means, at=time.time(), digest=digest,
+                                   packed=request.packed, sums=request.sums))
         stage.version = version
         stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids), digest)
         return PushAck(request.seq, version, len(request.class_ids))
 
-    def _check_deltas(self, request: _Request, stage: _Stage) -> None:
-        counts, means, limits = request.counts, request.means, self.limits
+    def _check_deltas(self, request: Pending, stage: _Stage) -> None:
+        """The checks that depend on the store's state: the space's example bound and its dim."""
+        counts, means = request.counts, request.means
         assert counts is not None and means is not None
-        n = len(request.class_ids)
-        if n == 0:
-            raise InvalidPush("a push needs at least one class")
-        if n > limits.max_classes_per_push:
-            raise InvalidPush(f"{n} classes in one push; the limit is {limits.max_classes_per_push}")
-        if means.ndim != 2 or means.shape[0] != n or counts.shape != (n,):
-            raise InvalidPush(f"{n} class_ids need {n} counts and {n} mean rows")
-        if means.shape[1] > limits.max_dim:
-            raise InvalidPush(f"dim {means.shape[1]} exceeds the limit {limits.max_dim}")
-        for class_id in request.class_ids:
-            if not isinstance(class_id, str):
-                raise InvalidPush(f"class_id {class_id!r} is not a string")
-            limits.check_text("class_id", class_id)
-        if len(set(request.class_ids)) != n:
-            raise InvalidPush("a class_id appears more than once in one push")
-        if counts.min() <= 0:
-            raise InvalidPush("every count must be >= 1")
-        if counts.max() > MAX_COUNT:
-            raise InvalidPush(f"counts must be <= {MAX_COUNT}")
         added = stage.added.get(request.space, 0) + int(counts.sum())
         if self.examples.get(request.space, 0) + added > MAX_SPACE_EXAMPLES:
             raise InvalidPush(f"space {request.space!r} would hold more than {MAX_SPACE_EXAMPLES} examples "
                               f"(it holds {self.examples.get(request.space, 0)}); this push adds {int(counts.sum())}")
-        # max over rows of count * max|mean| is the largest |count * mean|; NaN propagates, so `not <=` catches it
-        with np.errstate(over="ignore", invalid="ignore"):
-            largest = (np.abs(means).max(axis=1) * counts).max()
-        if not largest <= MAX_ABS_SUM:
-            raise InvalidPush(f"means must be finite and |count * mean| <= {MAX_ABS_SUM:g}")
         dim = self.dims.get(request.space) or stage.new_spaces.get(request.space)
         if dim is None:
             stage.new_spaces[request.space] = means.shape[1]
@@ -499,17 +566,61 @@ class PrototypeStore:
             raise InvalidPush(f"space {request.space!r} has dim {dim}; this push has dim {means.shape[1]}")
         stage.added[request.space] = added
 
+    def _apply_all(self, ops: list[Operation]) -> None:
+        """Apply a committed batch: each run of pushes as one table update per space and per contributor
+        (the same sums in the same order as one by one, so the result is bit for bit that of `_apply`)."""
+        run: list[Operation] = []
+        for op in [*ops, None]:
+            if op is not None and op.kind == "push":
+                run.append(op)
+                continue
+            if len(run) == 1:
+                self._apply(run[0])
+            elif run:
+                self._apply_pushes(run)
+            run = []
+            if op is not None:
+                self._apply(op)
+
+    def _apply_pushes(self, ops: list[Operation]) -> None:
+        """Apply several pushes with one `add_sums` per touched table."""
+        groups: dict[tuple[str, str], list[Operation]] = {}
+        for op in ops:
+            groups.setdefault(("", op.space), []).append(op)
+            groups.setdefault((op.client_id, op.space), []).append(op)
+        for (client_id, space), group in groups.items():
+            dim = group[0].means.shape[1]
+            if client_id:
+                table = self.contributions.setdefault(client_id, {}).get(space)
+                if table is None:
+                    table = self.contributions[client_id][space] = PrototypeTable(dim)
+            else:
+                self.dims.setdefault(space, dim)
+                table = self.spaces.get(space)
+                if table is None:
+                    table = self.spaces[space] = PrototypeTable(dim)
+            ids = [class_id for op in group for class_id in op.class_ids]
+            counts = np.concatenate([op.counts for op in group])
+            sums = np.concatenate([op.sums if op.sums is not None else sums_of(op.counts, op.means) for op in group])
+            versions = np.repeat([op.version for op in group], [len(op.class_ids) for op in group])
+            table.add_sums(ids, counts, sums, versions, unique=len(group) == 1)
+        for op in ops:
+            self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
+            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
+            self._dirty_clients.add(op.client_id)
+        self.version = ops[-1].version
+
     def _apply(self, op: Operation) -> None:
         """Apply one durable operation to memory (also used to replay the log at start-up)."""
         if op.kind == "push":
             dim = op.means.shape[1]
             if op.space not in self.dims:
                 self.dims[op.space] = dim
-            sums = sums_of(op.counts, op.means)
+            sums = op.sums if op.sums is not None else sums_of(op.counts, op.means)
             table = self.spaces.get(op.space)
             if table is None:
                 table = self.spaces[op.space] = PrototypeTable(dim)
-            table.add_sums(op.class_ids, op.counts, sums, op.version)
+            table.add_sums(op.class_ids, op.counts, sums, op.version, unique=True)
             self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
             mine = self.contributions.get(op.client_id)
             if mine is None:
@@ -517,7 +628,7 @@ class PrototypeStore:
             table = mine.get(op.space)
             if table is None:
                 table = mine[op.space] = PrototypeTable(dim)
-            table.add_sums(op.class_ids, op.counts, sums, op.version)
+            table.add_sums(op.class_ids, op.counts, sums, op.version, unique=True)
             self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
             self._dirty_clients.add(op.client_id)
         elif op.kind == "revoke":

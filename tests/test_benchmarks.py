@@ -43,6 +43,10 @@ def test_merge_throughput_tiny(tmp_path) -> None:
     assert noop["pushes"] > 0 and r["transport_ceiling_updates_per_s_2_clients"] == noop["updates_per_s"]
     assert r["durable_vs_transport_ceiling"] == pytest.approx(r["durable_updates_per_s_2_clients"]
                                                               / noop["updates_per_s"])
+    stream = r["runs"]["durable_stream_2"]  # the same clients, their pushes on PushStream calls, durable
+    assert stream["pushes"] > 0 and r["durable_stream_updates_per_s_2_clients"] == stream["updates_per_s"]
+    assert r["durable_stream_vs_transport_ceiling"] == pytest.approx(stream["updates_per_s"] / noop["updates_per_s"])
+    assert r["runs"]["noop_stream_2"]["pushes"] > 0
 
 
 def test_sync_latency_tiny() -> None:

@@ -319,3 +319,95 @@ def test_image_folders_with_mistakes_are_refused_by_name(tmp_path: Path) -> None
         labelled_files([tmp_path / "root"])
     with pytest.raises(DataError, match="needs --label"):
         labelled_files([tmp_path / "root" / "c0" / "0.png"])
+
+
+def _memory(n: int, dim: int = 4, seed: int = 0):
+    """A memory with `n` classes of local deltas (counts 1..5) and the exact counts they add."""
+    from fedrecon.client.memory import PrototypeMemory
+
+    rng = np.random.default_rng(seed)
+    memory = PrototypeMemory(dim)
+    ids = [f"k{i:03d}" for i in range(n)]
+    counts = rng.integers(1, 6, size=n)
+    memory.add_examples([c for c, m in zip(ids, counts, strict=True) for _ in range(m)],
+                        rng.standard_normal((int(counts.sum()), dim)))
+    return memory, dict(zip(ids, counts.tolist(), strict=True))
+
+
+def test_a_backlog_goes_on_one_push_stream_exactly_once(tmp_path: Path) -> None:
+    from fedrecon.server.assemble import build_server
+    from fedrecon.server.metrics import ServerMetrics
+
+    store = PrototypeStore(tmp_path / "s.db")
+    metrics = ServerMetrics(store)
+    server = build_server(store, insecure=True, limits=Limits(max_classes_per_push=100), metrics=metrics).start()
+    try:
+        memory, expected = _memory(250)
+        with ReconClient(server.address, "alice", state_path=tmp_path / "alice.db") as client:
+            acks = client.push_memory(memory, "s")
+            assert [a.seq for a in acks] == [1, 2, 3] and [a.classes for a in acks] == [100, 100, 50]
+            assert client.state.all_pending == [] and client.state.last_seq == 3
+        assert metrics.calls.labels("PushStream", "OK")._value.get() == 1
+        assert metrics.calls.labels("Push", "OK")._value.get() == 0
+        assert _counts(server) == expected
+    finally:
+        server.stop(1)
+
+
+def test_a_backlog_whose_answers_were_lost_is_resumed_without_doubles(tmp_path: Path) -> None:
+    """Three pushes recorded, the first merged but its answer lost (the process died): resume sends all three."""
+    server = _server(tmp_path / "s.db", max_classes_per_push=100)
+    state = tmp_path / "alice.db"
+    try:
+        memory, expected = _memory(250)
+        with ReconClient(server.address, "alice", state_path=state) as client:
+            class_ids, counts, means = memory.pending()
+            requests = [client._request("s", class_ids[i:i + 100], counts[i:i + 100], means[i:i + 100], None,
+                                        seq=1 + i // 100) for i in range(0, 250, 100)]
+            memory.mark_pushed()
+            client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in requests], memory)
+            client.stub.Push(requests[0], timeout=5)  # merged; the state never heard of it
+        with ReconClient(server.address, "alice", state_path=state) as client:
+            acks = client.push_memory(memory, "s")
+            assert [(a.seq, a.duplicate) for a in acks] == [(1, True), (2, False), (3, False)]
+        assert _counts(server) == expected and server.store.client_record("alice").last_seq == 3
+    finally:
+        server.stop(1)
+
+
+def test_a_refused_push_in_a_backlog_is_dropped_and_the_rest_renumbered(tmp_path: Path) -> None:
+    server = _server(tmp_path / "s.db", max_classes_per_push=100)
+    state = tmp_path / "alice.db"
+    try:
+        with ReconClient(server.address, "alice", state_path=state) as client:
+            first = client._request("s", ["a"], [1], np.ones((1, 4)), None, seq=1)
+            wrong = client._request("s", ["b"], [2], np.ones((1, 3)), None, seq=2)  # another dim: refused for good
+            last = client._request("s", ["c"], [3], np.ones((1, 4)), None, seq=3)
+            client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in (first, wrong, last)])
+            with pytest.raises(PushRefused, match="push 2 refused"):
+                client.resume()
+            assert [p.seq for p in client.state.all_pending] == [2]  # "c", now numbered 2
+            assert client.state.dropped()[0][:3] == (2, "s", "INVALID_ARGUMENT")
+            ack = client.resume()
+            assert (ack.seq, ack.duplicate) == (2, False)
+        assert _counts(server) == {"a": 1, "c": 3} and server.store.client_record("alice").last_seq == 2
+    finally:
+        server.stop(1)
+
+
+def test_a_stream_whose_last_answers_were_lost_is_confirmed_not_refused(tmp_path: Path) -> None:
+    """Pushes 1..3 of 4 merged, no answer came (the connection dropped): the store only retries its last
+    push, so the client confirms 1..3 through push 3's duplicate answer and then sends 4."""
+    server = _server(tmp_path / "s.db")
+    try:
+        with ReconClient(server.address, "alice", state_path=tmp_path / "alice.db") as client:
+            requests = [client._request("s", [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 5)]
+            client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in requests])
+            for request in requests[:3]:
+                client.stub.Push(request, timeout=5)
+            acks = client.push_many("s", [])
+            assert [(a.seq, a.duplicate) for a in acks] == [(1, True), (2, True), (3, True), (4, False)]
+            assert client.state.all_pending == [] and client.state.last_seq == 4
+        assert _counts(server) == {"c1": 1, "c2": 2, "c3": 3, "c4": 4}
+    finally:
+        server.stop(1)

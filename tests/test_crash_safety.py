@@ -44,13 +44,14 @@ def test_pager_check_catches_an_inconsistent_paged_pull(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kills_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [1, 4], ids=["unary", "push-stream"])
+def test_kills_lose_nothing_and_double_nothing(tmp_path: Path, stream: int) -> None:
     out = subprocess.run([sys.executable, "-m", "fedrecon.benchmarks.crash_safety", "--kills", "3", "--clients", "4",
-                          "--checkpoint-every", "1", "--workdir", str(tmp_path)],
+                          "--checkpoint-every", "1", "--workdir", str(tmp_path), "--stream", str(stream)],
                          capture_output=True, text=True, timeout=240)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0, (result, out.stderr[-2000:])
-    assert result["acked"] > 0 and result["checks"] == 4
+    assert result["acked"] > 0 and result["checks"] == 4 and result["stream"] == stream
     assert result["lost"] == result["doubled"] == result["mismatched"] == 0
     assert result["client_exit_codes"] == [0, 0, 0, 0]
     assert result["reuse_silently_dropped"] == result["reuse_accepted"] == result["paged_mismatched"] == 0

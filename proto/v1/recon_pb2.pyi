@@ -123,7 +123,7 @@ class SpaceInfo(_message.Message):
     def __init__(self, space: _Optional[str] = ..., dim: _Optional[int] = ..., classes: _Optional[int] = ..., examples: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_classes_per_push", "max_message_bytes", "max_class_id_bytes", "max_dim", "max_count", "max_space_examples", "max_reply_bytes")
+    __slots__ = ("max_classes_per_push", "max_message_bytes", "max_class_id_bytes", "max_dim", "max_count", "max_space_examples", "max_reply_bytes", "max_stream_window")
     MAX_CLASSES_PER_PUSH_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CLASS_ID_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class Limits(_message.Message):
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_SPACE_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_WINDOW_FIELD_NUMBER: _ClassVar[int]
     max_classes_per_push: int
     max_message_bytes: int
     max_class_id_bytes: int
@@ -138,7 +139,8 @@ class Limits(_message.Message):
     max_count: int
     max_space_examples: int
     max_reply_bytes: int
-    def __init__(self, max_classes_per_push: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_class_id_bytes: _Optional[int] = ..., max_dim: _Optional[int] = ..., max_count: _Optional[int] = ..., max_space_examples: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
+    max_stream_window: int
+    def __init__(self, max_classes_per_push: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_class_id_bytes: _Optional[int] = ..., max_dim: _Optional[int] = ..., max_count: _Optional[int] = ..., max_space_examples: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., max_stream_window: _Optional[int] = ...) -> None: ...
 
 class InfoReply(_message.Message):
     __slots__ = ("server_version", "store_id", "version", "spaces", "limits", "clients")

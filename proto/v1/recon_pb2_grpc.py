@@ -40,6 +40,11 @@ class ReconnaissanceStub:
                 request_serializer=fedrecon_dot_v1_dot_recon__pb2.PushRequest.SerializeToString,
                 response_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.PushStream = channel.stream_stream(
+                '/fedrecon.v1.Reconnaissance/PushStream',
+                request_serializer=fedrecon_dot_v1_dot_recon__pb2.PushRequest.SerializeToString,
+                response_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushReply.FromString,
+                _registered_method=True)
         self.Pull = channel.unary_unary(
                 '/fedrecon.v1.Reconnaissance/Pull',
                 request_serializer=fedrecon_dot_v1_dot_recon__pb2.PullRequest.SerializeToString,
@@ -63,6 +68,19 @@ class ReconnaissanceServicer:
 
     def Push(self, request, context):
         """Merge one client's per-class deltas (exactly once per (client, seq)).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushStream(self, request_iterator, context):
+        """Many pushes on one call, for a client with a backlog: each PushRequest is handled exactly as a
+        Push (same seq rules, limits, rate limits and duplicate answers), and each PushReply answers
+        the push sent at the same position, in order, only after that push is durable. A client may
+        send several pushes before their replies arrive (at most Limits.max_stream_window unanswered;
+        the server stops reading beyond that). The first refused push ends the call with that push's
+        status and trailers; no push sent after it on the same call is merged (so a client may number
+        those again from the refused one). Replies received before the end stay valid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +112,11 @@ def add_ReconnaissanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Push': grpc.unary_unary_rpc_method_handler(
                     servicer.Push,
+                    request_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushRequest.FromString,
+                    response_serializer=fedrecon_dot_v1_dot_recon__pb2.PushReply.SerializeToString,
+            ),
+            'PushStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PushStream,
                     request_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushRequest.FromString,
                     response_serializer=fedrecon_dot_v1_dot_recon__pb2.PushReply.SerializeToString,
             ),
@@ -139,6 +162,33 @@ class Reconnaissance:
             request,
             target,
             '/fedrecon.v1.Reconnaissance/Push',
+            fedrecon_dot_v1_dot_recon__pb2.PushRequest.SerializeToString,
+            fedrecon_dot_v1_dot_recon__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedrecon.v1.Reconnaissance/PushStream',
             fedrecon_dot_v1_dot_recon__pb2.PushRequest.SerializeToString,
             fedrecon_dot_v1_dot_recon__pb2.PushReply.FromString,
             options,
