@@ -53,7 +53,7 @@ def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, u
     now = start
     try:
         if window:
-            seq, now = _stream_pushes(stub, requests, start + duration, window, latencies)
+            seq, now = _stream_pushes(channel, requests, start + duration, window, latencies)
         else:
             while now < start + duration:
                 request = requests[seq % len(requests)]
@@ -76,25 +76,30 @@ def _check(reply: pb.PushReply, seq: int, client_id: str) -> None:
         raise RuntimeError(f"push {seq} of {client_id} was not applied as new: {reply}")
 
 
-def _stream_pushes(stub: rpc.ReconnaissanceStub, requests: list[pb.PushRequest], deadline: float, window: int,
+def _stream_pushes(channel: grpc.Channel, requests: list[pb.PushRequest], deadline: float, window: int,
                    latencies: list[float]) -> tuple[int, float]:
-    """Pushes on one PushStream call, `window` unanswered at most, until `deadline`; (pushes answered, end time)."""
+    """Pushes on one PushStream call, `window` unanswered at most, until `deadline`; (pushes answered, end time).
+
+    Each request is its variant's bytes (encoded once) followed by its seq field: protobuf merges the two,
+    so a push costs one bytes concatenation, like the unary loop's one serialization.
+    """
     slots = threading.Semaphore(window)
+    bodies = [r.SerializeToString() for r in requests]
     sent: list[float] = []
 
-    def outgoing() -> Iterator[pb.PushRequest]:
+    def outgoing() -> Iterator[bytes]:
         while True:
             slots.acquire()
             if time.perf_counter() >= deadline:
                 return
-            request = pb.PushRequest()
-            request.CopyFrom(requests[len(sent) % len(requests)])
-            request.seq = len(sent) + 1
+            seq = len(sent) + 1
             sent.append(time.perf_counter())
-            yield request
+            yield bodies[seq % len(bodies)] + pb.PushRequest(seq=seq).SerializeToString()
 
+    call = channel.stream_stream("/fedrecon.v1.Reconnaissance/PushStream", request_serializer=None,
+                                 response_deserializer=pb.PushReply.FromString)  # requests are bytes already
     answered, now = 0, time.perf_counter()
-    for reply in stub.PushStream(outgoing(), timeout=120):
+    for reply in call(outgoing(), timeout=120):
         answered += 1
         _check(reply, answered, requests[0].client_id)
         now = time.perf_counter()

@@ -71,7 +71,6 @@ class Operation:
     sums: np.ndarray | None = None  # float64 count * mean, when computed beforehand (not stored)
 
 
-HASH_CHUNK = 2047  # hashlib releases the GIL for larger updates, which costs a thread switch under load
 DIGEST_PREFIX = "2:"  # digests of the current kind; unprefixed ones were written by older versions
 
 
@@ -82,9 +81,7 @@ def content_digest(space: str, packed: tuple[str, bytes, bytes]) -> str:
     parts = (space.encode(), packed[0].encode(), packed[1], packed[2])
     h.update(struct.pack("<4Q", *map(len, parts)))
     for part in parts:
-        view = memoryview(part)
-        for start in range(0, len(view), HASH_CHUNK):  # small updates keep the GIL: no thread switch per push
-            h.update(view[start:start + HASH_CHUNK])
+        h.update(part)  # hashlib lets other threads run while it hashes a large part
     return DIGEST_PREFIX + h.hexdigest()
 
 

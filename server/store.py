@@ -185,7 +185,7 @@ def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, l
         raise InvalidPush(f"{n} class_ids need {n} counts and {n} mean rows")
     if means.shape[1] > limits.max_dim:
         raise InvalidPush(f"dim {means.shape[1]} exceeds the limit {limits.max_dim}")
-    if not all(isinstance(c, str) for c in class_ids):
+    if set(map(type, class_ids)) != {str} and not all(isinstance(c, str) for c in class_ids):  # C-level first
         raise InvalidPush(f"class_id {next(c for c in class_ids if not isinstance(c, str))!r} is not a string")
     lengths = list(map(len, class_ids))
     if min(lengths) == 0 or max(lengths) * 4 > limits.max_class_id_bytes:  # UTF-8 is at most 4 bytes a character
@@ -195,7 +195,8 @@ def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, l
         raise InvalidPush("a class_id appears more than once in one push")
     if counts.min() <= 0:  # a wire count of 2**63 or more reads as negative here
         bad = int(np.argmin(counts))
-        raise InvalidPush(f"count of class {class_ids[bad]!r} is {counts[bad]}; each count must be >= 1 and <= {MAX_COUNT}")
+        raise InvalidPush(f"count of class {class_ids[bad]!r} is {counts[bad]}; each count must be >= 1 and "
+                          f"<= {MAX_COUNT}")
     if counts.max() > MAX_COUNT:
         raise InvalidPush(f"counts must be <= {MAX_COUNT}")
     with np.errstate(over="ignore", invalid="ignore"):
