@@ -20,7 +20,7 @@ from fedrecon.client.memory import PrototypeMemory, pull_into
 from fedrecon.client.state import ClientState
 from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity, open_channel
-from fedrecon.proto.payloads import PushAck, Snapshot
+from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
@@ -68,20 +68,28 @@ class SequenceError(RuntimeError):
         self.expected = expected
 
 
-def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Snapshot:
-    """Decode a PullReply, or the pages of one pull in order (count 0 rows mean a class was removed).
+def decode_page(reply: pb.PullReply) -> Deltas:
+    """One page's classes (count 0 rows mean a class was removed), means still in the wire dtype."""
+    return codec.decode_deltas(reply.classes, allow_zero_counts=True, float64=False)
 
-    A later page overrides an earlier one for the same class (it changed while paging); the result is
-    current to the last page's version.
-    """
-    pages = [codec.decode_deltas(r.classes, allow_zero_counts=True) for r in (reply, *more)]
-    if len(pages) == 1:
-        return Snapshot(reply.space, reply.version, pages[0].class_ids, pages[0].counts, pages[0].means)
-    latest = {cid: i for i, cid in enumerate(c for p in pages for c in p.class_ids)}  # the last index per id wins
-    keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
-    counts = np.concatenate([p.counts for p in pages])[keep]
-    means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means])[keep]
-    return Snapshot(reply.space, (more[-1] if more else reply).version, list(latest), counts, means)
+
+def snapshot_of(space: str, version: int, pages: Sequence[Deltas]) -> Snapshot:
+    """The pages of one pull as one snapshot: a later page overrides an earlier one for the same class (it
+    changed while paging), so the result is current to the last page's `version`."""
+    class_ids = [c for p in pages for c in p.class_ids]
+    counts = np.concatenate([p.counts for p in pages])
+    means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means])  # wire dtype
+    if len(set(class_ids)) != len(class_ids):  # a class changed while paging: its last row wins
+        latest = {cid: i for i, cid in enumerate(class_ids)}
+        keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
+        class_ids, counts, means = list(latest), counts[keep], means[keep]
+    return Snapshot(space, version, class_ids, counts, means.astype(np.float64))
+
+
+def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Snapshot:
+    """Decode a PullReply, or the pages of one pull in order (`snapshot_of`)."""
+    return snapshot_of(reply.space, (more[-1] if more else reply).version,
+                       [decode_page(r) for r in (reply, *more)])
 
 
 def push_size(client_id: str, space: str, class_ids: Sequence[str], dim: int, itemsize: int) -> int:
@@ -343,11 +351,20 @@ class ReconClient:
         """Merged prototypes changed since `since` (default: the version this client last pulled)."""
         since = self.versions.get(space, 0) if since is None else since
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
-        pages = [self._call(self.stub.Pull, request)]
-        while pages[-1].next_page_token:  # follow the pages; the pull is current to the last one's version
-            request.page_token = pages[-1].next_page_token
-            pages.append(self._call(self.stub.Pull, request))
-        result = pulled_from_reply(*pages)
+        reply, pages = self._call(self.stub.Pull, request), []
+        while True:  # follow the pages; the pull is current to the last one's version
+            following = None
+            if reply.next_page_token:  # ask for the next page first: the server makes it while this one decodes
+                request.page_token = reply.next_page_token
+                following = self.stub.Pull.future(request, timeout=self.timeout, metadata=self._metadata)
+            pages.append(decode_page(reply))
+            if following is None:
+                break
+            try:
+                reply = following.result()
+            except grpc.RpcError:  # asked again the usual way, with its retries
+                reply = self._call(self.stub.Pull, request)
+        result = snapshot_of(space, reply.version, pages)
         self.versions[space] = result.version
         return result
 

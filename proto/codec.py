@@ -115,20 +115,22 @@ def encode_deltas_into(
     return target
 
 
-def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False, float64: bool = True) -> Deltas:
+def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False, float64: bool = True,
+                  wire_only: bool = False) -> Deltas:
     """Decode and validate deltas: matching lengths, counts in 1..2**40, finite means, unique ids.
 
-    With `float64=False` (the server's pushes) only the wire format is checked and the means stay a
-    read-only view in the wire dtype: counts, ids and finiteness are left to the store, which checks them
-    for every caller (a count of 2**63 or more reads as negative there and is refused)."""
-    means = decode_matrix(message.means, check_finite=float64)
+    `float64=False` keeps the means a read-only view in the wire dtype (no copy). `wire_only` (the
+    server's pushes) checks only the wire format and leaves counts, ids and finiteness to the store,
+    which checks them for every caller (a count of 2**63 or more reads as negative there and is refused)."""
+    means = decode_matrix(message.means, check_finite=not wire_only)
     n = len(message.class_ids)
     if len(message.counts) != n or means.shape[0] != n:
         raise InvalidMessage(
             f"class_ids ({n}), counts ({len(message.counts)}) and means rows ({means.shape[0]}) differ in length"
         )
-    if not float64:  # the store checks the content rules itself (counts, uniqueness, finiteness)
-        return Deltas(list(message.class_ids), np.array(message.counts, dtype=np.uint64).astype(np.int64), means)
+    if wire_only:
+        return Deltas(list(message.class_ids), np.array(message.counts, dtype=np.uint64).astype(np.int64),
+                      means.astype(np.float64) if float64 else means)
     counts = np.fromiter(message.counts, dtype=np.uint64, count=n)
     if n and counts.max() > MAX_COUNT:
         raise InvalidMessage(f"counts must be <= {MAX_COUNT}")

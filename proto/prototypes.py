@@ -58,6 +58,7 @@ class PrototypeTable:
         self._sums = np.zeros((self._capacity, dim or 0), dtype=np.float64)
         self._counts = np.zeros(self._capacity, dtype=np.int64)
         self._versions = np.zeros(self._capacity, dtype=np.int64)
+        self._id_bytes = np.zeros(self._capacity, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -80,6 +81,11 @@ class PrototypeTable:
         """Version at which each class last changed (a view)."""
         return self._versions[: len(self.class_ids)]
 
+    @property
+    def id_bytes(self) -> np.ndarray:
+        """UTF-8 length of each class id (a view; pages are sized by it without encoding every id again)."""
+        return self._id_bytes[: len(self.class_ids)]
+
     def _grow(self, needed: int) -> None:
         if needed <= self._capacity:
             return
@@ -91,7 +97,10 @@ class PrototypeTable:
         counts[:n] = self._counts[:n]
         versions = np.zeros(capacity, dtype=np.int64)
         versions[:n] = self._versions[:n]
+        id_bytes = np.zeros(capacity, dtype=np.int64)
+        id_bytes[:n] = self._id_bytes[:n]
         self._sums, self._counts, self._versions, self._capacity = sums, counts, versions, capacity
+        self._id_bytes = id_bytes
 
     def _check_dim(self, dim: int) -> None:
         if self.dim is None:
@@ -118,6 +127,7 @@ class PrototypeTable:
                     row = len(self.class_ids)
                     index[cid] = row
                     self.class_ids.append(cid)
+                    self._id_bytes[row] = len(cid.encode())
                 found[i] = row
         return np.array(found, dtype=np.int64)
 

@@ -74,12 +74,11 @@ def page_rows(table: PrototypeTable, cursor: Cursor, max_bytes: int, itemsize: i
     candidates = np.nonzero(after)[0]
     if not len(candidates):
         return candidates, ""
-    candidates = candidates[np.lexsort((candidates, versions[candidates]))]
+    candidates = candidates[np.argsort(versions[candidates], kind="stable")]  # rows ascend: (version, row) order
     per_row = (table.dim or 0) * itemsize + ROW_OVERHEAD
     budget = max(0, max_bytes - REPLY_OVERHEAD)
     head = candidates[: budget // per_row + 1]  # the id bytes only shrink what fits
-    ids = table.class_ids
-    sizes = np.fromiter((len(ids[r].encode()) for r in head.tolist()), dtype=np.int64, count=len(head)) + per_row
+    sizes = table.id_bytes[head] + per_row
     take = max(1, int(np.searchsorted(np.cumsum(sizes), budget, side="right")))  # at least one row per page
     page = candidates[:take]
     if take >= len(candidates):

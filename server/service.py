@@ -145,7 +145,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     def _submit(self, request: pb.PushRequest, context: grpc.ServicerContext, after: Pending | None = None) -> Pending:
         """Identify, decode and queue one push (the store checks the rules); `after`: the stream's previous push."""
         client_id = self.identify(request, context)
-        deltas = codec.decode_deltas(request.deltas, float64=False)  # the wire format; the store checks the rules
+        deltas = codec.decode_deltas(request.deltas, float64=False, wire_only=True)  # the store checks the rules
         return self.store.submit_push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
                                       deltas.means, after=after)
 
