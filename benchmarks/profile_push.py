@@ -24,7 +24,7 @@ from fedrecon.server.process import ServerProcess
 
 # (layer, substrings of a frame `function (file)`), tried from the innermost frame outwards; first match wins
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("writer: check content", ("check_content", "_check_deltas", "_stage (")),
+    ("writer: check content", ("check_content", "check_values", "_check_deltas", "_stage (")),
     ("writer: encode + digest", ("pack_operation", "content_digest", "pack_means")),
     ("writer: commit (SQLite)", ("SqliteLog.append", "_Transaction")),
     ("writer: apply to tables", ("_apply", "add_sums", "PrototypeTable")),

@@ -7,6 +7,7 @@ No timing assertions: only that figures exist, are positive and finite, and that
 import json
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,3 +112,33 @@ def test_numpy_reference_matches_store_merge() -> None:
     pushes = merge._decoded(8, 4, 16, 2)
     assert len(pushes) == 16 and all(d.means.shape == (4, 8) for _, d in pushes)
     assert np.all(np.concatenate([d.counts for _, d in pushes]) >= 1)
+
+
+def test_profile_layers_charge_each_sample_to_its_innermost_layer() -> None:
+    from fedrecon.benchmarks.profile_push import summarize
+
+    raw = "\n".join([
+        "thread (1): w;Thread.run (threading.py:1);PrototypeStore._process (server/store.py:9);"
+        "check_values (server/store.py:3) 3",
+        "thread (1): w;Thread.run (threading.py:1);PrototypeStore._process (server/store.py:9) 1",
+        "thread (2): r;_serve (grpc/_server.py:1) 4",
+        "thread (3): x;Condition.wait (threading.py:3) 2",
+    ])
+    shares = summarize(raw)
+    assert shares == {"gRPC (receive, dispatch, send)": 0.4, "writer: check content": 0.3,
+                      "thread hand-offs (locks, events)": 0.2, "writer: batching": 0.1}
+
+
+def test_merge_ab_runs_another_checkout_from_its_own_sources(tmp_path) -> None:
+    from pathlib import Path
+
+    from fedrecon.benchmarks import merge_ab
+    from fedrecon.layout import checkout_runner
+
+    root = Path(__file__).resolve().parent.parent
+    runner = checkout_runner(root, tmp_path)
+    out = subprocess.run([sys.executable, str(runner), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("fedrecon")
+    r = merge_ab.run([sys.executable, str(runner), "server"], rounds=1, window=2, seconds=0.5, clients=2)
+    assert [run["build"] for run in r["runs"]] == ["a", "b"] and all(run["updates_per_s"] > 0 for run in r["runs"])
+    assert r["b_over_a"] == pytest.approx(r["b_median_updates_per_s"] / r["a_median_updates_per_s"])
