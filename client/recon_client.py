@@ -392,7 +392,8 @@ class ReconClient:
                         "version": s.version} for s in reply.spaces],
             "limits": {"max_classes_per_push": limits.max_classes_per_push,
                        "max_message_bytes": limits.max_message_bytes,
-                       "max_class_id_bytes": limits.max_class_id_bytes, "max_dim": limits.max_dim},
+                       "max_class_id_bytes": limits.max_class_id_bytes, "max_dim": limits.max_dim,
+                       "max_stream_window": limits.max_stream_window},
         }
 
     def sync(self, memory: PrototypeMemory, space: str) -> tuple[list[PushAck], Snapshot]:

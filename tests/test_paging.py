@@ -213,3 +213,41 @@ def test_watch_ends_the_stream_of_a_revoked_or_removed_client(tmp_path) -> None:
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # carol's token is disabled
     finally:
         server.stop(grace=1)
+
+
+class _DropSecondPage(grpc.ServerInterceptor):
+    """Answers the first request for a second page UNAVAILABLE (a lost reply), then serves normally."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201 - gRPC's hook
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.endswith("/Pull"):
+            return handler
+        inner = handler.unary_unary
+
+        def pull(request, context):  # noqa: ANN001, ANN202
+            if request.page_token and not self.dropped:
+                self.dropped += 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "lost")
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(pull, handler.request_deserializer, handler.response_serializer)
+
+
+def test_a_page_asked_ahead_and_lost_is_asked_again() -> None:
+    """The client asks for the next page while it decodes one; a failed ask is retried the usual way."""
+
+    dropper = _DropSecondPage()
+    server = ReconServer(PrototypeStore(), "127.0.0.1", 0, limits=Limits(max_reply_bytes=4096),
+                         interceptors=(dropper,)).start()
+    try:
+        ids = [f"c{i:03d}" for i in range(300)]
+        server.store.push("a", "s", 1, ids, np.arange(300) % 5 + 1, np.ones((300, 8)))
+        with ReconClient(server.address, "reader", timeout=5, backoff=0.01) as client:
+            pulled = client.pull("s", since=0)
+        assert dropper.dropped == 1
+        assert sorted(pulled.class_ids) == ids and pulled.counts.sum() == (np.arange(300) % 5 + 1).sum()
+    finally:
+        server.stop(1)
