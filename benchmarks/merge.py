@@ -11,6 +11,7 @@ server with an in-memory store (transport + service cost without SQLite). Each r
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import sys
 import tempfile
 import threading
@@ -132,9 +133,14 @@ def grpc_rate(server: ServerProcess, clients: int, dim: int, batch: int, univers
             "idle_2core_estimate_updates_per_s": 2e6 / (server_us + client_us) * batch if pushes else None}
 
 
+def _median_ratio(rounds: list[dict], key: str) -> float:
+    """The median over rounds of a ratio taken within each round."""
+    return statistics.median(r[key] for r in rounds)
+
+
 def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: int = 64,
         client_counts: tuple[int, ...] | None = None, seconds: float | None = None,
-        synchronous: str = "FULL") -> dict:
+        synchronous: str = "FULL", rounds: int | None = None) -> dict:
     """All merge-throughput figures as a flat dict (keys `merge.*` in bench.json)."""
     client_counts = client_counts or ((8,) if quick else (1, 8, 32))
     seconds = seconds or (2.0 if quick else 6.0)
@@ -147,21 +153,41 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
         rate, per_commit = store_rate(Path(tmp) / "direct.db", dim, batch, universe, short, 8)
         out["store_direct_durable_updates_per_s_8_threads"] = rate
         out["store_direct_durable_pushes_per_commit"] = per_commit
-        runs = {}
+        runs: dict = {}
         ceiling_clients = 8 if 8 in client_counts else client_counts[-1]
-        # the transport's own ceiling: a server whose Push does nothing, fed by the same client processes
-        with ServerProcess(command=[sys.executable, "-m", "fedrecon.benchmarks.noop_server"]) as server:
-            runs[f"noop_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, "noop")
-            runs[f"noop_stream_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds,
-                                                               "noops", STREAM_WINDOW)
-        # the same clients with a backlog: numbered pushes on one PushStream call each, STREAM_WINDOW in flight
-        with ServerProcess(Path(tmp) / "server-stream.db", ["--synchronous", synchronous]) as server:
-            runs[f"durable_stream_{ceiling_clients}"] = grpc_rate(server, ceiling_clients, dim, batch, universe,
-                                                                  seconds, "durs", STREAM_WINDOW)
+        rounds = rounds or (1 if quick else 3)
+        # the transport's own ceiling (a server whose Push does nothing, fed by the same client processes) and
+        # the durable server, unary and with a backlog on PushStream calls, alternated round by round: this
+        # machine's speed drifts by a third, and the ratios are taken within each round
+        per_round: list[dict] = []
+        for k in range(rounds):
+            measured = {}
+            with ServerProcess(command=[sys.executable, "-m", "fedrecon.benchmarks.noop_server"]) as server:
+                measured["noop"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, f"noop{k}")
+                measured["noop_stream"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds,
+                                                    f"noops{k}", STREAM_WINDOW)
+            with ServerProcess(Path(tmp) / f"server-{k}.db", ["--synchronous", synchronous]) as server:
+                measured["durable"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, f"dur{k}")
+            with ServerProcess(Path(tmp) / f"server-stream-{k}.db", ["--synchronous", synchronous]) as server:
+                measured["durable_stream"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds,
+                                                       f"durs{k}", STREAM_WINDOW)
+            per_round.append(measured)
+        for kind in ("noop", "noop_stream", "durable", "durable_stream"):  # the run with the median rate
+            ordered = sorted((m[kind] for m in per_round), key=lambda r: r["updates_per_s"])
+            runs[f"{kind}_{ceiling_clients}"] = ordered[(len(ordered) - 1) // 2]
+        out["rounds"] = rounds
+        out["round_ratios"] = [{**{f"{kind}_updates_per_s": m[kind]["updates_per_s"] for kind in m},
+                                "durable_vs_transport_ceiling": ratio(m["durable"]["updates_per_s"],
+                                                                      m["noop"]["updates_per_s"]),
+                                "durable_stream_vs_transport_ceiling": ratio(m["durable_stream"]["updates_per_s"],
+                                                                             m["noop"]["updates_per_s"])}
+                               for m in per_round]
         if not quick:  # the transport plus the service: the same server with an in-memory store
             with ServerProcess() as server:
                 runs["memory_8"] = grpc_rate(server, 8, dim, batch, universe, seconds, "mem")
         for n in client_counts:
+            if n == ceiling_clients:
+                continue  # measured in the rounds above
             with ServerProcess(Path(tmp) / f"server-{n}.db", ["--synchronous", synchronous]) as server:
                 runs[f"durable_{n}"] = grpc_rate(server, n, dim, batch, universe, seconds, f"dur{n}")
         if not quick and synchronous == "FULL":  # what the per-commit fsync costs: NORMAL survives crashes only
@@ -180,14 +206,15 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
     noop = runs[f"noop_{ceiling_clients}"]
     out[f"transport_ceiling_updates_per_s_{ceiling_clients}_clients"] = noop["updates_per_s"]
     out[f"transport_ceiling_server_cpu_us_per_push_{ceiling_clients}_clients"] = noop["server_cpu_us_per_push"]
-    out["durable_vs_transport_ceiling"] = ratio(out[key8], noop["updates_per_s"])
+    out["durable_vs_transport_ceiling"] = _median_ratio(out["round_ratios"], "durable_vs_transport_ceiling")
     stream, noop_stream = runs[f"durable_stream_{ceiling_clients}"], runs[f"noop_stream_{ceiling_clients}"]
     out["stream_window"] = STREAM_WINDOW
     out[f"durable_stream_updates_per_s_{ceiling_clients}_clients"] = stream["updates_per_s"]
     out[f"durable_stream_push_p50_ms_{ceiling_clients}_clients"] = stream["push_latency_p50_ms"]
     out[f"durable_stream_server_cpu_us_per_push_{ceiling_clients}_clients"] = stream["server_cpu_us_per_push"]
     out[f"transport_ceiling_stream_updates_per_s_{ceiling_clients}_clients"] = noop_stream["updates_per_s"]
-    out["durable_stream_vs_transport_ceiling"] = ratio(stream["updates_per_s"], noop["updates_per_s"])
+    out["durable_stream_vs_transport_ceiling"] = _median_ratio(out["round_ratios"],
+                                                                "durable_stream_vs_transport_ceiling")
     out["durable_stream_vs_stream_ceiling"] = ratio(stream["updates_per_s"], noop_stream["updates_per_s"])
     if "normal_8" in runs:
         out["sync_normal_updates_per_s_8_clients"] = runs["normal_8"]["updates_per_s"]

@@ -42,12 +42,21 @@ def test_merge_throughput_tiny(tmp_path) -> None:
     assert run["pushes"] > 0 and run["updates_per_s"] == pytest.approx(run["pushes"] * 64 / run["seconds"])
     noop = r["runs"]["noop_2"]  # the transport ceiling, measured in the same run by the same client processes
     assert noop["pushes"] > 0 and r["transport_ceiling_updates_per_s_2_clients"] == noop["updates_per_s"]
-    assert r["durable_vs_transport_ceiling"] == pytest.approx(r["durable_updates_per_s_2_clients"]
-                                                              / noop["updates_per_s"])
+    assert r["rounds"] == 1 and r["durable_vs_transport_ceiling"] == pytest.approx(
+        r["durable_updates_per_s_2_clients"] / noop["updates_per_s"])
     stream = r["runs"]["durable_stream_2"]  # the same clients, their pushes on PushStream calls, durable
     assert stream["pushes"] > 0 and r["durable_stream_updates_per_s_2_clients"] == stream["updates_per_s"]
     assert r["durable_stream_vs_transport_ceiling"] == pytest.approx(stream["updates_per_s"] / noop["updates_per_s"])
     assert r["runs"]["noop_stream_2"]["pushes"] > 0
+
+
+def test_merge_ratios_are_medians_of_rounds_taken_within_each_round(tmp_path) -> None:
+    r = merge.run(quick=True, workdir=tmp_path, client_counts=(2,), seconds=0.3, rounds=3)
+    assert r["rounds"] == 3 and len(r["round_ratios"]) == 3
+    within = sorted(x["durable_stream_vs_transport_ceiling"] for x in r["round_ratios"])
+    assert r["durable_stream_vs_transport_ceiling"] == within[1]
+    rates = sorted(x["durable_updates_per_s"] for x in r["round_ratios"])
+    assert r["durable_updates_per_s_2_clients"] == rates[1]  # the run with the median rate
 
 
 def test_sync_latency_tiny() -> None:
