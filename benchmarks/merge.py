@@ -166,9 +166,9 @@ def run(quick: bool = False, workdir: Path | None = None, dim: int = 64, batch: 
                 measured["noop"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, f"noop{k}")
                 measured["noop_stream"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds,
                                                     f"noops{k}", STREAM_WINDOW)
-            with ServerProcess(Path(tmp) / f"server-{k}.db", ["--synchronous", synchronous]) as server:
+            with ServerProcess(Path(tmp) / f"round-{k}-unary.db", ["--synchronous", synchronous]) as server:
                 measured["durable"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds, f"dur{k}")
-            with ServerProcess(Path(tmp) / f"server-stream-{k}.db", ["--synchronous", synchronous]) as server:
+            with ServerProcess(Path(tmp) / f"round-{k}-stream.db", ["--synchronous", synchronous]) as server:
                 measured["durable_stream"] = grpc_rate(server, ceiling_clients, dim, batch, universe, seconds,
                                                        f"durs{k}", STREAM_WINDOW)
             per_round.append(measured)
