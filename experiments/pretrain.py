@@ -32,6 +32,7 @@ from fedrecon.client.encoder import (
     build_model,
     default_config,
     output_dim,
+    read_checkpoint,
     resolve_device,
     save_checkpoint,
 )
@@ -191,6 +192,20 @@ KEEP_BEST_NEEDS_SPLIT = ("--keep best needs a validation set held out of the tra
                          "--val-alphabets N); --monitor-evaluation only prints and never selects")
 
 
+def init_from(model: Conv4, path: str, config: dict) -> list[dict]:
+    """Load an encoder checkpoint's weights into `model` (e.g. proxy-pretrained); returns its recorded phases."""
+    blob = read_checkpoint(path)
+    core = ("arch", "hidden", "depth", "image_size", "channels", "preprocessing")
+    if any(blob["config"].get(k) != config.get(k) for k in core):
+        raise ValueError(f"--init {path}: its network or preprocessing differs from this run's "
+                         f"({ {k: blob['config'].get(k) for k in core[:5]} })")
+    model.load_state_dict(blob["state_dict"], strict=False)
+    training = blob.get("extra", {}).get("training", {})
+    done = training.get("phases") or [{"command": training.get("command", "unrecorded"),
+                                       "end_step": training.get("step")}]
+    return [{**ph, "stage": f"init {blob['fingerprint']}"} for ph in done]
+
+
 def device_name(device: torch.device) -> str:
     """The device in words, e.g. `cpu (1 threads)` or `cuda:0 (NVIDIA H200)`."""
     if device.type == "cuda":
@@ -216,6 +231,7 @@ def train(args: argparse.Namespace) -> dict:
     pre = folder_preprocessing(args) if args.dataset == "folder" else None
     config = default_config(args.dataset, s, c, pre, arch=args.arch)
     model = build_model(config).to(device)
+    prior = init_from(model, args.init, config) if args.init else []
     dim = output_dim(s, config["hidden"], config["depth"], args.arch)
     centres = None
     params = list(model.parameters())
@@ -239,7 +255,7 @@ def train(args: argparse.Namespace) -> dict:
         if centres is not None:
             centres.data.copy_(st["centres"])
         rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())  # map_location may have moved it to the GPU
         step, history, elapsed = st["step"], st["history"], st["elapsed"]
         cpu_total = st.get("cpu", 0.0)
         phases = st.get("phases") or [{"command": "unrecorded (the state predates phase records)", "start_step": 0,
@@ -248,6 +264,8 @@ def train(args: argparse.Namespace) -> dict:
             best, best_model = st["best"], build_model(config).to(device)
             best_model.load_state_dict(st["best_model"])
         print(f"resumed from {state_path} at step {step}")
+    else:
+        phases = prior
     phase = {"command": args.command_line, "start_step": step, "end_step": step, "seed": args.seed,
              "device": device_name(device), "torch": str(torch.__version__), "wall_s": 0.0, "cpu_s": 0.0,
              "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -378,6 +396,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "the recipe differs (dataset, arch, method, ways, shots, queries, lr, schedule, augment, "
                         "seed, held-out alphabets, and --episodes on a cosine schedule); a step-decay schedule "
                         "(--decay-every > 0) may be extended with a larger --episodes")
+    p.add_argument("--init", default=None,
+                   help="start from this encoder checkpoint's weights (e.g. a --method proxy run), not at random; "
+                        "its phases are carried into this checkpoint's record")
     p.add_argument("--stop-after", type=int, default=0,
                    help="end this phase at this step (saved; the schedule still runs to --episodes): continue "
                         "later with --resume")

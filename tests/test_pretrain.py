@@ -125,6 +125,17 @@ def test_a_cosine_schedule_cannot_be_stretched_but_step_decay_can(tmp_path: Path
     assert pretrain.train(_args(step, tmp_path, 4, True))["steps"] == 4
 
 
+def test_init_from_a_proxy_run_carries_its_phases(tmp_path: Path) -> None:
+    proxy, tuned = tmp_path / "proxy.pt", tmp_path / "tuned.pt"
+    pretrain.train(_args(proxy, tmp_path, 2, False, "--method", "proxy", "--batch-size", "64"))
+    pretrain.train(_args(tuned, tmp_path, 2, False, "--init", str(proxy)))
+    phases = read_checkpoint(tuned)["extra"]["training"]["phases"]
+    assert len(phases) == 2 and "--method proxy" in phases[0]["command"] and phases[0]["stage"].startswith("init ")
+    assert not _weights_equal(tuned, tmp_path / "proxy.pt")
+    with pytest.raises(ValueError, match="--init"):
+        pretrain.train(_args(tmp_path / "x.pt", tmp_path, 2, False, "--init", str(proxy), "--arch", "conv4-nopool"))
+
+
 def test_nopool_arch_round_trips_with_its_width(tmp_path: Path) -> None:
     out = tmp_path / "wide.pt"
     summary = pretrain.train(_args(out, tmp_path, 2, False, "--arch", "conv4-nopool"))
