@@ -266,6 +266,8 @@ def train(args: argparse.Namespace) -> dict:
         print(f"resumed from {state_path} at step {step}")
     else:
         phases = prior
+        if args.resume:
+            print(f"--resume: no state at {state_path}; starting at step 0")
     phase = {"command": args.command_line, "start_step": step, "end_step": step, "seed": args.seed,
              "device": device_name(device), "torch": str(torch.__version__), "wall_s": 0.0, "cpu_s": 0.0,
              "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
