@@ -1,6 +1,7 @@
 """The Conv4 prototypical-network encoder, its checkpoints and the space fingerprint pushes carry.
 
 Conv4 = 4 x [3x3 conv 64, BatchNorm, ReLU, 2x2 max-pool], flattened: 64-d at 28x28, 1600-d at 84x84.
+`conv4-nopool` drops the last max-pool (wider embedding: 576-d at 28x28), same weights layout.
 The fingerprint is a hash of the config and the float32 weights, so two clients agree on it exactly
 when they embed into the same space.
 """
@@ -25,42 +26,56 @@ from fedrecon.client.data.registry import DEFAULT_SIZES
 from fedrecon.client.preprocess import Preprocessing, check_inputs, native, to_pixels
 
 FORMAT = "fedrecon-encoder/2"
+ARCHS = ("conv4", "conv4-nopool")
 LEGACY_FORMATS = ("fedrecon-encoder/1",)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv (padding 1), BatchNorm, ReLU, 2x2 max-pool."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+def conv_block(c_in: int, c_out: int, pool: bool = True) -> nn.Sequential:
+    """3x3 conv (padding 1), BatchNorm, ReLU, then a 2x2 max-pool unless `pool` is False."""
+    layers = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+    return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
 
 
 class Conv4(nn.Module):
     """Conv4 backbone of Snell et al. (2017); input (N, C, H, W) already preprocessed."""
 
-    def __init__(self, channels: int = 1, hidden: int = 64, depth: int = 4) -> None:
+    def __init__(self, channels: int = 1, hidden: int = 64, depth: int = 4, arch: str = "conv4") -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[conv_block(channels if i == 0 else hidden, hidden) for i in range(depth)])
+        if arch not in ARCHS:
+            raise ValueError(f"unknown encoder arch {arch!r} (known: {', '.join(ARCHS)})")
+        self.arch = arch
+        pools = [i < depth - 1 or arch == "conv4" for i in range(depth)]
+        self.blocks = nn.Sequential(*[conv_block(channels if i == 0 else hidden, hidden, pools[i])
+                                      for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).flatten(1)
 
 
-def output_dim(image_size: int, hidden: int = 64, depth: int = 4) -> int:
-    """Embedding width of Conv4 for a square input."""
+def output_dim(image_size: int, hidden: int = 64, depth: int = 4, arch: str = "conv4") -> int:
+    """Embedding width of Conv4 (or `conv4-nopool`) for a square input."""
     s = image_size
-    for _ in range(depth):
+    for _ in range(depth if arch == "conv4" else depth - 1):
         s //= 2
     return hidden * s * s
 
 
+def build_model(config: dict[str, Any]) -> Conv4:
+    """An untrained network of the config's arch, channels, width and depth."""
+    return Conv4(config["channels"], config["hidden"], config["depth"], config.get("arch", "conv4"))
+
+
 def default_config(dataset: str, image_size: int, channels: int,
-                   preprocessing: Preprocessing | None = None) -> dict[str, Any]:
+                   preprocessing: Preprocessing | None = None, arch: str = "conv4") -> dict[str, Any]:
     """The config that rebuilds a Conv4 and says how raw images must be preprocessed (the data set's native look)."""
     pre = preprocessing or native(dataset, image_size, "RGB" if channels == 3 else "L")
     if (pre.size, pre.channels) != (image_size, channels):
         raise ValueError(f"preprocessing {pre.mode} {pre.size}px does not fit a {channels}-channel "
                          f"{image_size}px Conv4")
-    return {"arch": "conv4", "hidden": 64, "depth": 4, "image_size": image_size, "channels": channels,
+    if arch not in ARCHS:
+        raise ValueError(f"unknown encoder arch {arch!r} (known: {', '.join(ARCHS)})")
+    return {"arch": arch, "hidden": 64, "depth": 4, "image_size": image_size, "channels": channels,
             "dataset": dataset, "preprocessing": pre.to_dict()}
 
 
@@ -140,7 +155,7 @@ class Encoder:
         self.config = config
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.dim = output_dim(config["image_size"], config["hidden"], config["depth"])
+        self.dim = output_dim(config["image_size"], config["hidden"], config["depth"], config["arch"])
         self.preprocessing = Preprocessing.from_dict(config["preprocessing"])
         pre = self.preprocessing
         if (pre.size, pre.channels) != (config["image_size"], config["channels"]):
@@ -219,7 +234,8 @@ class Encoder:
         """Fingerprint, dim, architecture and preprocessing, as JSON-able data."""
         return {"fingerprint": self.fingerprint, "dim": self.dim, "arch": self.config["arch"],
                 "image_size": self.config["image_size"], "channels": self.config["channels"],
-                "dataset": self.config.get("dataset"), "preprocessing": self.preprocessing.to_dict()}
+                "dataset": self.config.get("dataset"), "preprocessing": self.preprocessing.to_dict(),
+                "bytes_per_class_float32": 4 * self.dim}
 
     def save(self, path: str | Path, **extra: Any) -> Path:
         """Write this encoder as a checkpoint (float32 weights, config, fingerprint)."""
@@ -275,10 +291,11 @@ def load_encoder(name_or_path: str | Path, device: str | torch.device | None = N
     """Load a shipped encoder by name or a checkpoint by path; checks the recorded fingerprint."""
     blob = read_checkpoint(name_or_path)
     config = blob["config"]
-    model = Conv4(config["channels"], config["hidden"], config["depth"])
+    model = build_model(config)
     missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
     if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
-        raise ValueError(f"{name_or_path}: weights do not fit Conv4 (missing {missing}, unexpected {unexpected})")
+        raise ValueError(f"{name_or_path}: weights do not fit {config['arch']} (missing {missing}, "
+                         f"unexpected {unexpected})")
     enc = Encoder(model, config, device)
     if enc.fingerprint != blob["fingerprint"]:
         raise ValueError(f"{name_or_path}: fingerprint {enc.fingerprint} != recorded {blob['fingerprint']}")

@@ -2,16 +2,21 @@
 
 Two recipes: `proto`, episodic N-way K-shot Q-query prototypical loss; `proxy`, a prototype loss
 against one learned centre per training class (all classes in every step, so more signal per image),
-scored as -squared distance like the few-shot evaluation. Adam with step decay; held-out classes are
-scored by few-shot episodes; `<out>.state.pt` makes runs resumable; `<out>` is a shippable encoder.
+scored as -squared distance like the few-shot evaluation. Adam with cosine or step decay; `--augment`
+adds small affine distortions (rotation, shear, scale, translation) drawn from the training RNG.
+Held-out classes are scored by few-shot episodes; `--keep best` ships the best-by-validation step.
+`<out>.state.pt` makes runs resumable exactly and records every phase (command, steps, seed, time).
+`<out>` is a shippable encoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fedrecon.client.data.images import ImageSet
-from fedrecon.client.encoder import Conv4, Encoder, default_config, resolve_device, save_checkpoint
+from fedrecon.client.encoder import (
+    ARCHS,
+    Conv4,
+    Encoder,
+    build_model,
+    default_config,
+    output_dim,
+    read_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from fedrecon.client.preprocess import Preprocessing, native
 from fedrecon.experiments.fewshot import episode_accuracies, summarize
 
@@ -86,24 +101,67 @@ def lr_at(args: argparse.Namespace, step: int) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, args.episodes)))
 
 
-class Sampler:
-    """Draws episodes and batches from an ImageSet's uint8 pixels held as one torch tensor."""
+RECIPE = ("dataset", "arch", "method", "ways", "shots", "queries", "batch_size", "centre_lr_scale", "lr", "decay",
+          "decay_every", "augment", "aug_rotate", "aug_shear", "aug_scale", "aug_translate", "seed", "image_size",
+          "rotations", "val_alphabets", "glyph_classes", "episodes")
 
-    def __init__(self, data: ImageSet, rng: np.random.Generator) -> None:
-        self.data, self.rng = data, rng
-        self.pixels = torch.from_numpy(data.pixels)
+
+def recipe(args: argparse.Namespace) -> dict:
+    """The arguments a resumed run must share with the saved one (`episodes` only on a cosine schedule)."""
+    core = {k: getattr(args, k) for k in RECIPE}
+    core["rotations"] = list(core["rotations"])
+    if args.decay_every > 0:  # a step-decay schedule does not depend on its length, so it may be extended
+        del core["episodes"]
+    return core
+
+
+def check_recipe(saved: dict | None, now: dict, state_path: Path) -> None:
+    """Refuse (ValueError, one line naming the field) to resume a state trained with another recipe."""
+    for key in sorted(set(saved or {}) | set(now)):
+        if saved is not None and saved.get(key) != now.get(key):
+            flag = "--" + key.replace("_", "-")
+            extra = " (only a step-decay schedule, --decay-every > 0, may be extended)" if key == "episodes" else ""
+            raise ValueError(f"--resume: {state_path} was trained with {flag} {saved.get(key)}, not {now.get(key)}; "
+                             f"a resumed run must keep the recipe{extra}")
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator, args: argparse.Namespace) -> torch.Tensor:
+    """Each image under its own small random affine map (rotation, shear, scale, translation), drawn from `rng`."""
+    n, size = x.shape[0], x.shape[-1]
+    u = torch.from_numpy(rng.uniform(-1.0, 1.0, (n, 5))).to(x.device, torch.float32)
+    rot, shear = u[:, 0] * math.radians(args.aug_rotate), u[:, 1] * math.radians(args.aug_shear)
+    scale = 1.0 + u[:, 2] * args.aug_scale
+    cos, sin, tan = torch.cos(rot), torch.sin(rot), torch.tan(shear)
+    theta = torch.stack([torch.stack([cos, cos * tan - sin, u[:, 3] * (2 * args.aug_translate / size)], 1),
+                         torch.stack([sin, sin * tan + cos, u[:, 4] * (2 * args.aug_translate / size)], 1)], 1)
+    theta[:, :, :2] /= scale[:, None, None]  # output -> input coordinates: divide to enlarge the glyph
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class Sampler:
+    """Draws episodes and batches from an ImageSet's uint8 pixels, held once as a tensor on the training device."""
+
+    def __init__(self, data: ImageSet, rng: np.random.Generator, device: torch.device | None = None) -> None:
+        self.data, self.rng, self.device = data, rng, device or torch.device("cpu")
+        self.pixels = torch.from_numpy(data.pixels).to(self.device)
+        self.labels = torch.from_numpy(data.labels).to(self.device)
         self.by_class = [data.indices(i) for i in range(len(data.class_ids))]
+
+    def _take(self, idx: np.ndarray) -> torch.Tensor:
+        """The images at `idx` as float [0, 1], on the device (only indices travel)."""
+        return self.pixels[torch.from_numpy(idx).to(self.device)].float().div_(255.0)
 
     def episode(self, ways: int, per_class: int) -> tuple[torch.Tensor, np.ndarray]:
         """(images (ways * per_class, C, H, W) float, chosen class labels) grouped class by class."""
         classes = self.rng.choice(len(self.by_class), ways, replace=False)
         idx = np.concatenate([self.rng.choice(self.by_class[c], per_class, replace=False) for c in classes])
-        return self.pixels[torch.from_numpy(idx)].float().div_(255.0), classes
+        return self._take(idx), classes
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A uniform random batch of images and their labels."""
-        idx = torch.from_numpy(self.rng.choice(len(self.data), size, replace=False))
-        return self.pixels[idx].float().div_(255.0), torch.from_numpy(self.data.labels)[idx]
+        idx = self.rng.choice(len(self.data), size, replace=False)
+        return self._take(idx), self.labels[torch.from_numpy(idx).to(self.device)]
 
 
 def proto_loss(emb: torch.Tensor, ways: int, shots: int, queries: int) -> tuple[torch.Tensor, float]:
@@ -130,20 +188,55 @@ def validate(model: Conv4, config: dict, val: ImageSet, ways: int, episodes: int
     return summarize(acc)[0]
 
 
+KEEP_BEST_NEEDS_SPLIT = ("--keep best needs a validation set held out of the training data (omniglot: "
+                         "--val-alphabets N); --monitor-evaluation only prints and never selects")
+
+
+def init_from(model: Conv4, path: str, config: dict) -> list[dict]:
+    """Load an encoder checkpoint's weights into `model` (e.g. proxy-pretrained); returns its recorded phases."""
+    blob = read_checkpoint(path)
+    core = ("arch", "hidden", "depth", "image_size", "channels", "preprocessing")
+    if any(blob["config"].get(k) != config.get(k) for k in core):
+        raise ValueError(f"--init {path}: its network or preprocessing differs from this run's "
+                         f"({ {k: blob['config'].get(k) for k in core[:5]} })")
+    model.load_state_dict(blob["state_dict"], strict=False)
+    training = blob.get("extra", {}).get("training", {})
+    done = training.get("phases") or [{"command": training.get("command", "unrecorded"),
+                                       "end_step": training.get("step")}]
+    return [{**ph, "stage": f"init {blob['fingerprint']}"} for ph in done]
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words, e.g. `cpu (1 threads)` or `cuda:0 (NVIDIA H200)`."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
 def train(args: argparse.Namespace) -> dict:
-    """Run (or resume) training; writes `<out>` at each validation and at the end; returns a summary."""
+    """Run (or resume) training; writes `<out>` and the state at each validation/save and at the end."""
+    if args.image_size is None:
+        args.image_size = 84 if args.dataset == "mini-imagenet" or getattr(args, "mode", "L") == "RGB" else 28
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
+    no_split = args.dataset == "omniglot" and args.val_alphabets <= 0
+    if args.keep == "best" and no_split:
+        raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     train_set, val, val_desc = load_data(args)
+    if args.keep == "best" and (val is None or val_desc.startswith("monitor only")):
+        raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     c, s = train_set.image_shape[0], train_set.image_shape[1]
-    config = default_config(args.dataset, s, c, folder_preprocessing(args) if args.dataset == "folder" else None)
-    model = Conv4(c).to(device)
+    pre = folder_preprocessing(args) if args.dataset == "folder" else None
+    config = default_config(args.dataset, s, c, pre, arch=args.arch)
+    model = build_model(config).to(device)
+    prior = init_from(model, args.init, config) if args.init else []
+    dim = output_dim(s, config["hidden"], config["depth"], args.arch)
     centres = None
     params = list(model.parameters())
     if args.method == "proxy":
-        centres = torch.nn.Parameter(torch.zeros(len(train_set.class_ids), 64 * (s // 16) ** 2, device=device))
+        centres = torch.nn.Parameter(torch.zeros(len(train_set.class_ids), dim, device=device))
     groups = [{"params": params, "scale": 1.0}]
     if centres is not None:
         groups.append({"params": [centres], "scale": args.centre_lr_scale})
@@ -151,38 +244,61 @@ def train(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     state_path = out.with_name(out.name + ".state.pt")
-    step, history, elapsed = 0, [], 0.0
+    step, history, elapsed, cpu_total, phases = 0, [], 0.0, 0.0, []
+    best: dict | None = None  # {"step", "val"} of the kept weights under --keep best
+    best_model: Conv4 | None = None
     if args.resume and state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
+        check_recipe(st.get("recipe"), recipe(args), state_path)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         if centres is not None:
             centres.data.copy_(st["centres"])
         rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())  # map_location may have moved it to the GPU
         step, history, elapsed = st["step"], st["history"], st["elapsed"]
+        cpu_total = st.get("cpu", 0.0)
+        phases = st.get("phases") or [{"command": "unrecorded (the state predates phase records)", "start_step": 0,
+                                       "end_step": step, "wall_s": round(elapsed, 1)}]
+        if st.get("best") is not None and args.keep == "best":
+            best, best_model = st["best"], build_model(config).to(device)
+            best_model.load_state_dict(st["best_model"])
         print(f"resumed from {state_path} at step {step}")
-    sampler = Sampler(train_set, rng)
+    else:
+        phases = prior
+        if args.resume:
+            print(f"--resume: no state at {state_path}; starting at step 0")
+    phase = {"command": args.command_line, "start_step": step, "end_step": step, "seed": args.seed,
+             "device": device_name(device), "torch": str(torch.__version__), "wall_s": 0.0, "cpu_s": 0.0,
+             "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    phases = [*phases, phase]
+    sampler = Sampler(train_set, rng, device)
     tmean, tstd = config["preprocessing"]["mean"], config["preprocessing"]["std"]
     mean = torch.tensor(tmean, device=device).view(1, c, 1, 1)
     std = torch.tensor(tstd, device=device).view(1, c, 1, 1)
-    print(f"training {args.method} on {len(train_set.class_ids)} classes / {len(train_set)} images, "
-          f"validation: {val_desc}, device {device}")
+    print(f"training {args.method} {args.arch} ({dim}-d, {4 * dim} bytes per class) on {len(train_set.class_ids)} "
+          f"classes / {len(train_set)} images, augment {'on' if args.augment else 'off'}, validation: {val_desc}, "
+          f"device {device_name(device)}")
     model.train()
-    t_start = time.time() - elapsed
+    wall0, cpu0, step0 = time.time(), time.process_time(), step
     bar = tqdm(total=args.episodes, initial=step, desc="pretrain", mininterval=2)
     run_acc = run_loss = 0.0
-    while step < args.episodes:
+    stop = min(args.episodes, args.stop_after or args.episodes)
+    while step < stop:
         for g in opt.param_groups:
             g["lr"] = lr_at(args, step) * g["scale"]
         if args.method == "proto":
             x, _ = sampler.episode(args.ways, args.shots + args.queries)
-            x = ((x.to(device) - mean) / std)
-            loss, acc = proto_loss(model(x), args.ways, args.shots, args.queries)
+            y = None
         else:
             x, y = sampler.batch(args.batch_size)
-            x = ((x.to(device) - mean) / std)
-            loss, acc = proxy_loss(model(x), y.to(device), centres)
+        if args.augment:
+            x = augment(x, rng, args)
+        x = (x - mean) / std
+        if args.method == "proto":
+            loss, acc = proto_loss(model(x), args.ways, args.shots, args.queries)
+        else:
+            loss, acc = proxy_loss(model(x), y, centres)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -193,26 +309,43 @@ def train(args: argparse.Namespace) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}", lr=f"{lr_at(args, step - 1):.1e}")
         validating = step % args.val_every == 0 or step == args.episodes
-        if validating or (args.save_every and step % args.save_every == 0):
-            entry = {"step": step, "loss": round(run_loss, 4), "train_acc": round(run_acc, 4),
-                     "seconds": round(time.time() - t_start, 1)}
-            if val is not None and validating:
-                entry[f"val_{args.val_ways}way_1shot"] = round(
-                    validate(model, config, val, args.val_ways, args.val_episodes, device), 4)
-            history.append(entry)
-            tqdm.write(json.dumps(entry))
-            info = {"command": args.command_line, "step": step, "history": history, "validation": val_desc}
+        if not (validating or step == stop or (args.save_every and step % args.save_every == 0)):
+            continue
+        wall, cpu = time.time() - wall0, time.process_time() - cpu0
+        phase.update(end_step=step, wall_s=round(wall, 1), cpu_s=round(cpu, 1))
+        entry = {"step": step, "loss": round(run_loss, 4), "train_acc": round(run_acc, 4),
+                 "seconds": round(elapsed + wall, 1), "cpu_s": round(cpu_total + cpu, 1),
+                 "eta_s": round(wall / (step - step0) * (args.episodes - step), 1)}
+        if val is not None and validating:
+            score = validate(model, config, val, args.val_ways, args.val_episodes, device)
+            entry[f"val_{args.val_ways}way_1shot"] = round(score, 4)
+            if args.keep == "best" and (best is None or score > best["val"]):
+                best, best_model = {"step": step, "val": round(score, 4)}, copy.deepcopy(model)
+        history.append(entry)
+        tqdm.write(json.dumps(entry))
+        kept = {"rule": "last", "step": step} if args.keep == "last" else {"rule": "best by validation", **(best or {})}
+        info = {"command": args.command_line, "phases": phases, "recipe": recipe(args), "step": step,
+                "kept": kept, "history": history, "validation": val_desc}
+        if args.keep == "best":
+            save_checkpoint(out.with_name(out.stem + ".last" + out.suffix), model, config,
+                            training={**info, "kept": {"rule": "last", "step": step}})
+            if best_model is not None:
+                save_checkpoint(out, best_model, config, training=info)
+        else:
             save_checkpoint(out, model, config, training=info)
-            blob = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "centres": centres.data if centres is not None else None, "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "history": history, "elapsed": time.time() - t_start}
-            torch.save(blob, state_path.with_name(state_path.name + ".tmp"))
-            state_path.with_name(state_path.name + ".tmp").replace(state_path)
+        blob = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "centres": centres.data if centres is not None else None, "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "history": history, "elapsed": elapsed + wall,
+                "cpu": cpu_total + cpu, "phases": phases, "recipe": recipe(args), "best": best,
+                "best_model": best_model.state_dict() if best_model is not None else None}
+        torch.save(blob, state_path.with_name(state_path.name + ".tmp"))
+        state_path.with_name(state_path.name + ".tmp").replace(state_path)
     bar.close()
-    enc = Encoder(model, config, device)
-    summary = {"out": str(out), "fingerprint": enc.fingerprint, "steps": step,
-               "seconds": round(time.time() - t_start, 1), "last": history[-1] if history else None}
-    return summary
+    enc = Encoder(best_model if best_model is not None else model, config, device)
+    return {"out": str(out), "fingerprint": enc.fingerprint, "arch": args.arch, "dim": dim,
+            "bytes_per_class": 4 * dim, "steps": step, "kept": kept if step > step0 else None,
+            "seconds": round(elapsed + time.time() - wall0, 1),
+            "cpu_s": round(cpu_total + time.process_time() - cpu0, 1), "last": history[-1] if history else None}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -229,6 +362,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="omniglot: fetch the official zips into --data-dir")
     p.add_argument("--csv-dir", default=None, help="mini-imagenet: folder of the split CSVs if not --data-dir")
     p.add_argument("--method", default="proto", choices=["proto", "proxy"])
+    p.add_argument("--arch", default="conv4", choices=list(ARCHS),
+                   help="conv4: the paper's (64-d at 28px); conv4-nopool: no last max-pool (576-d at 28px)")
+    p.add_argument("--augment", action="store_true",
+                   help="small random affine distortion of every training image (drawn from the training RNG)")
+    p.add_argument("--aug-rotate", type=float, default=10.0, help="--augment: max rotation, degrees")
+    p.add_argument("--aug-shear", type=float, default=10.0, help="--augment: max shear angle, degrees")
+    p.add_argument("--aug-scale", type=float, default=0.1, help="--augment: max relative scale change")
+    p.add_argument("--aug-translate", type=float, default=2.0, help="--augment: max shift, pixels")
     p.add_argument("--ways", type=int, default=60)
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--queries", type=int, default=5)
@@ -252,15 +393,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from <out>.state.pt (model, optimizer, RNG, step, phases); refused if "
+                        "the recipe differs (dataset, arch, method, ways, shots, queries, lr, schedule, augment, "
+                        "seed, held-out alphabets, and --episodes on a cosine schedule); a step-decay schedule "
+                        "(--decay-every > 0) may be extended with a larger --episodes")
+    p.add_argument("--init", default=None,
+                   help="start from this encoder checkpoint's weights (e.g. a --method proxy run), not at random; "
+                        "its phases are carried into this checkpoint's record")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="end this phase at this step (saved; the schedule still runs to --episodes): continue "
+                        "later with --resume")
+    p.add_argument("--keep", default="last", choices=["last", "best"],
+                   help="what <out> holds: the last step, or the best step by held-out validation (needs "
+                        "--val-alphabets for omniglot; the last step then goes to <out stem>.last.pt)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train and print a JSON summary as the last line."""
     import sys
 
-    if args.image_size is None:
-        args.image_size = 84 if args.dataset == "mini-imagenet" or getattr(args, "mode", "L") == "RGB" else 28
     if args.dataset != "glyphs" and not args.data_dir:
         raise SystemExit(f"pretrain: --data-dir is required for {args.dataset}")
     args.command_line = "fedrecon " + " ".join(sys.argv[1:])

@@ -1,5 +1,6 @@
-"""Pretraining: a tiny glyph run writes a loadable checkpoint, resuming reproduces an uninterrupted run,
-and the shipped glyph weights clearly beat an untrained Conv4 on held-out glyph classes."""
+"""Pretraining: a tiny glyph run writes a loadable checkpoint, resuming reproduces an uninterrupted run
+(step decay, and cosine with augmentation), every phase is recorded, `--keep best` keeps the best validated
+step, a changed recipe cannot be resumed, and the shipped glyph weights clearly beat an untrained Conv4."""
 
 from __future__ import annotations
 
@@ -17,14 +18,21 @@ from fedrecon.experiments import pretrain
 from fedrecon.experiments.fewshot import evaluate
 
 
-def _args(out: Path, cache: Path, episodes: int, resume: bool = False) -> argparse.Namespace:
+def _args(out: Path, cache: Path, episodes: int, resume: bool = False, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     pretrain.register(parser)
     argv = ["--dataset", "glyphs", "--out", str(out), "--glyph-classes", "30", "--glyph-val-classes", "10",
-            "--ways", "8", "--shots", "1",
+            "--image-size", "28", "--ways", "8", "--shots", "1",
             "--queries", "3", "--episodes", str(episodes), "--decay-every", "2", "--val-every", "3", "--val-ways", "5",
             "--val-episodes", "20", "--cache-dir", str(cache), "--threads", "1", "--device", "cpu"]
-    return parser.parse_args(argv + (["--resume"] if resume else []))
+    args = parser.parse_args(argv + (["--resume"] if resume else []) + list(extra))
+    args.command_line = "fedrecon pretrain " + " ".join(argv + (["--resume"] if resume else []) + list(extra))
+    return args
+
+
+def _weights_equal(a: Path, b: Path) -> bool:
+    sa, sb = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_tiny_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys) -> None:
@@ -44,6 +52,98 @@ def test_tiny_run_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsy
     a, b = read_checkpoint(straight)["state_dict"], read_checkpoint(resumed)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert load_encoder(resumed).fingerprint == load_encoder(straight).fingerprint
+
+
+def test_cosine_schedule_with_augmentation_resumes_exactly(tmp_path: Path) -> None:
+    cosine = ("--decay-every", "0", "--augment")
+    straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
+    pretrain.train(_args(straight, tmp_path, 6, False, *cosine))
+    pretrain.train(_args(resumed, tmp_path, 6, False, *cosine, "--stop-after", "3"))
+    assert read_checkpoint(resumed)["extra"]["training"]["step"] == 3
+    assert not _weights_equal(straight, resumed)
+    pretrain.train(_args(resumed, tmp_path, 6, True, *cosine))
+    assert _weights_equal(straight, resumed)
+    plain = tmp_path / "plain.pt"  # augmentation changes what is learned
+    pretrain.train(_args(plain, tmp_path, 6, False, "--decay-every", "0"))
+    assert not _weights_equal(straight, plain)
+
+
+def test_every_phase_is_recorded_across_a_resume(tmp_path: Path) -> None:
+    out = tmp_path / "phased.pt"
+    pretrain.train(_args(out, tmp_path, 3))
+    summary = pretrain.train(_args(out, tmp_path, 5, True, "--save-every", "1"))
+    phases = read_checkpoint(out)["extra"]["training"]["phases"]
+    assert [(p["start_step"], p["end_step"]) for p in phases] == [(0, 3), (3, 5)]
+    assert "--episodes 3 " in phases[0]["command"] and "--resume" not in phases[0]["command"]
+    assert "--episodes 5 " in phases[1]["command"] and phases[1]["command"].endswith("--resume --save-every 1")
+    assert all(p["seed"] == 0 and p["device"].startswith("cpu") and p["cpu_s"] > 0 and p["wall_s"] > 0 for p in phases)
+    state = torch.load(tmp_path / "phased.pt.state.pt", weights_only=False)
+    assert state["phases"] == phases and summary["cpu_s"] >= phases[0]["cpu_s"] + phases[1]["cpu_s"] - 0.2
+    assert all("eta_s" in entry for entry in state["history"]) and state["history"][-1]["eta_s"] == 0
+
+
+def test_keep_best_ships_the_best_validated_step(tmp_path: Path) -> None:
+    out = tmp_path / "best.pt"
+    summary = pretrain.train(_args(out, tmp_path, 5, False, "--val-every", "1", "--keep", "best"))
+    training = read_checkpoint(out)["extra"]["training"]
+    scores = [entry["val_5way_1shot"] for entry in training["history"]]
+    best_step = training["history"][int(np.argmax(scores))]["step"]
+    assert training["kept"] == {"rule": "best by validation", "step": best_step, "val": max(scores)}
+    assert summary["kept"] == training["kept"]
+    assert read_checkpoint(tmp_path / "best.last.pt")["extra"]["training"]["kept"] == {"rule": "last", "step": 5}
+    again = tmp_path / "again.pt"  # the same recipe stopped at the best step gives the kept weights
+    pretrain.train(_args(again, tmp_path, 5, False, "--val-every", "1", "--stop-after", str(best_step)))
+    assert _weights_equal(out, again)
+
+
+def test_keep_best_without_a_held_out_split_is_refused(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    pretrain.register(parser)
+    args = parser.parse_args(["--dataset", "omniglot", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x.pt"),
+                              "--monitor-evaluation", "--keep", "best", "--device", "cpu"])
+    with pytest.raises(ValueError, match="--keep best needs a validation set"):
+        pretrain.train(args)
+
+
+@pytest.mark.parametrize(("change", "field"), [(("--ways", "6"), "--ways"), (("--augment",), "--augment"),
+                                              (("--lr", "0.002"), "--lr"), (("--seed", "1"), "--seed"),
+                                              (("--decay-every", "0"), "--decay-every")])
+def test_resuming_with_another_recipe_is_refused(tmp_path: Path, change: tuple[str, ...], field: str) -> None:
+    out = tmp_path / "recipe.pt"
+    pretrain.train(_args(out, tmp_path, 2))
+    with pytest.raises(ValueError, match=f"trained with {field} "):
+        pretrain.train(_args(out, tmp_path, 4, True, *change))
+
+
+def test_a_cosine_schedule_cannot_be_stretched_but_step_decay_can(tmp_path: Path) -> None:
+    out = tmp_path / "cosine.pt"
+    pretrain.train(_args(out, tmp_path, 4, False, "--decay-every", "0", "--stop-after", "2"))
+    with pytest.raises(ValueError, match="trained with --episodes 4, not 6"):
+        pretrain.train(_args(out, tmp_path, 6, True, "--decay-every", "0"))
+    step = tmp_path / "step.pt"
+    pretrain.train(_args(step, tmp_path, 2))
+    assert pretrain.train(_args(step, tmp_path, 4, True))["steps"] == 4
+
+
+def test_init_from_a_proxy_run_carries_its_phases(tmp_path: Path) -> None:
+    proxy, tuned = tmp_path / "proxy.pt", tmp_path / "tuned.pt"
+    pretrain.train(_args(proxy, tmp_path, 2, False, "--method", "proxy", "--batch-size", "64"))
+    pretrain.train(_args(tuned, tmp_path, 2, False, "--init", str(proxy)))
+    phases = read_checkpoint(tuned)["extra"]["training"]["phases"]
+    assert len(phases) == 2 and "--method proxy" in phases[0]["command"] and phases[0]["stage"].startswith("init ")
+    assert not _weights_equal(tuned, tmp_path / "proxy.pt")
+    with pytest.raises(ValueError, match="--init"):
+        pretrain.train(_args(tmp_path / "x.pt", tmp_path, 2, False, "--init", str(proxy), "--arch", "conv4-nopool"))
+
+
+def test_nopool_arch_round_trips_with_its_width(tmp_path: Path) -> None:
+    out = tmp_path / "wide.pt"
+    summary = pretrain.train(_args(out, tmp_path, 2, False, "--arch", "conv4-nopool"))
+    enc = load_encoder(out, device="cpu")
+    assert enc.dim == 576 and enc.config["arch"] == "conv4-nopool" and enc.fingerprint == summary["fingerprint"]
+    assert enc.fingerprint.startswith("conv4-nopool-") and enc.describe()["bytes_per_class_float32"] == 2304
+    assert summary["bytes_per_class"] == 2304 and enc.embed(np.zeros((3, 1, 28, 28), np.uint8)).shape == (3, 576)
+    assert load_encoder("glyphs", device="cpu").describe()["bytes_per_class_float32"] == 256
 
 
 def test_shipped_glyph_weights_beat_an_untrained_conv4() -> None:
