@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("writer: apply to tables", ("_apply", "add_sums", "PrototypeTable")),
     ("writer: batching", ("_writer_loop", "_process (")),
     ("service: decode", ("decode_deltas", "decode_matrix")),
-    ("service: push path", ("ReconnaissanceService", "submit_push", "_enqueue", "StreamWindow", "push_reply",
+    ("service: push path", ("ReconnaissanceService", "submit_push", "_enqueue", "_put (server/service", "push_reply",
                             "Pending.wait")),
     ("interceptors", ("server/metrics.py", "server/auth.py", "server/ratelimit.py")),
     ("gRPC (receive, dispatch, send)", ("grpc/",)),

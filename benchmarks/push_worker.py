@@ -18,6 +18,7 @@ import numpy as np
 from fedrecon.proto import codec
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.auth import PUSH_STREAM_METHOD
 
 
 def requests_for(client_id: str, space: str, dim: int, batch: int, universe: int, variants: int = 8,
@@ -96,7 +97,7 @@ def _stream_pushes(channel: grpc.Channel, requests: list[pb.PushRequest], deadli
             sent.append(time.perf_counter())
             yield bodies[seq % len(bodies)] + pb.PushRequest(seq=seq).SerializeToString()
 
-    call = channel.stream_stream("/fedrecon.v1.Reconnaissance/PushStream", request_serializer=None,
+    call = channel.stream_stream(PUSH_STREAM_METHOD, request_serializer=None,
                                  response_deserializer=pb.PushReply.FromString)  # requests are bytes already
     answered, now = 0, time.perf_counter()
     for reply in call(outgoing(), timeout=120):

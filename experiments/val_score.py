@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if first is None:
             first = acc
         else:
-            d = acc - first
-            row["minus_first_pp"] = round(100 * d.mean(), 2)
-            row["paired_ci95_pp"] = round(100 * 1.96 * d.std(ddof=1) / np.sqrt(len(d)), 2)
+            diff, diff_ci = summarize(acc - first)  # paired: the same episodes
+            row["minus_first_pp"] = round(100 * diff, 2)
+            row["paired_ci95_pp"] = round(100 * diff_ci, 2)
         print(json.dumps(row))
     return 0
 

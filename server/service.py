@@ -52,42 +52,15 @@ def push_reply(ack: PushAck) -> pb.PushReply:
     return pb.PushReply(seq=ack.seq, version=ack.version, classes=ack.classes, duplicate=ack.duplicate)
 
 
-class StreamWindow:
-    """The pushes of one PushStream call between reading and answering: a cheap C queue plus a bound.
-
-    The reader thread only raises `put`, the handler only `taken`, so neither count needs a lock.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: queue.SimpleQueue[Pending | BaseException | None] = queue.SimpleQueue()
-        self.put_count = 0
-        self.taken = 0
-        self._room = threading.Event()
-
-    def make_room(self, context: grpc.ServicerContext) -> bool:
-        """Wait while `size` pushes are unanswered (the reader then stops reading); False once the call ended."""
-        while self.put_count - self.taken >= self.size:
-            self._room.clear()
-            if self.put_count - self.taken < self.size:  # taken meanwhile: `take` saw the event still set
-                break
-            self._room.wait(0.5)
-            if not context.is_active():
-                return False
-        return True
-
-    def put(self, item: Pending | BaseException | None) -> None:
-        """Queue a push (or the reader's refusal, or None at the end)."""
-        self.put_count += 1
-        self._items.put(item)
-
-    def take(self) -> Pending | BaseException | None:
-        """The next item, in order (blocks)."""
-        item = self._items.get()
-        self.taken += 1
-        if not self._room.is_set():  # the reader may be waiting for room
-            self._room.set()
-        return item
+def _put(window: queue.Queue, item: object, context: grpc.ServicerContext) -> bool:
+    """Put into a stream's bounded window, waiting while it is full; False once the call has ended."""
+    while context.is_active():
+        try:
+            window.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 # Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
@@ -161,10 +134,10 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
                    context: grpc.ServicerContext) -> Iterator[pb.PushReply]:
         """Many pushes on one call: a reader thread queues them as they arrive (at most `max_stream_window`
         unanswered), and each is answered in order once durable; the first refusal ends the call."""
-        window = StreamWindow(self.limits.max_stream_window)
+        window: queue.Queue[Pending | BaseException | None] = queue.Queue(self.limits.max_stream_window)
         threading.Thread(target=self._read_pushes, args=(requests, context, window), daemon=True,
                          name="fedrecon-push-stream").start()
-        while (item := window.take()) is not None:
+        while (item := window.get()) is not None:
             try:
                 if isinstance(item, BaseException):
                     raise item
@@ -174,18 +147,19 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
             yield push_reply(ack)
 
     def _read_pushes(self, requests: Iterator[pb.PushRequest], context: grpc.ServicerContext,
-                     window: StreamWindow) -> None:
+                     window: queue.Queue[Pending | BaseException | None]) -> None:
         """Queue a stream's pushes in order, each conditional on the one before; stop at the first refusal."""
-        after = None
+        after, end = None, None
         try:
             for request in requests:
-                if not window.make_room(context):
-                    return
                 after = self._submit(request, context, after)
-                window.put(after)
+                if not _put(window, after, context):
+                    return
         except Exception as error:  # noqa: BLE001 - a refusal (or an abort) is answered by the handler
-            window.put(error)
-        window.put(None)
+            end = error
+        if end is not None and not _put(window, end, context):
+            return
+        _put(window, None, context)
 
     def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
         """One page of a pull, under the page budget (the server's, or the request's smaller one)."""

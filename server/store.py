@@ -497,7 +497,7 @@ class PrototypeStore:
         """Content checks, sums, log encoding and digest of a batch's new pushes (refusals set on the push)."""
         by_dim: dict[int, list[Pending]] = {}
         for request in batch:
-            if request.kind != "push" or request.packed is not None:
+            if request.kind != "push":
                 continue
             try:
                 check_content(request.class_ids, request.counts, request.means, self.limits)
@@ -605,36 +605,32 @@ class PrototypeStore:
             if op is not None and op.kind == "push":
                 run.append(op)
                 continue
-            if len(run) == 1:
-                self._apply(run[0])
-            elif run:
+            if run:
                 self._apply_pushes(run)
             run = []
             if op is not None:
                 self._apply(op)
 
     def _apply_pushes(self, ops: list[Operation]) -> None:
-        """Apply several pushes with one `add_sums` per touched table."""
+        """Apply one or more pushes with one `add_sums` per touched table (global and per contributor)."""
         groups: dict[tuple[str, str], list[Operation]] = {}
         for op in ops:
             groups.setdefault(("", op.space), []).append(op)
             groups.setdefault((op.client_id, op.space), []).append(op)
         for (client_id, space), group in groups.items():
             dim = group[0].means.shape[1]
-            if client_id:
-                table = self.contributions.setdefault(client_id, {}).get(space)
-                if table is None:
-                    table = self.contributions[client_id][space] = PrototypeTable(dim)
-            else:
-                self.dims.setdefault(space, dim)
-                table = self.spaces.get(space)
-                if table is None:
-                    table = self.spaces[space] = PrototypeTable(dim)
+            tables = self.contributions.setdefault(client_id, {}) if client_id else self.spaces
+            table = tables.get(space)
+            if table is None:
+                table = tables[space] = PrototypeTable(dim)
+            self.dims.setdefault(space, dim)
+            sums = [op.sums if op.sums is not None else sums_of(op.counts, op.means) for op in group]
+            if len(group) == 1:  # one push: its ids are unique, one version for all its rows
+                table.add_sums(group[0].class_ids, group[0].counts, sums[0], group[0].version, unique=True)
+                continue
             ids = [class_id for op in group for class_id in op.class_ids]
-            counts = np.concatenate([op.counts for op in group])
-            sums = np.concatenate([op.sums if op.sums is not None else sums_of(op.counts, op.means) for op in group])
             versions = np.repeat([op.version for op in group], [len(op.class_ids) for op in group])
-            table.add_sums(ids, counts, sums, versions, unique=len(group) == 1)
+            table.add_sums(ids, np.concatenate([op.counts for op in group]), np.concatenate(sums), versions)
         for op in ops:
             self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
             self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
@@ -644,37 +640,20 @@ class PrototypeStore:
     def _apply(self, op: Operation) -> None:
         """Apply one durable operation to memory (also used to replay the log at start-up)."""
         if op.kind == "push":
-            dim = op.means.shape[1]
-            if op.space not in self.dims:
-                self.dims[op.space] = dim
-            sums = op.sums if op.sums is not None else sums_of(op.counts, op.means)
-            table = self.spaces.get(op.space)
-            if table is None:
-                table = self.spaces[op.space] = PrototypeTable(dim)
-            table.add_sums(op.class_ids, op.counts, sums, op.version, unique=True)
-            self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
-            mine = self.contributions.get(op.client_id)
-            if mine is None:
-                mine = self.contributions[op.client_id] = {}
-            table = mine.get(op.space)
-            if table is None:
-                table = mine[op.space] = PrototypeTable(dim)
-            table.add_sums(op.class_ids, op.counts, sums, op.version, unique=True)
-            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
-            self._dirty_clients.add(op.client_id)
-        elif op.kind == "revoke":
-            self.revoked[op.client_id] = op.version
-            if self._log is None:
-                self._memory_audit.append((op.version, "revoke", op.client_id, op.actor, op.at))
-            for space, table in self.contributions.get(op.client_id, {}).items():
-                rows = table.live_rows()
-                ids = [table.class_ids[r] for r in rows]
-                counts, sums = table.counts[rows].copy(), table.sums[rows].copy()
-                self.spaces[space].add_sums(ids, -counts, -sums, op.version)
-                table.add_sums(ids, -counts, -sums, op.version)
-                self.examples[space] -= int(counts.sum())
-        else:
+            self._apply_pushes([op])
+            return
+        if op.kind != "revoke":
             raise ValueError(f"unknown operation kind {op.kind!r}")
+        self.revoked[op.client_id] = op.version
+        if self._log is None:
+            self._memory_audit.append((op.version, "revoke", op.client_id, op.actor, op.at))
+        for space, table in self.contributions.get(op.client_id, {}).items():
+            rows = table.live_rows()
+            ids = [table.class_ids[r] for r in rows]
+            counts, sums = table.counts[rows].copy(), table.sums[rows].copy()
+            self.spaces[space].add_sums(ids, -counts, -sums, op.version)
+            table.add_sums(ids, -counts, -sums, op.version)
+            self.examples[space] -= int(counts.sum())
         self.version = op.version
 
     # ----------------------------------------------------------------------------- durability

@@ -334,6 +334,11 @@ def _memory(n: int, dim: int = 4, seed: int = 0):
     return memory, dict(zip(ids, counts.tolist(), strict=True))
 
 
+def _record(client: ReconClient, requests: list, memory=None) -> None:  # noqa: ANN001
+    """Record push requests of space "s" as pending, as `push_many` does before it sends them."""
+    client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in requests], memory)
+
+
 def test_a_backlog_goes_on_one_push_stream_exactly_once(tmp_path: Path) -> None:
     from fedrecon.server.assemble import build_server
     from fedrecon.server.metrics import ServerMetrics
@@ -365,7 +370,7 @@ def test_a_backlog_whose_answers_were_lost_is_resumed_without_doubles(tmp_path: 
             requests = [client._request("s", class_ids[i:i + 100], counts[i:i + 100], means[i:i + 100], None,
                                         seq=1 + i // 100) for i in range(0, 250, 100)]
             memory.mark_pushed()
-            client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in requests], memory)
+            _record(client, requests, memory)
             client.stub.Push(requests[0], timeout=5)  # merged; the state never heard of it
         with ReconClient(server.address, "alice", state_path=state) as client:
             acks = client.push_memory(memory, "s")
@@ -383,7 +388,7 @@ def test_a_refused_push_in_a_backlog_is_dropped_and_the_rest_renumbered(tmp_path
             first = client._request("s", ["a"], [1], np.ones((1, 4)), None, seq=1)
             wrong = client._request("s", ["b"], [2], np.ones((1, 3)), None, seq=2)  # another dim: refused for good
             last = client._request("s", ["c"], [3], np.ones((1, 4)), None, seq=3)
-            client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in (first, wrong, last)])
+            _record(client, [first, wrong, last])
             with pytest.raises(PushRefused, match="push 2 refused"):
                 client.resume()
             assert [p.seq for p in client.state.all_pending] == [2]  # "c", now numbered 2
@@ -402,7 +407,7 @@ def test_a_stream_whose_last_answers_were_lost_is_confirmed_not_refused(tmp_path
     try:
         with ReconClient(server.address, "alice", state_path=tmp_path / "alice.db") as client:
             requests = [client._request("s", [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 5)]
-            client.state.begin_all([(r.seq, "s", r.SerializeToString()) for r in requests])
+            _record(client, requests)
             for request in requests[:3]:
                 client.stub.Push(request, timeout=5)
             acks = client.push_many("s", [])
