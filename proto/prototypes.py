@@ -43,6 +43,22 @@ def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray
     return _partial_distances(queries, prototypes).argmin(1)
 
 
+def occurrence_rounds(rows: np.ndarray) -> list[np.ndarray]:
+    """Positions of `rows` split into rounds in which each row appears at most once: round k holds every
+    row's k-th occurrence (one round if no row repeats). Adding round after round adds each row's values in
+    their order, bit for bit as `np.add.at` (or one call per value) would, with a few whole-array operations
+    instead of numpy's slow per-element loop. Sorting `row * n + position` orders by row, then position."""
+    n = len(rows)
+    positions = np.arange(n)
+    ordered, order = np.divmod(np.sort(rows * n + positions), n)
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    if len(starts) == n:
+        return [positions]
+    rank = positions - np.repeat(starts, np.diff(np.r_[starts, n]))
+    by_round = np.sort(rank * n + order) % n
+    return np.split(by_round, np.cumsum(np.bincount(rank))[:-1])
+
+
 class PrototypeTable:
     """Per-class float64 sums, integer counts and change versions, stored as growable dense arrays.
 
@@ -146,16 +162,21 @@ class PrototypeTable:
             raise ValueError("add_sums: class_ids, counts and sums must have the same length")
         self._check_dim(sums.shape[1])
         rows = self.rows(class_ids)
-        if unique or len(set(rows.tolist())) == len(rows):
+        rounds = [slice(None)] if unique else occurrence_rounds(rows)
+        if len(rounds) == 1:
             self._sums[rows] += sums
             new_counts = self._counts[rows] + counts
             self._counts[rows] = new_counts
         else:  # the same class twice in one call: add in order, as separate calls would
-            np.add.at(self._sums, rows, sums)
-            np.add.at(self._counts, rows, counts)
+            for positions in rounds:
+                self._sums[rows[positions]] += sums[positions]
+                self._counts[rows[positions]] += counts[positions]
             new_counts = self._counts[rows]
-        if np.ndim(version):  # one version per row (several operations applied together): the latest wins
-            np.maximum.at(self._versions, rows, np.asarray(version, dtype=np.int64))
+        if np.ndim(version):  # one version per row (several operations applied together): the highest wins
+            versions = np.asarray(version, dtype=np.int64)
+            for positions in rounds:
+                touched = rows[positions]
+                self._versions[touched] = np.maximum(self._versions[touched], versions[positions])
         else:
             self._versions[rows] = version
         if not new_counts.all():  # a class removed entirely: drop float residue so it is exactly empty

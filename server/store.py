@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,12 +145,19 @@ class Pending:
     means: np.ndarray | None = None
     actor: str = ""
     after: Pending | None = None  # the previous push of the same stream: if it was refused, so is this one
-    digest: str = ""  # content digest, log encoding and sums: computed once, when the writer stages it
-    packed: tuple[str, bytes, bytes] | None = None
+    digest: str = ""  # content digest (`content_digest`), only where a retry may be checked against it
+    packed: tuple[str, bytes, bytes] | None = None  # log encoding and sums: computed once, by the writer
     sums: np.ndarray | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: PushAck | None = None
     error: Exception | None = None
+
+    def content_digest(self) -> str:
+        """The digest of this push's content (computed on first use: most pushes never need theirs)."""
+        if not self.digest:
+            assert self.packed is not None
+            self.digest = content_digest(self.space, self.packed)
+        return self.digest
 
     def wait(self, timeout: float | None = None) -> PushAck:
         """The acknowledgement once durable; raises the refusal (a StoreError) instead."""
@@ -171,11 +178,12 @@ class _Stage:
     clients: dict[str, ClientRecord] = field(default_factory=dict)
     new_spaces: dict[str, int] = field(default_factory=dict)
     added: dict[str, int] = field(default_factory=dict)  # examples the batch adds per space (for the bound)
+    pushes: dict[str, Pending] = field(default_factory=dict)  # each client's last push staged so far
 
 
 def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, limits: Limits) -> None:
-    """The rules of a push's ids, counts and shapes, whatever the store holds (InvalidPush otherwise); the
-    values of the means are checked by `check_values`, for a whole batch at once."""
+    """The rules of a push's ids and shapes, whatever the store holds (InvalidPush otherwise); its counts and
+    the values of its means are checked by `check_values`, for a whole batch at once."""
     n = len(class_ids)
     if n == 0:
         raise InvalidPush("a push needs at least one class")
@@ -193,6 +201,10 @@ def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, l
             limits.check_text("class_id", class_id)
     if len(set(class_ids)) != n:
         raise InvalidPush("a class_id appears more than once in one push")
+
+
+def check_counts(class_ids: list[str], counts: np.ndarray) -> None:
+    """Each count of a push in 1..MAX_COUNT (InvalidPush naming the class otherwise)."""
     if counts.min() <= 0:  # a wire count of 2**63 or more reads as negative here
         bad = int(np.argmin(counts))
         raise InvalidPush(f"count of class {class_ids[bad]!r} is {counts[bad]}; each count must be >= 1 and "
@@ -202,16 +214,35 @@ def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, l
 
 
 def check_values(requests: list[Pending]) -> None:
-    """Sums `count * mean` (float64) of several pushes of one dim, and the refusal of any whose means are not
-    finite or too large. A handful of whole-batch numpy calls, not three per push: on a busy server each
-    call is a chance to lose the GIL to another thread."""
-    means = np.concatenate([r.means for r in requests]) if len(requests) > 1 else requests[0].means
+    """The counts and the float64 sums `count * mean` of several pushes of one dim, with the refusal of any
+    whose counts are out of range or whose means are not finite or too large.
+
+    A few whole-batch numpy calls, not several per push: on a busy server each call is a chance to lose the
+    GIL to another thread. The common case is settled by bounds of the whole batch; only a batch that fails
+    them is checked push by push, to refuse exactly the pushes at fault."""
     counts = np.concatenate([r.counts for r in requests]) if len(requests) > 1 else requests[0].counts
-    starts = np.cumsum([0] + [len(r.class_ids) for r in requests[:-1]])
+    if counts.min() <= 0 or counts.max() > MAX_COUNT:  # rare: refuse the pushes at fault, check the rest
+        for request in requests:
+            try:
+                check_counts(request.class_ids, request.counts)
+            except InvalidPush as error:
+                request.error = error
+        if kept := [r for r in requests if r.error is None]:
+            check_values(kept)
+        return
+    means = np.concatenate([r.means for r in requests]) if len(requests) > 1 else requests[0].means
     with np.errstate(over="ignore", invalid="ignore"):
         sums = np.multiply(means, counts[:, None], dtype=np.float64)
-        largest = np.maximum.reduceat(np.abs(sums).max(axis=1), starts)  # NaN propagates through max
-    for request, start, top in zip(requests, starts.tolist(), largest.tolist(), strict=True):
+        # |count * mean| <= max count * max |mean| (float64 products of exact values round monotonically);
+        # NaN propagates through max and min and fails the comparison
+        if float(np.maximum(means.max(), -means.min())) * float(counts.max()) <= MAX_ABS_SUM:
+            largest = [0.0] * len(requests)
+        else:
+            starts = np.cumsum([0] + [len(r.class_ids) for r in requests[:-1]])
+            top_mean = np.maximum(means.max(axis=1), -means.min(axis=1)).astype(np.float64)
+            largest = np.maximum.reduceat(top_mean * counts, starts).tolist()
+    start = 0
+    for request, top in zip(requests, largest, strict=True):
         if top <= MAX_ABS_SUM:
             request.sums = sums[start:start + len(request.class_ids)]
         elif np.isfinite(top):
@@ -219,6 +250,7 @@ def check_values(requests: list[Pending]) -> None:
                                         "bounded)")
         else:
             request.error = InvalidPush("means hold NaN or Inf; every mean must be finite")
+        start += len(request.class_ids)
 
 
 class PrototypeStore:
@@ -494,7 +526,7 @@ class PrototypeStore:
                 return
 
     def _check_contents(self, batch: list[Pending]) -> None:
-        """Content checks, sums, log encoding and digest of a batch's new pushes (refusals set on the push)."""
+        """Content checks, sums and log encoding of a batch's new pushes (refusals set on the push)."""
         by_dim: dict[int, list[Pending]] = {}
         for request in batch:
             if request.kind != "push":
@@ -510,7 +542,6 @@ class PrototypeStore:
             for request in group:
                 if request.error is None:
                     request.packed = pack_operation(request.class_ids, request.counts, request.means)
-                    request.digest = content_digest(request.space, request.packed)
 
     def _process(self, batch: list[Pending]) -> None:
         """Validate a batch, make it durable in one commit, then apply and acknowledge it."""
@@ -527,6 +558,7 @@ class PrototypeStore:
                 request.error = error
             if len(stage.ops) > before:
                 staged.append(request)
+        self._keep_digests(stage)
         if stage.ops and self._log is not None:
             try:
                 self._log.append(stage.ops, stage.new_spaces)
@@ -567,20 +599,31 @@ class PrototypeStore:
             raise EarlierPushRefused(request.client_id, request.seq, record.last_seq + 1)
         if not retry and request.seq != record.last_seq + 1:
             raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
-        digest = request.digest
         if retry:  # the first answer if it is the same push; other content under a used seq is refused
-            if record.last_digest and not same_content(record.last_digest, request.space, request.class_ids,
-                                                       request.counts, request.means, digest):
+            earlier = stage.pushes.get(request.client_id)
+            stored = earlier.content_digest() if earlier is not None else record.last_digest
+            if stored and not same_content(stored, request.space, request.class_ids, request.counts, request.means,
+                                           request.content_digest()):
                 raise SeqReused(request.client_id, request.seq, record.last_seq + 1)
             return PushAck(request.seq, record.last_version, record.last_classes, duplicate=True)
         self._check_deltas(request, stage)
         version = stage.version + 1
         stage.ops.append(Operation(version, "push", request.client_id, request.space, request.seq,
-                                   request.class_ids, request.counts, request.means, at=time.time(), digest=digest,
+                                   request.class_ids, request.counts, request.means, at=time.time(),
                                    packed=request.packed, sums=request.sums))
         stage.version = version
-        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids), digest)
+        stage.clients[request.client_id] = ClientRecord(request.seq, version, len(request.class_ids))
+        stage.pushes[request.client_id] = request
         return PushAck(request.seq, version, len(request.class_ids))
+
+    @staticmethod
+    def _keep_digests(stage: _Stage) -> None:
+        """Give each client's last push of the batch its digest: only the last is kept in the client's record
+        (a retry can only repeat the last seq), so a batch hashes one push per client, not every push."""
+        last = {op.client_id: i for i, op in enumerate(stage.ops) if op.kind == "push"}
+        for i in last.values():
+            op = stage.ops[i]
+            stage.ops[i] = replace(op, digest=stage.pushes[op.client_id].content_digest())
 
     def _check_deltas(self, request: Pending, stage: _Stage) -> None:
         """The checks that depend on the store's state: the space's example bound and its dim."""

@@ -8,6 +8,7 @@ import pytest
 
 from fedrecon.server.store import (
     InvalidPush,
+    Pending,
     PrototypeStore,
     SeqReused,
     SequenceGap,
@@ -72,6 +73,53 @@ def test_content_check_survives_restart(tmp_path: Path, checkpoint_every: int) -
         with pytest.raises(SeqReused):
             again.push("a", "s", 1, ["x"], [4], np.full((1, 4), 0.1))
         assert again.pull("s").counts.tolist() == [6]
+
+
+def _pending(client: str, seq: int, ids: list[str], counts: list[int], means: np.ndarray) -> Pending:
+    return Pending("push", client, "s", seq, ids, np.asarray(counts, dtype=np.int64), np.asarray(means))
+
+
+def test_one_batch_refuses_exactly_the_pushes_at_fault() -> None:
+    """The writer checks the values of a whole batch at once; a batch that fails the quick bound is checked
+    push by push, so good pushes beside bad ones (or beside a huge but legal one) are all merged."""
+    store = PrototypeStore()
+    batch = [
+        _pending("a", 1, ["x"], [1], np.full((1, 4), 1e20)),  # |count * mean| = 1e20: legal
+        _pending("b", 1, ["x"], [2**40], np.full((1, 4), -1.0)),  # the largest count, a small mean: legal
+        _pending("c", 1, ["x"], [3], np.full((1, 4), np.nan)),
+        _pending("d", 1, ["x"], [0], np.zeros((1, 4))),
+        _pending("e", 1, ["x"], [2**40], np.full((1, 4), 1e19)),  # 1.1e31 > 1e30
+        _pending("f", 1, ["y", "x"], [5, 1], np.full((2, 4), 2.0)),
+    ]
+    store._process(batch)  # one batch, as the durable writer takes it
+    errors = [str(r.error) if r.error else "" for r in batch]
+    assert errors[:2] == ["", ""] and errors[5] == ""
+    assert "finite" in errors[2] and ">= 1" in errors[3] and "<= 1e+30" in errors[4]
+    pulled = store.pull("s")
+    assert dict(zip(pulled.class_ids, pulled.counts.tolist(), strict=True)) == {"x": 1 + 2**40 + 1, "y": 5}
+    assert store.client_record("c").last_seq == 0 and store.client_record("b").last_seq == 1
+
+
+def test_retries_are_checked_against_their_push_within_a_batch_and_after_it(store) -> None:
+    """Only each client's last push of a batch keeps a digest; retries of it, in the batch or later, are still
+    checked against its content, also when a later push of the same batch was refused."""
+    same, other = np.full((1, 4), 1.0), np.full((1, 4), 3.0)
+    batch = [_pending("a", 1, ["x"], [1], same), _pending("a", 2, ["y"], [1], same),
+             _pending("a", 2, ["y"], [1], other), _pending("a", 2, ["y"], [1], same),
+             _pending("a", 5, ["z"], [1], same)]
+    if store._log is None:
+        store._process(batch)
+    else:  # queued at once, under the queue's lock: the durable writer takes them as one batch
+        with store._queue_cond:
+            store._queue.extend(batch)
+            store._queue_cond.notify()
+        assert all(request.done.wait(10) for request in batch)
+    assert [type(r.error).__name__ for r in batch] == ["NoneType", "NoneType", "SeqReused", "NoneType", "SequenceGap"]
+    assert batch[3].result is not None and batch[3].result.duplicate
+    with pytest.raises(SeqReused):
+        store.push("a", "s", 2, ["y"], [1], other)
+    assert store.push("a", "s", 2, ["y"], [1], same).duplicate
+    assert store.push("a", "s", 3, ["z"], [1], same).seq == 3
 
 
 def test_gap_is_refused_with_expected_seq(store) -> None:
