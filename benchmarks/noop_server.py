@@ -26,10 +26,10 @@ class NoopService(rpc.ReconnaissanceServicer):
         return pb.PushReply(seq=request.seq, version=request.seq)
 
     def PushStream(self, requests: Iterator[pb.PushRequest],  # noqa: N802
-                   context: grpc.ServicerContext) -> Iterator[pb.PushReply]:
-        """Acknowledge each push of the stream at once, in order."""
+                   context: grpc.ServicerContext) -> Iterator[pb.PushStreamReply]:
+        """Acknowledge each push of the stream at once, in order (one message each: nothing waits here)."""
         for request in requests:
-            yield pb.PushReply(seq=request.seq, version=request.seq)
+            yield pb.PushStreamReply(replies=[pb.PushReply(seq=request.seq, version=request.seq)])
 
 
 def main() -> int:

@@ -98,12 +98,13 @@ def _stream_pushes(channel: grpc.Channel, requests: list[pb.PushRequest], deadli
             yield bodies[seq % len(bodies)] + pb.PushRequest(seq=seq).SerializeToString()
 
     call = channel.stream_stream(PUSH_STREAM_METHOD, request_serializer=None,
-                                 response_deserializer=pb.PushReply.FromString)  # requests are bytes already
+                                 response_deserializer=pb.PushStreamReply.FromString)  # requests are bytes already
     answered, now = 0, time.perf_counter()
-    for reply in call(outgoing(), timeout=120):
-        answered += 1
-        _check(reply, answered, requests[0].client_id)
+    for message in call(outgoing(), timeout=120):
         now = time.perf_counter()
-        latencies.append(now - sent[answered - 1])
-        slots.release()
+        for reply in message.replies:
+            answered += 1
+            _check(reply, answered, requests[0].client_id)
+            latencies.append(now - sent[answered - 1])
+            slots.release()
     return answered, now

@@ -268,10 +268,11 @@ class ReconClient:
         self._connect()
         acks = []
         try:
-            for reply in self.stub.PushStream(iter(requests), timeout=self.timeout * max(1, len(requests)),
-                                              metadata=self._metadata):
-                self.state.acknowledge(reply.seq)
-                acks.append(PushAck(reply.seq, reply.version, reply.classes, reply.duplicate))
+            for message in self.stub.PushStream(iter(requests), timeout=self.timeout * max(1, len(requests)),
+                                                metadata=self._metadata):
+                for reply in message.replies:
+                    self.state.acknowledge(reply.seq)
+                    acks.append(PushAck(reply.seq, reply.version, reply.classes, reply.duplicate))
         except grpc.RpcError as error:
             log.info("push stream ended after %d of %d pushes (%s); sending the rest one at a time", len(acks),
                      len(requests), error.code().name)

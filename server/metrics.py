@@ -161,9 +161,10 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         def call(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             error = None
             try:
-                for reply in behavior(requests, context):
-                    metrics.observe_push(reply)
-                    yield reply
+                for message in behavior(requests, context):
+                    for reply in message.replies:
+                        metrics.observe_push(reply)
+                    yield message
             except BaseException as exc:
                 error = exc
                 raise

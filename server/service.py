@@ -63,6 +63,22 @@ def _put(window: queue.Queue, item: object, context: grpc.ServicerContext) -> bo
     return False
 
 
+_NOT_YET = object()  # `_take_answered`: the window is empty for now
+
+
+def _take_answered(window: queue.Queue, replies: list[pb.PushReply]) -> object:
+    """Append the answers of the queued pushes that are already durable; return the first item that is not
+    one (a push still waiting, a refusal, the end) or `_NOT_YET` when the window is empty for now."""
+    while True:
+        try:
+            item = window.get_nowait()
+        except queue.Empty:
+            return _NOT_YET
+        if not isinstance(item, Pending) or not item.done.is_set() or item.error is not None:
+            return item
+        replies.append(push_reply(item.wait()))
+
+
 # Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
 Identify = Callable[[pb.PushRequest, grpc.ServicerContext], str]
 
@@ -131,20 +147,25 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         return push_reply(result)
 
     def PushStream(self, requests: Iterator[pb.PushRequest],  # noqa: N802
-                   context: grpc.ServicerContext) -> Iterator[pb.PushReply]:
+                   context: grpc.ServicerContext) -> Iterator[pb.PushStreamReply]:
         """Many pushes on one call: a reader thread queues them as they arrive (at most `max_stream_window`
-        unanswered), and each is answered in order once durable; the first refusal ends the call."""
+        unanswered), and they are answered in order once durable, every answer that is ready in one message
+        (a message per push would cost a send and two thread switches each); the first refusal ends the call."""
         window: queue.Queue[Pending | BaseException | None] = queue.Queue(self.limits.max_stream_window)
         threading.Thread(target=self._read_pushes, args=(requests, context, window), daemon=True,
                          name="fedrecon-push-stream").start()
-        while (item := window.get()) is not None:
+        item = window.get()
+        while item is not None:
             try:
                 if isinstance(item, BaseException):
                     raise item
-                ack = item.wait()
+                replies = [push_reply(item.wait())]
             except (StoreError, codec.InvalidMessage) as error:
                 self._refuse(context, error, "PushStream")
-            yield push_reply(ack)
+            item = _take_answered(window, replies)
+            yield pb.PushStreamReply(replies=replies)
+            if item is _NOT_YET:
+                item = window.get()
 
     def _read_pushes(self, requests: Iterator[pb.PushRequest], context: grpc.ServicerContext,
                      window: queue.Queue[Pending | BaseException | None]) -> None:

@@ -4,6 +4,7 @@ refusal ends the call and nothing sent after it is merged; rate limits, roles an
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,12 @@ def _request(seq: int, client_id: str = "alice", good: bool = True) -> pb.PushRe
     return pb.PushRequest(client_id=client_id, space="s", seq=seq, deltas=deltas)
 
 
+def _answers(messages: Iterator[pb.PushStreamReply]) -> Iterator[pb.PushReply]:
+    """The answers of a PushStream call, one per push, in order (several may come in one message)."""
+    for message in messages:
+        yield from message.replies
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[PrototypeStore, rpc.ReconnaissanceStub]]:
     store = PrototypeStore(tmp_path / "s.db")
@@ -44,7 +51,7 @@ def served(tmp_path: Path) -> Iterator[tuple[PrototypeStore, rpc.ReconnaissanceS
 
 def test_pushes_on_one_stream_are_answered_in_order_and_merged_once(served) -> None:
     store, stub = served
-    replies = list(stub.PushStream(iter([_request(seq) for seq in range(1, 41)]), timeout=30))
+    replies = list(_answers(stub.PushStream(iter([_request(seq) for seq in range(1, 41)]), timeout=30)))
     assert [r.seq for r in replies] == list(range(1, 41))
     assert not any(r.duplicate for r in replies)
     assert [r.version for r in replies] == sorted(r.version for r in replies) and replies[-1].version == 40
@@ -54,8 +61,29 @@ def test_pushes_on_one_stream_are_answered_in_order_and_merged_once(served) -> N
     assert snapshot.counts[shared] == 40  # every push counted exactly once
     assert snapshot.counts.sum() == 40 + sum(range(1, 41))
     # a retry of the last push on a new stream gets the stored answer; nothing is merged again
-    (again,) = stub.PushStream(iter([_request(40)]), timeout=10)
+    (again,) = _answers(stub.PushStream(iter([_request(40)]), timeout=10))
     assert again.duplicate and again.seq == 40 and store.pull("s").counts.sum() == snapshot.counts.sum()
+
+
+def test_answers_that_are_ready_together_share_one_message(tmp_path: Path) -> None:
+    """A backlog costs a send per commit, not one per push: the pushes that queued up while the writer was
+    busy are answered together once their commit is done, still one answer per push and in order."""
+    store = PrototypeStore(tmp_path / "s.db")
+    server = build_server(store, insecure=True).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            with store._lock:  # the writer commits its first batch but cannot apply (nor answer) it yet
+                call = stub.PushStream(iter([_request(seq) for seq in range(1, 41)]), timeout=30)
+                deadline = time.monotonic() + 20
+                while len(store._queue) + store.committed_operations < 40 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            messages = list(call)
+        assert [r.seq for m in messages for r in m.replies] == list(range(1, 41))
+        assert len(messages) < 10
+        assert store.client_record("alice").last_seq == 40
+    finally:
+        server.stop(grace=1)
 
 
 def test_a_refused_push_ends_the_stream_and_nothing_sent_after_it_is_merged(served) -> None:
@@ -63,14 +91,14 @@ def test_a_refused_push_ends_the_stream_and_nothing_sent_after_it_is_merged(serv
     requests = [_request(seq, good=seq != 5) for seq in range(1, 11)]  # all sent at once: 6..10 are in flight
     answered = []
     with pytest.raises(grpc.RpcError) as info:
-        for reply in stub.PushStream(iter(requests), timeout=30):
+        for reply in _answers(stub.PushStream(iter(requests), timeout=30)):
             answered.append(reply.seq)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in info.value.details()
     assert answered == [1, 2, 3, 4]
     assert store.client_record("alice").last_seq == 4
     assert store.pull("s").counts.sum() == 4 + sum(range(1, 5))
     # the client may number the rest again from the refused one: push 5 (good now) and 6 go through
-    replies = list(stub.PushStream(iter([_request(5), _request(6)]), timeout=10))
+    replies = list(_answers(stub.PushStream(iter([_request(5), _request(6)]), timeout=10)))
     assert [r.seq for r in replies] == [5, 6] and store.client_record("alice").last_seq == 6
 
 
@@ -81,7 +109,7 @@ def test_pushes_after_a_reused_number_are_not_merged_even_though_their_numbers_f
     other = _request(1)
     other.deltas.counts[0] = 99
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.PushStream(iter([other, _request(2), _request(3)]), timeout=10))
+        list(_answers(stub.PushStream(iter([other, _request(2), _request(3)]), timeout=10)))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert store.client_record("alice").last_seq == 1 and store.pull("s").counts.sum() == 2
 
@@ -105,7 +133,7 @@ def test_the_store_refuses_a_push_queued_after_a_refused_one(tmp_path: Path) -> 
 def test_a_gap_in_a_stream_is_refused_with_the_expected_number(served) -> None:
     store, stub = served
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.PushStream(iter([_request(1), _request(3), _request(4)]), timeout=10))
+        list(_answers(stub.PushStream(iter([_request(1), _request(3), _request(4)]), timeout=10)))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert dict(info.value.trailing_metadata())["fedrecon-expected-seq"] == "2"
     assert store.client_record("alice").last_seq == 1
@@ -122,7 +150,7 @@ def test_a_client_that_keeps_a_window_is_answered_while_it_sends(served) -> None
             yield _request(seq)
 
     seqs = []
-    for reply in stub.PushStream(outgoing(), timeout=30):
+    for reply in _answers(stub.PushStream(outgoing(), timeout=30)):
         seqs.append(reply.seq)
         slots.release()
     assert seqs == list(range(1, 31)) and store.client_record("alice").last_seq == 30
@@ -136,7 +164,7 @@ def test_stream_pushes_are_rate_limited_one_token_each(tmp_path: Path) -> None:
             stub = rpc.ReconnaissanceStub(channel)
             answered = []
             with pytest.raises(grpc.RpcError) as info:
-                for reply in stub.PushStream(iter([_request(seq) for seq in range(1, 9)]), timeout=10):
+                for reply in _answers(stub.PushStream(iter([_request(seq) for seq in range(1, 9)]), timeout=10)):
                     answered.append(reply.seq)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert RETRY_AFTER_KEY in dict(info.value.trailing_metadata())  # transient: retry after that long
@@ -154,15 +182,16 @@ def test_stream_pushes_need_a_client_token_of_their_own(tmp_path: Path) -> None:
             stub = rpc.ReconnaissanceStub(channel)
             alice = (("authorization", f"Bearer {tokens['alice']}"),)
             root = (("authorization", f"Bearer {tokens['root']}"),)
-            assert [r.seq for r in stub.PushStream(iter([_request(1), _request(2)]), metadata=alice)] == [1, 2]
+            answers = _answers(stub.PushStream(iter([_request(1), _request(2)]), metadata=alice))
+            assert [r.seq for r in answers] == [1, 2]
             with pytest.raises(grpc.RpcError) as info:  # bob's pushes on alice's token
-                list(stub.PushStream(iter([_request(1, client_id="bob")]), metadata=alice, timeout=10))
+                list(_answers(stub.PushStream(iter([_request(1, client_id="bob")]), metadata=alice, timeout=10)))
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
             with pytest.raises(grpc.RpcError) as info:  # an admin token may not push
-                list(stub.PushStream(iter([_request(3)]), metadata=root, timeout=10))
+                list(_answers(stub.PushStream(iter([_request(3)]), metadata=root, timeout=10)))
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
             with pytest.raises(grpc.RpcError) as info:
-                list(stub.PushStream(iter([_request(3)]), timeout=10))
+                list(_answers(stub.PushStream(iter([_request(3)]), timeout=10)))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert store.client_record("alice").last_seq == 2 and "bob" not in store.client_ids()
     finally:
@@ -175,7 +204,8 @@ def test_metrics_count_each_push_of_a_stream(tmp_path: Path) -> None:
     server = build_server(store, insecure=True, metrics=metrics).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
-            list(rpc.ReconnaissanceStub(channel).PushStream(iter([_request(s) for s in range(1, 6)]), timeout=10))
+            stub = rpc.ReconnaissanceStub(channel)
+            list(_answers(stub.PushStream(iter([_request(s) for s in range(1, 6)]), timeout=10)))
         assert metrics.pushes._value.get() == 5 and metrics.classes._value.get() == 10
         assert metrics.calls.labels("PushStream", "OK")._value.get() == 1
     finally:

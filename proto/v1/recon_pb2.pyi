@@ -66,6 +66,12 @@ class PushReply(_message.Message):
     duplicate: bool
     def __init__(self, seq: _Optional[int] = ..., version: _Optional[int] = ..., classes: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
+class PushStreamReply(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[PushReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[PushReply, _Mapping]]] = ...) -> None: ...
+
 class PullRequest(_message.Message):
     __slots__ = ("space", "since", "dtype", "page_token", "max_reply_bytes")
     SPACE_FIELD_NUMBER: _ClassVar[int]

@@ -43,7 +43,7 @@ class ReconnaissanceStub:
         self.PushStream = channel.stream_stream(
                 '/fedrecon.v1.Reconnaissance/PushStream',
                 request_serializer=fedrecon_dot_v1_dot_recon__pb2.PushRequest.SerializeToString,
-                response_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushReply.FromString,
+                response_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushStreamReply.FromString,
                 _registered_method=True)
         self.Pull = channel.unary_unary(
                 '/fedrecon.v1.Reconnaissance/Pull',
@@ -75,12 +75,14 @@ class ReconnaissanceServicer:
 
     def PushStream(self, request_iterator, context):
         """Many pushes on one call, for a client with a backlog: each PushRequest is handled exactly as a
-        Push (same seq rules, limits, rate limits and duplicate answers), and each PushReply answers
-        the push sent at the same position, in order, only after that push is durable. A client may
-        send several pushes before their replies arrive (at most Limits.max_stream_window unanswered;
-        the server stops reading beyond that). The first refused push ends the call with that push's
-        status and trailers; no push sent after it on the same call is merged (so a client may number
-        those again from the refused one). Replies received before the end stay valid.
+        Push (same seq rules, limits, rate limits and duplicate answers). The answers come back in the
+        order of the pushes, each exactly once and only after its push is durable, several in one
+        PushStreamReply when they are ready together: the n-th PushReply of the call answers the n-th
+        push. A client may send several pushes before their answers arrive (at most
+        Limits.max_stream_window unanswered; the server stops reading beyond that). The first refused
+        push ends the call with that push's status and trailers; no push sent after it on the same call
+        is merged (so a client may number those again from the refused one). Answers received before
+        the end stay valid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,7 +120,7 @@ def add_ReconnaissanceServicer_to_server(servicer, server):
             'PushStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PushStream,
                     request_deserializer=fedrecon_dot_v1_dot_recon__pb2.PushRequest.FromString,
-                    response_serializer=fedrecon_dot_v1_dot_recon__pb2.PushReply.SerializeToString,
+                    response_serializer=fedrecon_dot_v1_dot_recon__pb2.PushStreamReply.SerializeToString,
             ),
             'Pull': grpc.unary_unary_rpc_method_handler(
                     servicer.Pull,
@@ -190,7 +192,7 @@ class Reconnaissance:
             target,
             '/fedrecon.v1.Reconnaissance/PushStream',
             fedrecon_dot_v1_dot_recon__pb2.PushRequest.SerializeToString,
-            fedrecon_dot_v1_dot_recon__pb2.PushReply.FromString,
+            fedrecon_dot_v1_dot_recon__pb2.PushStreamReply.FromString,
             options,
             channel_credentials,
             insecure,
