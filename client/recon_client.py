@@ -73,23 +73,24 @@ def decode_page(reply: pb.PullReply) -> Deltas:
     return codec.decode_deltas(reply.classes, allow_zero_counts=True, float64=False)
 
 
-def snapshot_of(space: str, version: int, pages: Sequence[Deltas]) -> Snapshot:
+def snapshot_of(space: str, version: int, pages: Sequence[Deltas], first_version: int | None = None) -> Snapshot:
     """The pages of one pull as one snapshot: a later page overrides an earlier one for the same class (it
-    changed while paging), so the result is current to the last page's `version`."""
+    changed while paging), so the result is current to the last page's `version`. A class only comes again if
+    it changed, so when the first page had that version too (`first_version`), no class repeats."""
     class_ids = [c for p in pages for c in p.class_ids]
     counts = np.concatenate([p.counts for p in pages])
-    means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means])  # wire dtype
-    if len(set(class_ids)) != len(class_ids):  # a class changed while paging: its last row wins
+    means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means], dtype=np.float64)
+    if first_version != version and len(set(class_ids)) != len(class_ids):  # changed while paging: last row wins
         latest = {cid: i for i, cid in enumerate(class_ids)}
         keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
         class_ids, counts, means = list(latest), counts[keep], means[keep]
-    return Snapshot(space, version, class_ids, counts, means.astype(np.float64))
+    return Snapshot(space, version, class_ids, counts, means)
 
 
 def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Snapshot:
     """Decode a PullReply, or the pages of one pull in order (`snapshot_of`)."""
     return snapshot_of(reply.space, (more[-1] if more else reply).version,
-                       [decode_page(r) for r in (reply, *more)])
+                       [decode_page(r) for r in (reply, *more)], reply.version)
 
 
 def push_size(client_id: str, space: str, class_ids: Sequence[str], dim: int, itemsize: int) -> int:
@@ -353,6 +354,7 @@ class ReconClient:
         since = self.versions.get(space, 0) if since is None else since
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
         reply, pages = self._call(self.stub.Pull, request), []
+        first_version = reply.version
         while True:  # follow the pages; the pull is current to the last one's version
             following = None
             if reply.next_page_token:  # ask for the next page first: the server makes it while this one decodes
@@ -365,7 +367,7 @@ class ReconClient:
                 reply = following.result()
             except grpc.RpcError:  # asked again the usual way, with its retries
                 reply = self._call(self.stub.Pull, request)
-        result = snapshot_of(space, reply.version, pages)
+        result = snapshot_of(space, reply.version, pages, first_version)
         self.versions[space] = result.version
         return result
 

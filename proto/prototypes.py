@@ -223,12 +223,16 @@ class PrototypeTable:
         if len(other):
             self.add_sums(other.class_ids, other.counts, other.sums, version)
 
-    def means(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Prototypes `sum / count` (float64); classes with count 0 give zeros."""
-        out = self.sums.copy() if rows is None else self._sums[rows]  # one new array, divided in place
+    def means(self, rows: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
+        """Prototypes `sum / count`, divided in float64 and rounded once to `dtype` (float32 for the wire: the
+        same bits as dividing, then converting); classes with count 0 give zeros."""
+        sums = self.sums if rows is None else self._sums[rows]
         counts = self.counts if rows is None else self._counts[rows]
-        out /= np.where(counts > 0, counts, 1).astype(np.float64)[:, None]
-        return out
+        divisor = np.where(counts > 0, counts, 1).astype(np.float64)[:, None]
+        if rows is not None and dtype == np.float64:  # the gathered rows are a new array: divide in place
+            sums /= divisor
+            return sums
+        return np.divide(sums, divisor, out=np.empty(sums.shape, dtype))
 
     def live_rows(self) -> np.ndarray:
         """Rows whose count is positive (classes that exist)."""

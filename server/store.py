@@ -364,16 +364,23 @@ class PrototypeStore:
                 rows = table.live_rows() if since == 0 else table.changed_since(since)
                 per_row = (table.dim or 0) * itemsize + ROW_OVERHEAD + self.limits.max_class_id_bytes
                 if not max_bytes or len(rows) * per_row + REPLY_OVERHEAD <= max_bytes:  # surely one page
-                    return self._rows_result(space, table, rows)
+                    return self._rows_result(space, table, rows, itemsize=itemsize)
                 cursor = Cursor.first(since, self.version)
             rows, token = page_rows(table, cursor, max_bytes or 2**62, itemsize)
-            return self._rows_result(space, table, rows, token)
+            return self._rows_result(space, table, rows, token, itemsize)
 
-    def _rows_result(self, space: str, table: PrototypeTable, rows: np.ndarray, token: str = "") -> Snapshot:
+    def _rows_result(self, space: str, table: PrototypeTable, rows: np.ndarray, token: str = "",
+                     itemsize: int = 8) -> Snapshot:
+        """The snapshot of some rows; means already in float32 for a float32 pull (rounded once, as the wire
+        would), float64 otherwise (a narrower wire dtype is rounded from float64 by the codec)."""
+        dtype = np.float32 if itemsize == 4 else np.float64
         if len(rows) == len(table) and not token:  # every row (the usual full pull): slices, no per-row gathering
-            return Snapshot(space, self.version, list(table.class_ids), table.counts.copy(), table.means())
-        return Snapshot(space, self.version, [table.class_ids[r] for r in rows.tolist()],
-                          table.counts[rows].copy(), table.means(rows), token)
+            return Snapshot(space, self.version, list(table.class_ids), table.counts.copy(), table.means(dtype=dtype))
+        if len(rows) and (np.diff(rows) == 1).all():  # consecutive rows (a table filled in order): one slice
+            class_ids = table.class_ids[int(rows[0]):int(rows[-1]) + 1]
+        else:
+            class_ids = [table.class_ids[r] for r in rows.tolist()]
+        return Snapshot(space, self.version, class_ids, table.counts[rows].copy(), table.means(rows, dtype), token)
 
     def wait_for_change(self, since: int, timeout: float) -> bool:
         """Block until the version passes `since` (True) or the timeout or close (False)."""

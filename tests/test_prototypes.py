@@ -92,3 +92,16 @@ def test_dim_mismatch_raises() -> None:
         assert "dim 5" in str(error)
     else:
         raise AssertionError("dim mismatch accepted")
+
+
+def test_float32_means_are_the_float64_means_rounded_once() -> None:
+    """Pulls in float32 get their means straight from the float64 sums: the same bits as converting after."""
+    rng = np.random.default_rng(3)
+    table = PrototypeTable(DIM)
+    table.add_sums([f"c{i}" for i in range(500)], rng.integers(0, 2**40, 500),
+                   rng.normal(size=(500, DIM)) * 10.0 ** rng.uniform(-20, 20, (500, 1)))
+    rows = rng.permutation(500)[:300]
+    for chosen in (None, rows):
+        wide = table.means(chosen)
+        narrow = table.means(chosen, np.float32)
+        assert narrow.dtype == np.float32 and narrow.tobytes() == wide.astype(np.float32).tobytes()
