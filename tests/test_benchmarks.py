@@ -151,3 +151,32 @@ def test_merge_ab_runs_another_checkout_from_its_own_sources(tmp_path) -> None:
     r = merge_ab.run([sys.executable, str(runner), "server"], rounds=1, window=2, seconds=0.5, clients=2)
     assert [run["build"] for run in r["runs"]] == ["a", "b"] and all(run["updates_per_s"] > 0 for run in r["runs"])
     assert r["b_over_a"] == pytest.approx(r["b_median_updates_per_s"] / r["a_median_updates_per_s"])
+
+
+def test_thread_cpu_reads_each_thread_of_a_process() -> None:
+    """`profile_push --by-thread` charges CPU per thread: the busy thread is seen, with its own CPU."""
+    import os
+    import threading
+    import time
+
+    from fedrecon.benchmarks.profile_push import thread_cpu
+
+    spent, ready = threading.Event(), threading.Event()
+    native: list[int] = []
+
+    def busy() -> None:
+        native.append(threading.get_native_id())
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        ready.set()
+        spent.wait(10)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    assert ready.wait(30)
+    cpu = thread_cpu(os.getpid())
+    spent.set()
+    worker.join()
+    assert native[0] in cpu and threading.get_native_id() in cpu
+    assert cpu[native[0]] >= 0.1 and all(value >= 0 for value in cpu.values())
