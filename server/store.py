@@ -221,7 +221,8 @@ def check_values(requests: list[Pending]) -> None:
     GIL to another thread. The common case is settled by bounds of the whole batch; only a batch that fails
     them is checked push by push, to refuse exactly the pushes at fault."""
     counts = np.concatenate([r.counts for r in requests]) if len(requests) > 1 else requests[0].counts
-    if counts.min() <= 0 or counts.max() > MAX_COUNT:  # rare: refuse the pushes at fault, check the rest
+    top_count = int(counts.max())
+    if counts.min() <= 0 or top_count > MAX_COUNT:  # rare: refuse the pushes at fault, check the rest
         for request in requests:
             try:
                 check_counts(request.class_ids, request.counts)
@@ -235,7 +236,7 @@ def check_values(requests: list[Pending]) -> None:
         sums = np.multiply(means, counts[:, None], dtype=np.float64)
         # |count * mean| <= max count * max |mean| (float64 products of exact values round monotonically);
         # NaN propagates through max and min and fails the comparison
-        if float(np.maximum(means.max(), -means.min())) * float(counts.max()) <= MAX_ABS_SUM:
+        if float(np.maximum(means.max(), -means.min())) * top_count <= MAX_ABS_SUM:
             largest = [0.0] * len(requests)
         else:
             starts = np.cumsum([0] + [len(r.class_ids) for r in requests[:-1]])
