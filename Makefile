@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_DIR ?= $(abspath ../shared/data)
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint stubs clean
+.PHONY: venv demo test lint stubs clean encoder
 
 $(BIN)/fedrecon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: venv
 lint: venv
 	$(BIN)/python .ci/lint_imports.py
 	$(BIN)/ruff check .
+
+# Reproduces the shipped client/weights/omniglot.pt (client/weights/README.md): the first 7,800 steps of a
+# 20,000-step cosine schedule, then its step-7800 weights annealed over 2,000 steps. Resumable: run it again.
+ENCODER_OUT ?= runs/encoder
+DEVICE ?= auto
+PRETRAIN = $(BIN)/fedrecon pretrain --dataset omniglot --data-dir $(DATA_DIR)/omniglot --val-alphabets 5 \
+	--method proto --ways 100 --shots 1 --queries 5 --augment --val-every 500 --val-episodes 1000 \
+	--save-every 50 --keep best --device $(DEVICE) --resume
+encoder: venv
+	$(PRETRAIN) --out $(ENCODER_OUT)/long.pt --episodes 20000 --stop-after 7800 --lr 1e-3 --seed 0
+	$(PRETRAIN) --out $(ENCODER_OUT)/omniglot.pt --init $(ENCODER_OUT)/long.last.pt --episodes 2000 --lr 6.7e-4 --seed 1
 
 stubs: venv
 	$(BIN)/python -m fedrecon.proto.generate

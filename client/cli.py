@@ -47,7 +47,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     def learner_options(p: argparse.ArgumentParser) -> None:
         common(p)
         p.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
-        p.add_argument("--encoder", required=True, help="shipped encoder name (omniglot, glyphs) or checkpoint path")
+        p.add_argument("--encoder", required=True,
+                       help="shipped encoder name (omniglot, omniglot-paper, glyphs) or checkpoint path")
         p.add_argument("--state-dir", type=Path, default=default_state_dir(),
                        help="where client state lives ($FEDRECON_STATE_DIR)")
         p.add_argument("--device", default="cpu", help="torch device for embedding: cpu, cuda, auto")

@@ -268,6 +268,14 @@ def resolve_weights(name_or_path: str | Path) -> Path:
                             f"(shipped names: {shipped})")
 
 
+def shipped_name(space: str) -> str | None:
+    """The shipped encoder whose fingerprint is `space` (e.g. `omniglot-paper`), so messages can name it."""
+    for path in sorted(WEIGHTS_DIR.glob("*.pt")):
+        if torch.load(path, map_location="cpu", weights_only=True).get("fingerprint") == space:
+            return path.stem
+    return None
+
+
 def read_checkpoint(name_or_path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (format, config, state_dict, fingerprint, extra)."""
     path = resolve_weights(name_or_path)

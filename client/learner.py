@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from fedrecon.client.data.folder import labelled_files
-from fedrecon.client.encoder import Encoder
+from fedrecon.client.encoder import Encoder, shipped_name
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
@@ -159,7 +159,21 @@ class Learner:
 
     def classify(self, images: np.ndarray | Sequence[ImageInput], top_k: int = 2) -> list[Prediction]:
         """Nearest class of each image (with its squared distance and the next `top_k - 1` classes)."""
-        return rank(self.prototypes(), self.embed(images), top_k)
+        table = self.prototypes()
+        if len(table.live_rows()) == 0 and self.state is not None:
+            self._refuse_if_classes_are_in_another_space()
+        return rank(table, self.embed(images), top_k)
+
+    def _refuse_if_classes_are_in_another_space(self) -> None:
+        """This encoder's space is empty but the state has classes in another (e.g. the default encoder changed)."""
+        others = {s: n for s, n in self.state.classes_per_space().items() if s != self.space}
+        if not others:
+            return
+        space, n = max(others.items(), key=lambda kv: kv[1])
+        name = shipped_name(space)
+        use = f"--encoder {name}" if name else "the encoder that made it"
+        raise ValueError(f"classify: this client knows no classes in space {self.space} yet, but its state holds {n} "
+                         f"in space {space}: classify with {use}, or learn (and sync) again with this encoder")
 
     def predict(self, images: np.ndarray | Sequence[ImageInput]) -> list[str]:
         """Nearest-prototype class id of each image over every known class."""

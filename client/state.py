@@ -275,6 +275,12 @@ class ClientState:
             memory.global_version = int(row[0])
         return memory
 
+    def classes_per_space(self) -> dict[str, int]:
+        """How many classes (local or pulled) the state holds in each embedding space."""
+        rows = self.db.execute("SELECT space, COUNT(*) FROM (SELECT space, class_id FROM local UNION "
+                               "SELECT space, class_id FROM global) GROUP BY space ORDER BY space").fetchall()
+        return {str(space): int(n) for space, n in rows}
+
     def save_local(self, space: str, memory: PrototypeMemory) -> None:
         """Persist the memory's un-pushed local deltas of `space`."""
         with self._transaction() as db:

@@ -142,3 +142,21 @@ def test_readme_python_example_runs_as_written(shared_data, tmp_path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(15)
+
+
+def test_classes_learned_with_another_encoder_are_named_not_silently_missing(shared_data, tmp_path) -> None:
+    """After the default `omniglot` encoder changed, a state built with the old one says which encoder to use."""
+    train, test = write_pngs(shared_data, tmp_path / "png", classes=3, train=5, test=1)
+    offline = ["--server", "127.0.0.1:1", "--client-id", "dana", "--state-dir", str(tmp_path / "state")]
+    learned = subprocess.run([*FEDRECON, "client", "learn", "--offline", *offline, "--encoder", "omniglot-paper",
+                              str(tmp_path / "png" / "train")], capture_output=True, text=True, timeout=300)
+    assert learned.returncode == 0, learned.stderr
+    queries = [str(f) for files in test.values() for f in files]
+    new = subprocess.run([*FEDRECON, "client", "classify", "--offline", *offline, "--encoder", "omniglot", *queries],
+                         capture_output=True, text=True, timeout=300)
+    assert new.returncode != 0 and len(new.stderr.strip().splitlines()) == 1
+    paper = load_encoder("omniglot-paper", device="cpu").fingerprint
+    assert f"holds 3 in space {paper}" in new.stderr and "--encoder omniglot-paper" in new.stderr
+    old = subprocess.run([*FEDRECON, "client", "classify", "--offline", *offline, "--encoder", "omniglot-paper",
+                          *queries], capture_output=True, text=True, timeout=300)
+    assert old.returncode == 0 and len(old.stdout.splitlines()) == 3, old.stderr

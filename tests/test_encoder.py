@@ -75,16 +75,22 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
         load_encoder("no-such-weights")
 
 
-@pytest.mark.parametrize("name", ["omniglot", "glyphs"])
+@pytest.mark.parametrize("name", ["omniglot", "omniglot-paper", "glyphs"])
 def test_shipped_weights_load_with_recorded_fingerprint(name: str) -> None:
     path = WEIGHTS_DIR / f"{name}.pt"
     assert path.exists() and path.stat().st_size < 600_000
     enc = load_encoder(name, device="cpu")
     blob = read_checkpoint(path)
     assert enc.fingerprint == blob["fingerprint"] and enc.dim == 64
-    assert enc.config["dataset"] == name and enc.config["image_size"] == 28
+    assert enc.config["dataset"] == name.split("-")[0] and enc.config["image_size"] == 28
     assert all(t.dtype == torch.float32 for t in blob["state_dict"].values())
     assert blob["extra"]["training"]["command"].startswith("fedrecon pretrain")
+
+
+def test_paper_baseline_stays_shipped_beside_the_default() -> None:
+    """The paper's plain Conv4 stays loadable as `omniglot-paper`; `omniglot` is the newer encoder."""
+    assert load_encoder("omniglot-paper", device="cpu").fingerprint == "conv4-e42d33d5b932461c"
+    assert load_encoder("omniglot", device="cpu").fingerprint != "conv4-e42d33d5b932461c"
 
 
 def test_nearest_prototype_and_learner_on_separable_images() -> None:

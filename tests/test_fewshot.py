@@ -15,7 +15,7 @@ from fedrecon.experiments import fewshot
 
 pytestmark = pytest.mark.data
 # Printed by `fedrecon fewshot --weights omniglot --data-dir ../shared/data/omniglot --ways W --shots 1
-# --episodes 1000` (seed 0) with the shipped weights; see client/weights/README.md.
+# --episodes 1000 --seed S` with the shipped weights; see client/weights/README.md.
 RECORDED = Path(__file__).resolve().parents[1] / "client" / "weights" / "fewshot.json"
 
 
@@ -54,9 +54,10 @@ def test_cli_prints_json_as_last_line(shared_data: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ways", [5, 20])
-def test_recorded_1000_episode_figures_reproduce(evaluation, ways: int) -> None:
-    recorded = json.loads(RECORDED.read_text())[f"{ways}-way 1-shot"]
-    result = fewshot.evaluate(load_encoder("omniglot"), evaluation, ways, 1, 15, 1000, seed=0)
+@pytest.mark.parametrize("name", list(json.loads(RECORDED.read_text())))
+def test_recorded_1000_episode_figures_reproduce(evaluation, name: str) -> None:
+    recorded = json.loads(RECORDED.read_text())[name]
+    result = fewshot.evaluate(load_encoder("omniglot"), evaluation, recorded["ways"], recorded["shots"],
+                              recorded["queries"], recorded["episodes"], seed=recorded["seed"])
     assert result["fingerprint"] == recorded["fingerprint"]
     assert abs(result["accuracy"] - recorded["accuracy"]) < 1e-3

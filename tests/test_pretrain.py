@@ -182,3 +182,24 @@ def test_mini_imagenet_pretrain_smoke(tmp_path: Path) -> None:
     assert pretrain.run(args) == 0
     enc = load_encoder(out)
     assert enc.dim == 1600 and enc.config["channels"] == 3 and enc.config["image_size"] == 84
+
+
+def test_make_encoder_repeats_the_recipe_recorded_in_the_shipped_weights() -> None:
+    """`make encoder` (the documented reproduction) runs the phases client/weights/omniglot.pt records."""
+    import shlex
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "encoder", "DATA_DIR=/data"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    commands = [shlex.split(line)[2:] for line in dry.splitlines() if " pretrain " in line]
+    parser = argparse.ArgumentParser()
+    pretrain.register(parser)
+    long, anneal = (parser.parse_args(argv) for argv in commands)
+    anneal.image_size = 28  # what train() picks for omniglot; the recorded recipe has it filled in
+    training = read_checkpoint(root / "client" / "weights" / "omniglot.pt")["extra"]["training"]
+    first, *_, last_init, final = training["phases"]
+    shipped_first = parser.parse_args(shlex.split(first["command"])[2:])
+    assert pretrain.recipe(long) == pretrain.recipe(shipped_first)
+    assert long.stop_after == last_init["end_step"] and anneal.init == str(Path(long.out).with_suffix("")) + ".last.pt"
+    assert pretrain.recipe(anneal) == training["recipe"] and final["end_step"] == anneal.episodes
