@@ -271,7 +271,7 @@ def resolve_weights(name_or_path: str | Path) -> Path:
 def shipped_name(space: str) -> str | None:
     """The shipped encoder whose fingerprint is `space` (e.g. `omniglot-paper`), so messages can name it."""
     for path in sorted(WEIGHTS_DIR.glob("*.pt")):
-        if torch.load(path, map_location="cpu", weights_only=True).get("fingerprint") == space:
+        if read_checkpoint(path)["fingerprint"] == space:
             return path.stem
     return None
 
