@@ -16,11 +16,17 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "client" / "weights"
 RECORDED = json.loads((WEIGHTS / "omniglot-results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def omniglot_cache(tmp_path_factory) -> str:
+    """Decoded Omniglot pixels cached once for both protocols."""
+    return str(tmp_path_factory.mktemp("omniglot-cache"))
+
+
 @pytest.mark.parametrize("protocol", ["omniglot-cil", "omniglot-fed"])
-def test_seed_0_final_accuracy_reproduces(shared_data: Path, tmp_path_factory, protocol: str) -> None:
+def test_seed_0_final_accuracy_reproduces(shared_data: Path, omniglot_cache: str, protocol: str) -> None:
     config = load_config(protocol)
     config["experiment"].update({"encoder": "omniglot", "runs": 1, "seed": 0, "methods": ["fedrecon"]})
-    config["dataset"]["cache_dir"] = str(tmp_path_factory.mktemp("omniglot-cache"))
+    config["dataset"]["cache_dir"] = omniglot_cache
     results = run_experiment(config, shared_data / "omniglot", progress=False)
     recorded = RECORDED[protocol]
     assert results["encoder"]["fingerprint"] == recorded["fingerprint"]
