@@ -73,7 +73,9 @@ class ReconServer:
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ]
-        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+        streams = self.service.limits.max_watch_streams + self.service.limits.max_push_streams  # threads of
+        # their own: open streams never take the threads of unary calls
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers + streams,
                                                                   thread_name_prefix="fedrecon-rpc"),
                                        options=options, interceptors=interceptors)
         rpc.add_ReconnaissanceServicer_to_server(self.service, self.grpc_server)

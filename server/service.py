@@ -7,8 +7,8 @@ nothing; the server keeps serving.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -27,14 +27,17 @@ from fedrecon.server.store import (
     Limits,
     Pending,
     PrototypeStore,
+    QuotaExceeded,
     SeqReused,
     SequenceGap,
     Snapshot,
+    StoreBusy,
     StoreError,
     StoreUnavailable,
     UnknownClient,
     VersionAhead,
 )
+from fedrecon.server.stream import EMPTY, END, StreamWindow
 
 log = logging.getLogger("fedrecon.service")
 
@@ -52,31 +55,9 @@ def push_reply(ack: PushAck) -> pb.PushReply:
     return pb.PushReply(seq=ack.seq, version=ack.version, classes=ack.classes, duplicate=ack.duplicate)
 
 
-def _put(window: queue.Queue, item: object, context: grpc.ServicerContext) -> bool:
-    """Put into a stream's bounded window, waiting while it is full; False once the call has ended."""
-    while context.is_active():
-        try:
-            window.put(item, timeout=0.5)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-_NOT_YET = object()  # `_take_answered`: the window is empty for now
-
-
-def _take_answered(window: queue.Queue, replies: list[pb.PushReply]) -> object:
-    """Append the answers of the queued pushes that are already durable; return the first item that is not
-    one (a push still waiting, a refusal, the end) or `_NOT_YET` when the window is empty for now."""
-    while True:
-        try:
-            item = window.get_nowait()
-        except queue.Empty:
-            return _NOT_YET
-        if not isinstance(item, Pending) or not item.done.is_set() or item.error is not None:
-            return item
-        replies.append(push_reply(item.wait()))
+def _answered(item: object) -> bool:
+    """Whether a window item is a push already made durable (its answer can go in the current message)."""
+    return isinstance(item, Pending) and item.done.is_set() and item.error is None
 
 
 # Identifies the pushing client: in open mode the message's client_id; with auth, the token's owner.
@@ -96,6 +77,8 @@ STATUS_OF: list[tuple[type[StoreError], grpc.StatusCode]] = [
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownClient, grpc.StatusCode.NOT_FOUND),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreBusy, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -123,12 +106,15 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         self.pull = pull or store.pull  # e.g. `RobustMerge.pull` for robust spaces
         self.stopping = threading.Event()
         self._watch_slots = threading.BoundedSemaphore(self.limits.max_watch_streams)
+        self._push_stream_slots = threading.BoundedSemaphore(self.limits.max_push_streams)
 
     def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
         code = status_of(error)
         if isinstance(error, SequenceGap | SeqReused | EarlierPushRefused):
             context.set_trailing_metadata((("fedrecon-expected-seq", str(error.expected)),))
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
+        if isinstance(error, StoreBusy):  # transient: the trailer says when to retry
+            refuse_for_now(context, error.retry_after, str(error))
         context.abort(code, str(error))
 
     def _submit(self, request: pb.PushRequest, context: grpc.ServicerContext, after: Pending | None = None) -> Pending:
@@ -148,39 +134,62 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def PushStream(self, requests: Iterator[pb.PushRequest],  # noqa: N802
                    context: grpc.ServicerContext) -> Iterator[pb.PushStreamReply]:
-        """Many pushes on one call: a reader thread queues them as they arrive (at most `max_stream_window`
-        unanswered), and they are answered in order once durable, every answer that is ready in one message
-        (a message per push would cost a send and two thread switches each); the first refusal ends the call."""
-        window: queue.Queue[Pending | BaseException | None] = queue.Queue(self.limits.max_stream_window)
+        """Many pushes on one call: a reader thread queues them as they arrive (a bounded `StreamWindow`), and
+        they are answered in order once durable, every answer that is ready in one message (a message per push
+        would cost a send and two thread switches each); the first refusal ends the call. At most
+        `max_push_streams` calls at once (more: RESOURCE_EXHAUSTED, retry later)."""
+        if not self._push_stream_slots.acquire(blocking=False):
+            refuse_for_now(context, 1.0, f"too many push streams (limit {self.limits.max_push_streams}); retry later "
+                           "or push one at a time")
+        try:
+            yield from self._answer_stream(requests, context)
+        finally:
+            self._push_stream_slots.release()
+
+    def _answer_stream(self, requests: Iterator[pb.PushRequest],
+                       context: grpc.ServicerContext) -> Iterator[pb.PushStreamReply]:
+        """The answers of one PushStream call; returns as soon as the call ends, whatever the client does."""
+        window = StreamWindow(self.limits.max_stream_window, self.limits.max_stream_window_bytes)
         threading.Thread(target=self._read_pushes, args=(requests, context, window), daemon=True,
                          name="fedrecon-push-stream").start()
-        item = window.get()
-        while item is not None:
+        idle_since = time.monotonic()
+        while True:
+            item = window.take(0.5)
+            if item is END or not context.is_active() or self.stopping.is_set():
+                return
+            if item is EMPTY:
+                if time.monotonic() - idle_since > self.limits.stream_idle_seconds:
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no push for {self.limits.stream_idle_seconds:g}"
+                                  " s; the stream is closed (open another to push again)")
+                continue
             try:
                 if isinstance(item, BaseException):
                     raise item
+                while not item.done.wait(0.5):  # the store answers every push; the call may end first
+                    if not context.is_active():
+                        return
                 replies = [push_reply(item.wait())]
             except (StoreError, codec.InvalidMessage) as error:
                 self._refuse(context, error, "PushStream")
-            item = _take_answered(window, replies)
+            while (ready := window.peek_ready(_answered)) not in (EMPTY, END):
+                replies.append(push_reply(ready.wait()))
             yield pb.PushStreamReply(replies=replies)
-            if item is _NOT_YET:
-                item = window.get()
+            idle_since = time.monotonic()
 
     def _read_pushes(self, requests: Iterator[pb.PushRequest], context: grpc.ServicerContext,
-                     window: queue.Queue[Pending | BaseException | None]) -> None:
-        """Queue a stream's pushes in order, each conditional on the one before; stop at the first refusal."""
+                     window: StreamWindow) -> None:
+        """Queue a stream's pushes in order, each conditional on the one before; stop at the first refusal.
+        Whatever ends the reading (the client's end, a cancel, a refusal), the window is closed."""
         after, end = None, None
         try:
             for request in requests:
                 after = self._submit(request, context, after)
-                if not _put(window, after, context):
+                if not window.put(after, request.ByteSize(), context.is_active):
                     return
         except Exception as error:  # noqa: BLE001 - a refusal (or an abort) is answered by the handler
             end = error
-        if end is not None and not _put(window, end, context):
-            return
-        _put(window, None, context)
+        finally:
+            window.close(end)
 
     def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
         """One page of a pull, under the page budget (the server's, or the request's smaller one)."""

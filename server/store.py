@@ -66,6 +66,12 @@ class Limits:
     max_watch_streams: int = 8
     max_reply_bytes: int = 1024 * 1024  # page budget of pulls and watches: well under gRPC's default 4 MiB
     max_stream_window: int = 64  # unanswered pushes one PushStream call may have in flight
+    max_stream_window_bytes: int = 16 * 1024 * 1024  # and their wire bytes (besides one push of any size)
+    max_push_streams: int = 8  # PushStream calls at once (each holds a thread while open)
+    stream_idle_seconds: float = 60.0  # a PushStream with no push for this long is closed
+    max_queued_bytes: int = 256 * 1024 * 1024  # pushes waiting for the writer, all calls together
+    max_space_classes: int = 2_000_000  # classes one space may hold (0: no quota); each costs ~16 * dim bytes
+    max_client_classes: int = 1_000_000  # classes one client may contribute to in one space (0: no quota)
 
     def check_text(self, name: str, value: str) -> None:
         """Refuse an empty name or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
@@ -102,6 +108,18 @@ class UnknownClient(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store is closing, or could not make a push durable."""
+
+
+class QuotaExceeded(StoreError):
+    """A push would take a space or a client past its class quota (`Limits`); permanent for that content."""
+
+
+class StoreBusy(StoreError):
+    """Too many bytes of pushes wait to be written: retry after `retry_after` seconds (nothing was queued)."""
+
+    def __init__(self, message: str, retry_after: float = 0.5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,7 @@ class Pending:
     actor: str = ""
     after: Pending | None = None  # the previous push of the same stream: if it was refused, so is this one
     digest: str = ""  # content digest (`content_digest`), only where a retry may be checked against it
+    nbytes: int = 0  # memory the queued push holds (counted against `Limits.max_queued_bytes`)
     packed: tuple[str, bytes, bytes] | None = None  # log encoding and sums: computed once, by the writer
     sums: np.ndarray | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -179,6 +198,7 @@ class _Stage:
     new_spaces: dict[str, int] = field(default_factory=dict)
     added: dict[str, int] = field(default_factory=dict)  # examples the batch adds per space (for the bound)
     pushes: dict[str, Pending] = field(default_factory=dict)  # each client's last push staged so far
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (client or "", space): rows it may add
 
 
 def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, limits: Limits) -> None:
@@ -286,6 +306,7 @@ class PrototypeStore:
         self._write_lock = threading.Lock()
         self._queue: deque[Pending] = deque()
         self._queue_cond = threading.Condition()
+        self._queued_bytes = 0  # of the pushes in `_queue` and the batch being written
         self._closing = False
         self._dirty_clients: set[str] = set()  # changed classes are found by their versions at checkpoint
         self._checkpoint_version = 0
@@ -501,6 +522,12 @@ class PrototypeStore:
         with self._queue_cond:
             if self._closing:
                 raise StoreUnavailable("the store is shutting down")
+            if request.kind == "push":
+                request.nbytes = request.means.nbytes + request.counts.nbytes + 64 * len(request.class_ids)
+                if self._queued_bytes and self._queued_bytes + request.nbytes > self.limits.max_queued_bytes:
+                    raise StoreBusy(f"{self._queued_bytes:,} bytes of pushes wait to be written (limit "
+                                    f"{self.limits.max_queued_bytes:,}); retry shortly")
+                self._queued_bytes += request.nbytes
             self._queue.append(request)
             if len(self._queue) == 1:  # the writer only sleeps on an empty queue
                 self._queue_cond.notify()
@@ -522,6 +549,8 @@ class PrototypeStore:
                         if not request.done.is_set():
                             request.result, request.error = None, StoreUnavailable(f"internal store error: {error}")
                             request.done.set()
+                with self._queue_cond:
+                    self._queued_bytes -= sum(request.nbytes for request in batch)
             if closing or self._checkpoint_due():
                 try:
                     self._checkpoint()
@@ -564,8 +593,8 @@ class PrototypeStore:
                 request.result = self._stage(request, stage)
             except StoreError as error:
                 request.error = error
-            if len(stage.ops) > before:
-                staged.append(request)
+            if len(stage.ops) > before or (request.result is not None and request.client_id in stage.clients):
+                staged.append(request)  # its answer stands or falls with this commit (a retry: its original's)
         self._keep_digests(stage)
         if stage.ops and self._log is not None:
             try:
@@ -585,7 +614,8 @@ class PrototypeStore:
             if stage.ops:
                 self._changed.notify_all()
         for request in batch:
-            request.done.set()
+            request.after = request.counts = request.means = request.sums = request.packed = None  # answered:
+            request.done.set()  # keep nothing the caller does not need (a long stream's pushes would add up)
 
     def _stage(self, request: Pending, stage: _Stage) -> PushAck:
         """Check one request against the state plus the batch so far; record its operation."""
@@ -647,6 +677,24 @@ class PrototypeStore:
         elif dim != means.shape[1]:
             raise InvalidPush(f"space {request.space!r} has dim {dim}; this push has dim {means.shape[1]}")
         stage.added[request.space] = added
+        self._check_quota(stage, "", request, self.limits.max_space_classes, f"space {request.space!r}")
+        self._check_quota(stage, request.client_id, request, self.limits.max_client_classes,
+                          f"client {request.client_id!r} in space {request.space!r}")
+
+    def _check_quota(self, stage: _Stage, client_id: str, request: Pending, limit: int, what: str) -> None:
+        """Refuse a push that would take a table (the space's, or a client's in it) past `limit` classes
+        (QuotaExceeded). Fast while far from it: the batch's pushes count as all new until it is near."""
+        if not limit:
+            return
+        table = (self.contributions.get(client_id, {}) if client_id else self.spaces).get(request.space)
+        held, key = len(table) if table is not None else 0, (client_id, request.space)
+        staged = stage.rows.get(key, 0)
+        if held + staged + len(request.class_ids) > limit:
+            new = len(request.class_ids) if table is None else int((table.rows(request.class_ids, create=False)
+                                                                    < 0).sum())
+            if held + staged + new > limit:
+                raise QuotaExceeded(f"{what} holds {held} classes; this push would add {new} (quota {limit})")
+        stage.rows[key] = staged + len(request.class_ids)
 
     def _apply_all(self, ops: list[Operation]) -> None:
         """Apply a committed batch: each run of pushes as one table update per space and per contributor

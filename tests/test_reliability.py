@@ -1,0 +1,239 @@
+"""The holes hostile tests found (issue #25): each reproduction, failing before its fix.
+
+Paged pulls across a restart, a retry's answer in a batch whose commit fails, cancelled and idle
+PushStreams, memory held by long streams.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrecon.server.store import PrototypeStore
+
+
+def _push(store: PrototypeStore, client: str, seq: int, ids: list[str], dim: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return store.push(client, "s", seq, ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), dim)))
+
+
+def test_a_paged_pull_across_a_restart_misses_no_class(tmp_path: Path) -> None:
+    """Hole 1: a checkpoint moved updated rows to the end and start-up loaded by rowid, so a page token
+    (version, row) named other rows after a restart: c10-c14 went missing, silently."""
+    ids = [f"c{i:02d}" for i in range(20)]
+    for restart_after in (1, 2, 3):
+        db = tmp_path / f"s{restart_after}.db"
+        store = PrototypeStore(db, checkpoint_every=1)
+        _push(store, "a", 1, ids)
+        _push(store, "b", 1, ids[5:10], seed=1)  # rewritten by the checkpoint: their rows move to the end
+        seen, token, pages = {}, "", 0
+        while True:
+            page = store.pull("s", 0, page_token=token, max_bytes=1024 + 5 * 60)
+            seen.update(zip(page.class_ids, page.counts.tolist(), strict=True))
+            token, pages = page.next_page_token, pages + 1
+            if not token:
+                break
+            if pages == restart_after:
+                store.close()
+                store = PrototypeStore(db)
+        store.close()
+        assert sorted(seen) == ids, f"restart after page {restart_after}: missing {sorted(set(ids) - set(seen))}"
+
+
+def test_pages_order_ids_that_differ_only_by_trailing_nul() -> None:
+    """Ids equal up to trailing NUL characters are distinct classes: none is skipped or sent twice."""
+    store = PrototypeStore()
+    ids = ["a", "a\x00", "a\x00\x00", "b", "\x00"] * 1
+    _push(store, "x", 1, ids)
+    seen, token = [], ""
+    while True:
+        page = store.pull("s", 0, page_token=token, max_bytes=1024 + 70)
+        seen += page.class_ids
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(ids)
+
+
+def test_a_retry_in_the_batch_of_a_failed_commit_is_not_acknowledged(tmp_path: Path, monkeypatch) -> None:
+    """Hole 3: a push and its retry in one batch, the commit fails (disk full): the original was refused
+    UNAVAILABLE but the retry kept its "OK, duplicate" for a push that was never saved."""
+    import sqlite3
+
+    import pytest
+
+    from fedrecon.server.store import StoreUnavailable
+
+    store = PrototypeStore(tmp_path / "s.db")
+    monkeypatch.setattr(store._log, "append", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError(
+        "database or disk is full")))
+    rng = np.random.default_rng(0)
+    counts, means = rng.integers(1, 9, 3), rng.normal(size=(3, 4))
+    with store._queue_cond:  # both queued before the writer takes a batch: one batch, one failed commit
+        original = store.submit_push("a", "s", 1, ["x", "y", "z"], counts, means)
+        retry = store.submit_push("a", "s", 1, ["x", "y", "z"], counts, means)
+    for pending in (original, retry):
+        with pytest.raises(StoreUnavailable):
+            pending.wait(10)
+    monkeypatch.undo()
+    assert store.client_record("a").last_seq == 0
+    assert store.push("a", "s", 1, ["x", "y", "z"], counts, means).duplicate is False  # the client goes on
+    store.close()
+
+
+def _request(client: str, seq: int, ids: list[str], dim: int = 4):
+    from fedrecon.proto import codec
+    from fedrecon.proto.v1 import recon_pb2 as pb
+
+    rng = np.random.default_rng(seq)
+    deltas = codec.encode_deltas(ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), dim)), "float32")
+    return pb.PushRequest(client_id=client, space="s", seq=seq, deltas=deltas)
+
+
+def _open_streams(stub, n: int, first_push: bool) -> list:
+    """`n` PushStream calls that each send at most one push, then wait (never close their side)."""
+    import queue
+
+    calls = []
+    for i in range(n):
+        outbox: queue.Queue = queue.Queue()
+        if first_push:
+            outbox.put(_request(f"idle{i}", 1, ["x"]))
+        call = stub.PushStream(iter(outbox.get, None), timeout=60)
+        calls.append((call, outbox))
+    if first_push:
+        for call, _ in calls:
+            next(call)  # the first push is answered: the server now waits for the next one
+    return calls
+
+
+def _stream_works(stub) -> bool:
+    """Whether a new PushStream call is answered."""
+    import grpc
+
+    try:
+        replies = list(stub.PushStream(iter([_request("fresh", 1, ["z"])]), timeout=5))
+    except grpc.RpcError:
+        return False
+    return replies[0].replies[0].seq == 1
+
+
+def test_cancelled_and_idle_push_streams_never_wedge_the_server(tmp_path: Path) -> None:
+    """Hole 2: a stream cancelled while the server waited for its next push blocked a handler thread forever;
+    ~20 of them (or 16 idle open streams) left every call DEADLINE_EXCEEDED, and SIGTERM did not end it."""
+    import time
+
+    import grpc
+    from helpers import start_server, wait_until
+
+    from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+
+    process, address = start_server(tmp_path / "s.db")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            for _ in range(10):  # 40 streams cancelled while the server waits for their next push
+                for call, _ in _open_streams(stub, 4, first_push=True):
+                    call.cancel()
+            idle = _open_streams(stub, 24, first_push=False)  # open, nothing sent (those over the limit refused)
+            started = time.monotonic()
+            reply = stub.Push(_request("after", 1, ["y"]), timeout=5)
+            assert reply.seq == 1 and time.monotonic() - started < 1.0
+            for call, _ in idle:
+                call.cancel()
+            assert wait_until(lambda: _stream_works(stub), timeout=10)  # the idle streams' slots come back
+        process.terminate()
+        process.wait(timeout=15)  # before the fix: still running 40 s after "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_an_answered_push_keeps_nothing_its_caller_does_not_need() -> None:
+    """Hole 4, the mechanism: each push of a stream named the one before (`after`), so an open stream kept
+    every push it carried reachable; an answered push now holds only its answer."""
+    store = PrototypeStore()
+    rng = np.random.default_rng(0)
+    first = store.submit_push("a", "s", 1, ["x"], [2], rng.normal(size=(1, 4)))
+    second = store.submit_push("a", "s", 2, ["x"], [3], rng.normal(size=(1, 4)), after=first)
+    assert second.wait().version == 2
+    assert second.after is None and second.means is None and second.counts is None and second.sums is None
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _server_rss_after(tmp_path: Path, name: str, streams: int, pushes: int) -> int:
+    """RSS (KiB) of a server process after `pushes` pushes of 4 KiB sent on `streams` streams, the last
+    stream still open when measured."""
+    import queue
+
+    import grpc
+    from helpers import start_server
+
+    from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+
+    ids = [f"k{i}" for i in range(64)]
+    template = _request("c", 1, ids, dim=16)  # 4.1 KB on the wire
+    process, address = start_server(tmp_path / f"{name}.db")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub, seq, per_stream = rpc.ReconnaissanceStub(channel), 0, pushes // streams
+            for stream in range(streams):
+                outbox: queue.Queue = queue.Queue()
+                call = stub.PushStream(iter(outbox.get, None), timeout=300)
+                for _ in range(per_stream):
+                    seq += 1
+                    request = pb_copy(template)
+                    request.seq = seq
+                    outbox.put(request)
+                answered = 0
+                for message in call:
+                    answered += len(message.replies)
+                    if answered == per_stream:
+                        break
+                if stream == streams - 1:
+                    rss = _rss_kib(process.pid)
+                outbox.put(None)
+                list(call)
+        return rss
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def pb_copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
+
+
+@pytest.mark.slow
+def test_server_memory_does_not_grow_with_the_pushes_of_one_open_stream(tmp_path: Path) -> None:
+    """Hole 4: 20,000 pushes of 4.1 KB on one stream kept ~20.8 KB each alive (406 MB) until the stream ended.
+    Now within 50 MB of the same pushes sent on 20 short streams."""
+    short = _server_rss_after(tmp_path, "short", streams=20, pushes=20_000)
+    long = _server_rss_after(tmp_path, "long", streams=1, pushes=20_000)
+    assert long - short < 50 * 1024, f"one stream: {long} KiB, 20 streams: {short} KiB"
+
+
+def test_class_quotas_per_space_and_per_client_refuse_with_resource_exhausted() -> None:
+    """Stored classes cost memory: a space and a client have class quotas (RESOURCE_EXHAUSTED past them)."""
+    from fedrecon.server.store import Limits, QuotaExceeded
+
+    store = PrototypeStore(limits=Limits(max_space_classes=10, max_client_classes=6))
+    _push(store, "a", 1, [f"a{i}" for i in range(6)])
+    with pytest.raises(QuotaExceeded, match="client 'a'"):
+        _push(store, "a", 2, ["a0", "new"])
+    _push(store, "a", 2, ["a0", "a1"])  # known classes: no new rows
+    _push(store, "b", 1, [f"b{i}" for i in range(4)])
+    with pytest.raises(QuotaExceeded, match="space 's' holds 10"):
+        _push(store, "c", 1, ["c0"])
+    assert store.client_record("c").last_seq == 0
