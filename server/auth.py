@@ -57,12 +57,12 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def read_entries(path: Path) -> list[dict[str, Any]]:
-    """The token file's entries (an empty list when the file does not exist yet)."""
-    if not path.exists():
+def read_entries(path: Path, content: bytes | None = None) -> list[dict[str, Any]]:
+    """The token file's entries (`content`: its bytes, already read; an empty list when it does not exist yet)."""
+    if content is None and not path.exists():
         return []
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes() if content is None else content)
         entries = data["tokens"]
         for entry in entries:
             if entry["role"] not in ROLES or not entry["client_id"] or len(entry["sha256"]) != 64:
@@ -113,6 +113,9 @@ def remove_tokens(path: str | Path, client_id: str) -> int:
     return len(entries) - len(kept)
 
 
+RECHECK_SECONDS = 2.0  # the token file's content is hashed again at least this often
+
+
 class TokenStore:
     """The token file, reloaded when it changes on disk, so added and removed tokens take effect at once.
 
@@ -125,18 +128,27 @@ class TokenStore:
             raise TokenFileError(f"token file {self.path} does not exist; create one with "
                                  "`fedrecon admin token add --tokens FILE --client-id ID --role client|admin`")
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
+        self._digest = b""
+        self._read_at = 0.0
         self._by_hash: dict[str, Principal] = {}
         self._reload()
 
     def _reload(self) -> None:
+        """Reread the file when its metadata changed (ctime too: `cp -p` keeps the mtime) or every
+        `RECHECK_SECONDS` (coarse clocks); the tokens change only when its content (SHA-256) did."""
         stat = self.path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
+        stamp = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
+        if stamp == self._stamp and time.monotonic() - self._read_at < RECHECK_SECONDS:
             return
-        entries = read_entries(self.path)
+        content = self.path.read_bytes()
+        self._stamp, self._read_at = stamp, time.monotonic()
+        digest = hashlib.sha256(content).digest()
+        if digest == self._digest:
+            return
+        entries = read_entries(self.path, content)
         self._by_hash = {e["sha256"]: Principal(e["client_id"], e["role"]) for e in entries}
-        self._stamp = stamp
+        self._digest = digest
 
     def lookup(self, token: str) -> Principal | None:
         """The owner of a token, or None when the token is unknown (or was removed)."""
@@ -145,14 +157,14 @@ class TokenStore:
                 self._reload()
             except (OSError, TokenFileError):  # fail closed: a deleted or broken file admits no one
                 log.exception("token file %s could not be read; refusing every token until it can", self.path)
-                self._by_hash, self._stamp = {}, None
+                self._by_hash, self._stamp, self._digest = {}, None, b""
             return self._by_hash.get(hash_token(token))  # keyed by a hash of a 256-bit secret
 
     def remove_client(self, client_id: str) -> int:
         """Disable every token of a client (used when an admin revokes it)."""
         with self._lock:
             removed = remove_tokens(self.path, client_id)
-            self._stamp = None
+            self._stamp, self._digest = None, b""
             self._reload()
             return removed
 

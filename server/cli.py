@@ -112,15 +112,15 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         store.close()
         raise
-    print(server.address, flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal received; shutting down", extra={"signal": signal.Signals(signum).name})
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # before the address is printed: whoever read it may stop us at once
     signal.signal(signal.SIGINT, on_signal)
+    print(server.address, flush=True)
     while not stop.wait(1.0):
         pass
     server.stop(args.grace)

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import struct
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -314,7 +315,7 @@ AUDIT_QUERY = "SELECT version, kind, client_id, actor, at FROM audit ORDER BY ve
 
 def read_audit(path: Path) -> list[tuple[int, str, str, str, float]]:
     """The audit trail of a store's database, over a read-only connection of its own (any thread may call it)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=5.0)  # '#', '?' quoted
     try:
         return conn.execute(AUDIT_QUERY).fetchall()
     finally:

@@ -237,3 +237,36 @@ def test_class_quotas_per_space_and_per_client_refuse_with_resource_exhausted() 
     with pytest.raises(QuotaExceeded, match="space 's' holds 10"):
         _push(store, "c", 1, ["c0"])
     assert store.client_record("c").last_seq == 0
+
+
+def test_a_token_file_replaced_with_the_same_size_and_mtime_is_reloaded(tmp_path: Path) -> None:
+    """Hole 9: reload keyed on (mtime, size): a same-size replacement with the old mtime (`cp -p`) kept a
+    revoked token valid."""
+    import os
+    import shutil
+
+    from fedrecon.server.auth import TokenStore, add_token, hash_token
+
+    live, replacement = tmp_path / "tokens.json", tmp_path / "new.json"
+    old = add_token(live, "alice")
+    replacement.write_text(live.read_text().replace(hash_token(old), hash_token("another secret")))
+    assert live.stat().st_size == replacement.stat().st_size
+    store = TokenStore(live)
+    assert store.lookup(old).client_id == "alice"
+    stat = live.stat()
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    shutil.copy2(replacement, live)  # cp -p: same size, same mtime, other content
+    assert live.stat().st_mtime_ns == stat.st_mtime_ns
+    assert store.lookup(old) is None
+
+
+def test_a_database_path_with_hash_or_question_mark_serves_the_audit(tmp_path: Path) -> None:
+    """Hole 10: the audit read opened an unquoted `file:` URI: a `--db` with '#' or '?' failed (UNKNOWN in
+    Admin Stats) and left stray files."""
+    folder = tmp_path / "odd #1 ?x"
+    folder.mkdir()
+    with PrototypeStore(folder / "s#1?.db") as store:
+        _push(store, "a", 1, ["x"])
+        store.revoke("a", actor="admin")
+        assert [(kind, client) for _, kind, client, _, _ in store.audit()] == [("revoke", "a")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd #1 ?x"]
