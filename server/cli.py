@@ -30,14 +30,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
     parser.add_argument("--db", default="fedrecon.db", help="SQLite database file (default ./fedrecon.db)")
     parser.add_argument("--memory", action="store_true", help="keep everything in memory (no database; tests)")
+    parser.add_argument("--repair", action="store_true",
+                        help="serve a database that fails its start-up checks as it is: log what was lost, rebuild "
+                        "classes from their contributions (e.g. after restoring a backup)")
     parser.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL", "EXTRA"],
                         help="SQLite synchronous level: FULL survives power loss, NORMAL only process crashes")
-    parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    parser.add_argument("--workers", type=int, default=16,
+                        help="gRPC threads for unary calls (open streams get threads of their own)")
     parser.add_argument("--max-classes-per-push", type=int, default=Limits.max_classes_per_push)
     parser.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes)
     parser.add_argument("--max-class-id-bytes", type=int, default=Limits.max_class_id_bytes)
     parser.add_argument("--max-dim", type=int, default=Limits.max_dim)
     parser.add_argument("--max-watch-streams", type=int, default=Limits.max_watch_streams)
+    parser.add_argument("--max-push-streams", type=int, default=Limits.max_push_streams,
+                        help="PushStream calls served at once; more are refused RESOURCE_EXHAUSTED (retry later)")
+    parser.add_argument("--max-stream-window-bytes", type=int, default=Limits.max_stream_window_bytes,
+                        help="bytes of unanswered pushes one PushStream call may have in flight")
+    parser.add_argument("--stream-idle-seconds", type=float, default=Limits.stream_idle_seconds,
+                        help="a PushStream call with no push for this long is closed")
+    parser.add_argument("--max-queued-bytes", type=int, default=Limits.max_queued_bytes,
+                        help="bytes of pushes waiting to be written, all calls together; more: RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-space-classes", type=int, default=Limits.max_space_classes,
+                        help="classes one space may hold (0: no quota)")
+    parser.add_argument("--max-client-classes", type=int, default=Limits.max_client_classes,
+                        help="classes one client may contribute to in one space (0: no quota)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates (mutual TLS)")
@@ -84,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     """Start the server, print its address, serve until SIGTERM/SIGINT, then shut down cleanly."""
     setup_logging(args.log_level, args.log_format)
     limits = Limits(args.max_classes_per_push, args.max_message_bytes, args.max_class_id_bytes, args.max_dim,
-                    args.max_watch_streams)
+                    args.max_watch_streams, max_push_streams=args.max_push_streams,
+                    max_stream_window_bytes=args.max_stream_window_bytes,
+                    stream_idle_seconds=args.stream_idle_seconds, max_queued_bytes=args.max_queued_bytes,
+                    max_space_classes=args.max_space_classes, max_client_classes=args.max_client_classes)
     if args.tokens is None and not args.insecure:
         raise SystemExit("fedrecon server: give --tokens FILE (see `fedrecon admin token add`) or, for local "
                          "experiments only, --insecure")
@@ -97,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     tokens = TokenStore(args.tokens) if args.tokens is not None else None
     try:
         store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
-                               checkpoint_every=args.checkpoint_every)
+                               checkpoint_every=args.checkpoint_every, limits=limits, repair=args.repair)
     except (OSError, sqlite3.Error, DatabaseError) as error:
         print(f"fedrecon server: cannot open database {args.db}: {error}", file=sys.stderr)
         return 2

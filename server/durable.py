@@ -12,12 +12,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import struct
 import time
 import urllib.parse
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.proto.codec import DTYPES
+from fedrecon.server.highwater import HighWaterMark
+
+log = logging.getLogger("fedrecon.store")
 
 SCHEMA_VERSION = "1"
 
@@ -33,17 +38,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spaces (space TEXT PRIMARY KEY, dim INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS classes (
   space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL, sum BLOB NOT NULL,
-  version INTEGER NOT NULL, PRIMARY KEY (space, class_id));
+  version INTEGER NOT NULL, crc INTEGER NOT NULL DEFAULT -1, PRIMARY KEY (space, class_id));
 CREATE TABLE IF NOT EXISTS contributions (
   client_id TEXT NOT NULL, space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL,
-  sum BLOB NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (client_id, space, class_id));
+  sum BLOB NOT NULL, version INTEGER NOT NULL, crc INTEGER NOT NULL DEFAULT -1,
+  PRIMARY KEY (client_id, space, class_id));
 CREATE TABLE IF NOT EXISTS clients (
   client_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_version INTEGER NOT NULL,
   last_classes INTEGER NOT NULL, last_digest TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS log (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, space TEXT NOT NULL,
   seq INTEGER NOT NULL, class_ids TEXT NOT NULL, counts BLOB NOT NULL, means BLOB NOT NULL,
-  dim INTEGER NOT NULL, actor TEXT NOT NULL DEFAULT '', at REAL NOT NULL);
+  dim INTEGER NOT NULL, actor TEXT NOT NULL DEFAULT '', at REAL NOT NULL, crc INTEGER NOT NULL DEFAULT -1);
 CREATE TABLE IF NOT EXISTS audit (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, actor TEXT NOT NULL,
   at REAL NOT NULL);
@@ -51,6 +57,7 @@ CREATE TABLE IF NOT EXISTS audit (
 
 
 TABLES = {"meta", "spaces", "classes", "contributions", "clients", "log", "audit"}
+CHECKSUMMED = ("classes", "contributions", "log")  # a `crc` column per row (-1: written before checksums)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,13 @@ def pack_operation(class_ids: list[str], counts: np.ndarray, means: np.ndarray) 
     return json.dumps(class_ids), np.ascontiguousarray(counts, dtype="<i8").tobytes(), pack_means(means)
 
 
+def log_row(op: Operation) -> tuple:
+    """The `log` table row of an operation, its checksum last."""
+    row = (op.version, op.kind, op.client_id, op.space, op.seq, *(op.packed or pack_operation(op.class_ids, op.counts,
+           op.means)), op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at)
+    return (*row, checksum(*row))
+
+
 @dataclass(frozen=True)
 class TableRow:
     """A checkpointed (space, class) or (client, space, class) sum and count."""
@@ -120,12 +134,31 @@ class TableRow:
     client_id: str = ""
 
 
+def table_row(row: TableRow) -> tuple:
+    """The `contributions` row of a checkpointed row (`[1:]`: the `classes` row), its checksum last."""
+    fields = (row.client_id, row.space, row.class_id, row.count, row.sum.astype("<f8").tobytes(), row.version)
+    return (*fields, checksum(*fields))
+
+
 class DatabaseError(RuntimeError):
     """The database cannot be served: held by another server, read-only, damaged, or not fedrecon's."""
 
 
+class DatabaseDamaged(DatabaseError):
+    """What the database holds contradicts itself or what this server committed: refused, never served."""
+
+
 class DatabaseLocked(DatabaseError):
     """Another process (a second server) already writes this database."""
+
+
+def checksum(*fields: object) -> int:
+    """CRC-32 of a stored row's fields (text, numbers, bytes), to notice a flipped byte when it is loaded."""
+    crc = 0
+    for value in fields:
+        data = value if isinstance(value, bytes) else str(value).encode()
+        crc = zlib.crc32(struct.pack("<Q", len(data)) + data, crc)
+    return crc
 
 
 def lock_writer(path: Path) -> int:
@@ -196,6 +229,8 @@ class SqliteLog:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        self.store_id = self.meta("store_id") or ""
+        self.mark = HighWaterMark(self.path)
 
     def _open(self, synchronous: str) -> None:
         """Check the file is fedrecon's (or empty) and writable, then create or upgrade the schema."""
@@ -209,10 +244,14 @@ class SqliteLog:
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(clients)")}
         if "last_digest" not in columns:  # a database written before retries were checked by content
             self.conn.execute("ALTER TABLE clients ADD COLUMN last_digest TEXT NOT NULL DEFAULT ''")
+        for table in CHECKSUMMED:  # a database written before rows were checksummed: checked from now on
+            if "crc" not in {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER NOT NULL DEFAULT -1")
         found = self.meta("schema")
         if found is not None and found != SCHEMA_VERSION:
             raise DatabaseError(f"{self.path}: schema version {found}, this fedrecon expects {SCHEMA_VERSION}")
         with self.transaction():  # also proves the file is writable before the server says it is serving
+            self.created = found is None  # a new database (also one whose contents were lost with its -wal)
             if found is None:
                 self.set_meta("schema", SCHEMA_VERSION)
                 self.set_meta("store_id", uuid.uuid4().hex)
@@ -235,20 +274,17 @@ class SqliteLog:
     def append(self, operations: Iterable[Operation], new_spaces: dict[str, int]) -> None:
         """Durably append operations (and register new spaces) in one transaction."""
         operations = list(operations)
-        rows = [
-            (op.version, op.kind, op.client_id, op.space, op.seq,
-             *(op.packed or pack_operation(op.class_ids, op.counts, op.means)),
-             op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at)
-            for op in operations
-        ]
+        rows = [log_row(op) for op in operations]
         with self.transaction():
             if new_spaces:
                 self.conn.executemany("INSERT OR IGNORE INTO spaces (space, dim) VALUES (?, ?)",
                                       list(new_spaces.items()))
-            self.conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.conn.executemany(
                 "INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
                 [(op.version, op.kind, op.client_id, op.actor, op.at) for op in operations if op.kind != "push"])
+        if operations:
+            self.mark.write(self.store_id, operations[-1].version)
 
     def checkpoint(
         self, version: int, classes: list[TableRow], contributions: list[TableRow],
@@ -256,13 +292,10 @@ class SqliteLog:
     ) -> None:
         """Write changed table rows and drop the log up to `version`, atomically."""
         with self.transaction():
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?, ?)",
-                [(r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version) for r in classes])
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.client_id, r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version)
-                 for r in contributions])
+            self.conn.executemany("INSERT OR REPLACE INTO classes VALUES (?, ?, ?, ?, ?, ?)",
+                                  [table_row(r)[1:] for r in classes])
+            self.conn.executemany("INSERT OR REPLACE INTO contributions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [table_row(r) for r in contributions])
             self.conn.executemany("INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?, ?)", clients)
             self.conn.execute("DELETE FROM log WHERE version <= ?", (version,))
             self.set_meta("checkpoint_version", str(version))
@@ -271,16 +304,24 @@ class SqliteLog:
         """space -> dim."""
         return dict(self.conn.execute("SELECT space, dim FROM spaces").fetchall())
 
-    def load_rows(self, table: str) -> Iterator[TableRow]:
-        """Checkpointed rows of `classes` or `contributions`, in insertion order."""
+    def load_rows(self, table: str, damaged: list[TableRow] | None = None) -> Iterator[TableRow]:
+        """Checkpointed rows of `classes` or `contributions`, in insertion order; a row that fails its checksum
+        is refused (DatabaseDamaged), or with `damaged` set aside there and skipped."""
         if table == "classes":
-            query = "SELECT '', space, class_id, count, sum, version FROM classes ORDER BY rowid"
+            query = "SELECT '', space, class_id, count, sum, version, crc FROM classes ORDER BY rowid"
         elif table == "contributions":
-            query = "SELECT client_id, space, class_id, count, sum, version FROM contributions ORDER BY rowid"
+            query = "SELECT client_id, space, class_id, count, sum, version, crc FROM contributions ORDER BY rowid"
         else:
             raise ValueError(table)
-        for client_id, space, class_id, count, blob, version in self.conn.execute(query):
-            yield TableRow(space, class_id, count, np.frombuffer(blob, dtype="<f8"), version, client_id)
+        for client_id, space, class_id, count, blob, version, crc in self.conn.execute(query):
+            row = TableRow(space, class_id, count, np.frombuffer(blob, dtype="<f8"), version, client_id)
+            if crc != -1 and crc != checksum(client_id, space, class_id, count, blob, version):
+                if damaged is None:
+                    raise DatabaseDamaged(f"{self.path}: the stored row of class {class_id!r} in space {space!r}"
+                                          f"{f' of client {client_id!r}' if client_id else ''} fails its checksum")
+                damaged.append(row)
+                continue
+            yield row
 
     def load_clients(self) -> list[tuple[str, int, int, int, str]]:
         """(client_id, last_seq, last_version, last_classes, last_digest) rows."""
@@ -290,8 +331,10 @@ class SqliteLog:
     def load_log(self, after: int) -> Iterator[Operation]:
         """Logged operations after a version, in order."""
         query = "SELECT * FROM log WHERE version > ? ORDER BY version"
-        for version, kind, client_id, space, seq, ids, counts, means, dim, actor, at in self.conn.execute(
-                query, (after,)):
+        for row in self.conn.execute(query, (after,)):
+            version, kind, client_id, space, seq, ids, counts, means, dim, actor, at, crc = row
+            if crc != -1 and crc != checksum(*row[:-1]):
+                raise DatabaseDamaged(f"{self.path}: logged operation {version} fails its checksum")
             class_ids = json.loads(ids)
             counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
             digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
@@ -302,10 +345,31 @@ class SqliteLog:
         """Administrative operations recorded (version, kind, client, actor, time)."""
         return self.conn.execute(AUDIT_QUERY).fetchall()
 
+    def check_high_water(self, version: int, repair: bool = False) -> None:
+        """Refuse a database that ends below the last version this server acknowledged (DatabaseDamaged), or with
+        `repair` accept it as it is; then record `version` as the mark."""
+        recorded = self.mark.read()
+        if recorded is not None and (recorded[0] == self.store_id or self.created):
+            acknowledged = recorded[1]
+            if acknowledged > version or recorded[0] != self.store_id:
+                self._lost(version, acknowledged, repair)
+        self.mark.write(self.store_id, version)
+
+    def _lost(self, version: int, acknowledged: int, repair: bool) -> None:
+        """Refuse (or with `repair` log) a database that lost acknowledged operations."""
+        lost = (f"{self.path} ends at version {version} but this server acknowledged up to version {acknowledged} "
+                f"(a cut, damaged or deleted {self.path.name}-wal file, or a backup restored over the database)")
+        if not repair:
+            fresh = f"; to start a new, empty store here instead, delete {self.mark.path}" if self.created else ""
+            raise DatabaseDamaged(f"{lost}. Put the missing file back, or start with --repair to serve the database "
+                                  f"as it is (clients then re-push what they still hold){fresh}")
+        log.warning("--repair: %s; serving the database as it is", lost)
+
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed into the main file by SQLite), then release the lock."""
         try:
             self.conn.close()
+            self.mark.close()
         finally:
             os.close(self._lock_fd)
 

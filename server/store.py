@@ -25,6 +25,7 @@ from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.payloads import PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable, sums_of
 from fedrecon.server.durable import (
+    DatabaseDamaged,
     DatabaseError,
     Operation,
     SqliteLog,
@@ -286,6 +287,7 @@ class PrototypeStore:
         checkpoint_seconds: float = 30.0,
         max_batch: int = 1024,
         limits: Limits | None = None,
+        repair: bool = False,
     ) -> None:
         self.path = None if path is None else Path(path)
         self.limits = limits or Limits()
@@ -319,7 +321,10 @@ class PrototypeStore:
         if self.path is not None:
             self._log = SqliteLog(self.path, synchronous)
             try:
-                self._load()
+                self._load(repair)
+            except DatabaseDamaged:
+                self._log.close()
+                raise
             except Exception as error:  # noqa: BLE001 - any damage becomes one clear start-up error
                 self._log.close()
                 raise DatabaseError(f"{self.path}: damaged contents ({type(error).__name__}: {error}); restore "
@@ -805,16 +810,18 @@ class PrototypeStore:
         return [TableRow(space, table.class_ids[r], counts[i], sums[i], versions[i], client_id)
                 for i, r in enumerate(rows.tolist())]
 
-    def _load(self) -> None:
-        """Restore memory from the checkpointed tables, then replay the log after the checkpoint."""
+    def _load(self, repair: bool = False) -> None:
+        """Restore memory from the checkpointed tables, then replay the log after the checkpoint, verifying
+        what is loaded (checksums, the log's continuity, counts against contributions, the high-water mark):
+        a mismatch refuses to start (DatabaseDamaged), or with `repair` is mended where it can be and logged."""
         assert self._log is not None
         self.store_id = self._log.meta("store_id") or "unknown"
         self.dims = self._log.load_spaces()
+        damaged: list[TableRow] | None = [] if repair else None
         grouped: dict[tuple[str, str], list[TableRow]] = {}
-        for row in self._log.load_rows("classes"):
-            grouped.setdefault(("", row.space), []).append(row)
-        for row in self._log.load_rows("contributions"):
-            grouped.setdefault((row.client_id, row.space), []).append(row)
+        for table in ("classes", "contributions"):
+            for row in self._log.load_rows(table, damaged):
+                grouped.setdefault((row.client_id, row.space), []).append(row)
         for (client_id, space), rows in grouped.items():
             table = PrototypeTable(self.dims[space], capacity=len(rows))
             table.set_rows([r.class_id for r in rows], np.array([r.count for r in rows]),
@@ -823,13 +830,53 @@ class PrototypeStore:
                 self.contributions.setdefault(client_id, {})[space] = table
             else:
                 self.spaces[space] = table
+        for row in damaged or ():
+            log.warning("--repair: dropped the damaged row of class %r in space %r%s", row.class_id, row.space,
+                        f" of client {row.client_id!r}" if row.client_id else "")
         for client_id, *record in self._log.load_clients():
             self.clients[client_id] = ClientRecord(*record)
-        self.examples = {space: sum(table.counts.tolist()) for space, table in self.spaces.items()}
         self.version = self._checkpoint_version = int(self._log.meta("checkpoint_version") or 0)
+        self._verify_counts(repair)
+        self.examples = {space: sum(table.counts.tolist()) for space, table in self.spaces.items()}
         replayed = 0
         for op in self._log.load_log(self.version):
+            if op.version != self.version + 1:
+                raise DatabaseDamaged(f"{self.path}: the log jumps from version {self.version} to {op.version}: "
+                                      f"operations {self.version + 1}..{op.version - 1} are missing")
             self._apply(op)
             replayed += 1
+        self._log.check_high_water(self.version, repair)
         log.info("store %s loaded: version %d (%d operations replayed from the log)", self.path, self.version,
                  replayed)
+
+    def _verify_counts(self, repair: bool) -> None:
+        """Each checkpointed class's count equals the sum of its contributors' counts; with `repair`, a class
+        that does not (or whose row was damaged) is rebuilt from its contributions."""
+        for space, tables in self._contributions_by_space().items():
+            merged = self.spaces.setdefault(space, PrototypeTable(self.dims[space]))
+            rows = [merged.rows(table.class_ids) for table in tables]  # a class missing here is added, count 0
+            expected = np.zeros(len(merged), np.int64)
+            for table, at in zip(tables, rows, strict=True):
+                np.add.at(expected, at, table.counts)
+            wrong = np.nonzero(expected != merged.counts)[0]
+            if not len(wrong):
+                continue
+            first = int(wrong[0])
+            if not repair:
+                raise DatabaseDamaged(f"{self.path}: class {merged.class_ids[first]!r} of space {space!r} holds count "
+                                      f"{merged.counts[first]} but its contributions add up to {expected[first]} "
+                                      f"({len(wrong)} classes disagree); start with --repair to rebuild them from the "
+                                      "contributions")
+            log.warning("--repair: %d classes of space %r rebuilt from their contributions", len(wrong), space)
+            sums = np.zeros((len(merged), merged.dim or 0))
+            for table, at in zip(tables, rows, strict=True):
+                np.add.at(sums, at, table.sums)
+            merged.set_rows([merged.class_ids[r] for r in wrong.tolist()], expected[wrong], sums[wrong], self.version)
+
+    def _contributions_by_space(self) -> dict[str, list[PrototypeTable]]:
+        """Every client's contribution table, grouped by space."""
+        out: dict[str, list[PrototypeTable]] = {}
+        for tables in self.contributions.values():
+            for space, table in tables.items():
+                out.setdefault(space, []).append(table)
+        return out

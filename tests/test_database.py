@@ -92,8 +92,8 @@ MEANS = np.ones(2, "<f4").tobytes().hex()
 
 @pytest.mark.parametrize("statement", [
     "UPDATE classes SET sum = x'0102'",
-    f"INSERT INTO log VALUES (3, 'push', 'a', 's', 3, '[\"z\"', x'{ONE}', x'{MEANS}', 2, '', 0)",  # bad JSON
-    f"INSERT INTO log VALUES (3, 'push', 'a', 's', 3, '[\"z\"]', x'{ONE}', x'00', 2, '', 0)",  # bad blob
+    f"INSERT INTO log VALUES (3, 'push', 'a', 's', 3, '[\"z\"', x'{ONE}', x'{MEANS}', 2, '', 0, -1)",  # bad JSON
+    f"INSERT INTO log VALUES (3, 'push', 'a', 's', 3, '[\"z\"]', x'{ONE}', x'00', 2, '', 0, -1)",  # bad blob
 ])
 def test_damaged_contents_give_one_clear_error(tmp_path: Path, statement: str) -> None:
     db = _damaged(tmp_path, statement)

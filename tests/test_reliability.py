@@ -270,3 +270,89 @@ def test_a_database_path_with_hash_or_question_mark_serves_the_audit(tmp_path: P
         store.revoke("a", actor="admin")
         assert [(kind, client) for _, kind, client, _, _ in store.audit()] == [("revoke", "a")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd #1 ?x"]
+
+
+def _server_argv(db: Path, *extra: str) -> list[str]:
+    from helpers import FEDRECON
+
+    return [*FEDRECON, "server", "--host", "127.0.0.1", "--port", "0", "--db", str(db), "--insecure", *extra]
+
+
+def _refused_at_start(db: Path) -> str:
+    """Start a server on `db`: it must refuse with one line (returned)."""
+    import subprocess
+
+    out = subprocess.run(_server_argv(db), capture_output=True, text=True, timeout=60)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and out.stdout == "" and len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def test_a_lost_write_ahead_log_is_refused_not_served_with_fewer_pushes(tmp_path: Path) -> None:
+    """Hole 8: a cut, flipped or deleted WAL started with no warning, the same store id and fewer pushes
+    (2,393 of 3,000 acknowledged), reusing versions. Now refused in one line; --repair serves what is left."""
+    import os
+    import signal
+
+    from helpers import start_server
+
+    from fedrecon.client.recon_client import ReconClient
+
+    db = tmp_path / "s.db"
+    process, address = start_server(db)
+    with ReconClient(address, "a", state_path=None) as client:
+        for i in range(30):
+            client.push("s", [f"c{i}"], [1], np.ones((1, 4)))
+    os.kill(process.pid, signal.SIGKILL)  # the pushes are in the WAL only (no checkpoint yet)
+    process.wait()
+    Path(f"{db}-wal").unlink()
+    line = _refused_at_start(db)
+    assert "acknowledged up to version 30" in line and "--repair" in line, line
+    repaired, address = start_server(db, "--repair")
+    with ReconClient(address, "b", state_path=None) as client:
+        assert client.info()["version"] < 30
+    repaired.terminate()
+    repaired.wait(timeout=30)
+    start_server(db)[0].terminate()  # repaired: the next start is clean
+
+
+def test_damaged_stored_counts_are_refused_and_repair_rebuilds_them(tmp_path: Path) -> None:
+    """Hole 8: one flipped byte in a stored count was served. Rows carry checksums, and counts must equal
+    the sum of their contributions; --repair rebuilds such a class from its contributions."""
+    import sqlite3
+
+    from fedrecon.server.durable import DatabaseDamaged, checksum
+
+    db = tmp_path / "s.db"
+    with PrototypeStore(db) as store:
+        _push(store, "a", 1, ["x", "y"])
+        _push(store, "b", 1, ["x"], seed=1)
+        truth = store.pull("s")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE classes SET count = count + 256 WHERE class_id = 'x'")  # a flipped bit
+    assert "fails its checksum" in _refused_at_start(db)
+    with sqlite3.connect(db) as conn:  # the same damage with a matching checksum: counts disagree
+        row = conn.execute("SELECT '', space, class_id, count, sum, version FROM classes "
+                           "WHERE class_id = 'x'").fetchone()
+        conn.execute("UPDATE classes SET crc = ? WHERE class_id = 'x'", (checksum(*row),))
+    assert "contributions add up to" in _refused_at_start(db)
+    with pytest.raises(DatabaseDamaged):
+        PrototypeStore(db)
+    with PrototypeStore(db, repair=True) as store:
+        repaired = store.pull("s")
+    assert repaired.class_ids == truth.class_ids and repaired.counts.tolist() == truth.counts.tolist()
+    np.testing.assert_allclose(repaired.means, truth.means, rtol=1e-12)
+
+
+def test_a_gap_in_the_log_is_refused(tmp_path: Path) -> None:
+    """The log must continue the checkpoint version by version: a missing operation is named, not skipped."""
+    import sqlite3
+
+    db = tmp_path / "s.db"
+    with PrototypeStore(db, checkpoint_every=10**9) as store:
+        for seq in range(1, 4):
+            _push(store, "a", seq, [f"c{seq}"])
+        store._checkpoint = lambda: None  # keep the log as it is at close
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM log WHERE version = 2")
+    assert "operations 2..2 are missing" in _refused_at_start(db)
