@@ -152,8 +152,9 @@ class Pressure:
     A rogue re-sends each client's last seq with other content (what two processes sharing a state file,
     or a state file restored from a backup, do): every such push must be refused (ALREADY_EXISTS, or
     FAILED_PRECONDITION when the seq is already stale), never acknowledged. A pager pulls the table in
-    small pages while pushes land; each completed paged pull must equal exactly the pushes acknowledged
-    with a version <= its last page's version. After every restart a second server on the same database
+    small pages while pushes land, going on with the same page token when the server comes back from a kill;
+    each completed paged pull must equal exactly the pushes acknowledged with a version <= its last page's
+    version. After every restart a second server on the same database
     must refuse to start.
     """
 
@@ -164,7 +165,8 @@ class Pressure:
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.counts: dict[str, int] = {k: 0 for k in ("reused_refused", "reused_stale", "reuse_silently_dropped",
-                                                      "reuse_accepted", "paged_pulls", "paged_pages",
+                                                      "reuse_accepted", "paged_pulls", "paged_pulls_across_restarts",
+                                                      "paged_pages",
                                                       "second_servers_refused", "second_servers_started")}
         self.pulls: list[tuple[int, dict[str, tuple[int, np.ndarray]]]] = []
         self.threads = [threading.Thread(target=self._reuse, daemon=True),
@@ -222,23 +224,25 @@ class Pressure:
             stub = rpc.ReconnaissanceStub(channel)
             while not self.stop.wait(0.02):
                 table: dict[str, tuple[int, np.ndarray]] = {}
-                token, pages = "", 0
-                try:
-                    while True:
+                token, pages, crossed = "", 0, False
+                while not self.stop.is_set():
+                    try:
                         reply = stub.Pull(pb.PullRequest(space=SPACE, dtype=pb.FLOAT64, page_token=token,
                                                          max_reply_bytes=self.page_bytes), timeout=2)
-                        deltas = codec.decode_deltas(reply.classes, allow_zero_counts=True)
-                        for cid, count, mean in zip(deltas.class_ids, deltas.counts.tolist(), deltas.means,
-                                                    strict=True):
-                            table[cid] = (count, mean * count)
-                        pages, token = pages + 1, reply.next_page_token
-                        if not token:
-                            break
-                except grpc.RpcError:
-                    continue  # the server was killed mid-pull: start again
-                self.pulls.append((reply.version, table))
-                self.counts["paged_pulls"] += 1
-                self.counts["paged_pages"] += pages
+                    except grpc.RpcError:  # the server was killed mid-pull: ask for the same page once it is back
+                        crossed = crossed or pages > 0
+                        time.sleep(0.05)
+                        continue
+                    deltas = codec.decode_deltas(reply.classes, allow_zero_counts=True)
+                    for cid, count, mean in zip(deltas.class_ids, deltas.counts.tolist(), deltas.means, strict=True):
+                        table[cid] = (count, mean * count)
+                    pages, token = pages + 1, reply.next_page_token
+                    if not token:
+                        self.pulls.append((reply.version, table))
+                        self.counts["paged_pulls"] += 1
+                        self.counts["paged_pulls_across_restarts"] += crossed
+                        self.counts["paged_pages"] += pages
+                        break
 
     def check_second_server(self) -> None:
         """A second server on the same database must exit (2) instead of serving."""

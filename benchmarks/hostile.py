@@ -3,7 +3,8 @@
 Actions cover pushes with NaN/Inf, overflowing counts, dim/dtype/length mismatches, odd Unicode ids,
 wrong spaces and sequence games (replays, other content under a used seq, gaps, zero, 2**64-1),
 pulls/watches/info/admin calls with odd fields, raw undecodable message bytes to every method, raw
-garbage at the TCP socket, (rarely) a push of a million classes, and pushes up to a space's count
+garbage at the TCP socket, PushStream calls cancelled or closed at any point (after which a call must
+be answered within a second), (rarely) a push of a million classes, and pushes up to a space's count
 bound. `Target.send` performs one action and reports its status and whether the store changed; a
 refused request must leave the store exactly as it was.
 """
@@ -11,6 +12,7 @@ refused request must leave the store exactly as it was.
 from __future__ import annotations
 
 import hashlib
+import queue
 import socket
 from dataclasses import dataclass, field
 
@@ -86,7 +88,12 @@ raw_actions = st.fixed_dictionaries({"kind": st.just("raw"), "method": st.sample
                                      "payload": st.binary(max_size=256)})
 socket_actions = st.fixed_dictionaries({"kind": st.just("socket"), "preface": st.booleans(),
                                         "payload": st.binary(max_size=512)})
-actions = st.one_of(push_actions(), push_actions(), push_actions(), read_actions(), raw_actions, socket_actions)
+stream_actions = st.fixed_dictionaries({"kind": st.just("stream"), "pushes": st.integers(0, 4),
+                                        "end": st.sampled_from(["cancel", "cancel_unread", "close"])})
+actions = st.one_of(push_actions(), push_actions(), push_actions(), read_actions(), raw_actions, socket_actions,
+                    stream_actions)
+STREAMER = "streamer"  # the client of stream actions
+ANSWER_SECONDS = 1.0  # after a stream action, a call must be answered within this (a wedged server is not)
 
 
 def _matrix(action: dict) -> pb.Matrix:
@@ -214,6 +221,8 @@ class Target:
                 self._million(action)
             elif action["kind"] == "bound":
                 self._bound(action)
+            elif action["kind"] == "stream":
+                code = self._stream(action)
             else:
                 self._read(action, before[0])
         except grpc.RpcError as error:
@@ -224,8 +233,32 @@ class Target:
         if action["kind"] == "watch" and code == grpc.StatusCode.DEADLINE_EXCEEDED:
             code = grpc.StatusCode.OK  # an idle watch simply had nothing to stream yet
         refused = code is not None and code != grpc.StatusCode.OK
-        bug = bug or (changed and (refused or action["kind"] not in ("push", "raw", "bound")))
+        bug = bug or (changed and (refused or action["kind"] not in ("push", "raw", "bound", "stream")))
+        bug = bug or (action["kind"] == "stream" and code == grpc.StatusCode.DEADLINE_EXCEEDED)  # wedged
         return Outcome(action["kind"], code, changed, bug)
+
+    def _stream(self, action: dict) -> grpc.StatusCode:
+        """Valid pushes on one PushStream call, then a cancel (after reading the answers, or before) or a close;
+        then the server must answer a call within `ANSWER_SECONDS` (DEADLINE_EXCEEDED: it is wedged, a bug)."""
+        first = self.seqs.get(STREAMER, 0) + 1
+        requests = [pb.PushRequest(client_id=STREAMER, space="s", seq=first + i, deltas=codec.encode_deltas(
+            ["c0"], [1], np.ones((1, SPACES["s"])))) for i in range(action["pushes"])]
+        outbox: queue.Queue = queue.Queue()
+        for request in requests:
+            outbox.put(request)
+        call = self.stub.PushStream(iter(outbox.get, None), timeout=self.timeout)
+        answered = 0
+        try:
+            while action["end"] != "cancel_unread" and answered < len(requests):
+                answered += len(next(call).replies)
+        finally:
+            if action["end"] == "close":
+                outbox.put(None)
+                list(call)
+            call.cancel()
+        seqs = {c.client_id: c.last_seq for c in self.admin.Stats(apb.StatsRequest(), timeout=ANSWER_SECONDS).clients}
+        self.seqs[STREAMER] = seqs.get(STREAMER, 0)
+        return grpc.StatusCode.OK
 
     def _bound(self, action: dict) -> None:
         """A valid push of 65,536 classes at the largest count: a space reaches its total bound after 64."""

@@ -5,7 +5,14 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fedrecon.benchmarks.hostile import Target, push_actions, raw_actions, read_actions, socket_actions
+from fedrecon.benchmarks.hostile import (
+    Target,
+    push_actions,
+    raw_actions,
+    read_actions,
+    socket_actions,
+    stream_actions,
+)
 from fedrecon.server.assemble import build_server
 from fedrecon.server.store import PrototypeStore
 
@@ -48,6 +55,13 @@ def test_raw_message_bytes(target, action) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(action=socket_actions)
 def test_socket_garbage(target, action) -> None:
+    _check(target, action)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(action=stream_actions)
+def test_push_streams_cancelled_or_closed_at_any_point(target, action) -> None:
+    """Hole 2 of issue #25 as a property: whatever a stream's client does, the server answers the next call."""
     _check(target, action)
 
 
