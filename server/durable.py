@@ -301,6 +301,10 @@ class SqliteLog:
         """Administrative operations recorded (version, kind, client, actor, time)."""
         return self.conn.execute(AUDIT_QUERY).fetchall()
 
+    def read_audit(self) -> list[tuple[int, str, str, str, float]]:
+        """The audit trail over a read-only connection of its own (any thread may call it)."""
+        return read_audit(self.path)
+
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed into the main file by SQLite), then release the lock."""
         try:

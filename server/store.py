@@ -1,7 +1,7 @@
 """The durable prototype store: exactly-once, all-or-nothing merges of per-class deltas.
 
 State lives in memory (one `PrototypeTable` per space, one per client and space, per-client
-sequence records) and is made durable by `SqliteLog`: pushes queue up, a writer thread validates
+sequence records) and is made durable by a `Log` (SQLite or PostgreSQL): pushes queue up, a writer thread validates
 a batch against the state, appends it to the log in one transaction, and only after the commit
 applies it to memory and acknowledges each push (group commit). Pulls read memory under a lock,
 so they never see an unacknowledged push. With `path=None` the store is in-memory only (tests,
@@ -27,13 +27,12 @@ from fedrecon.proto.prototypes import PrototypeTable, sums_of
 from fedrecon.server.durable import (
     DatabaseError,
     Operation,
-    SqliteLog,
     TableRow,
     content_digest,
     pack_operation,
-    read_audit,
     same_content,
 )
+from fedrecon.server.log import Log, location, open_log
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
 log = logging.getLogger("fedrecon.store")
@@ -255,7 +254,7 @@ def check_values(requests: list[Pending]) -> None:
 
 
 class PrototypeStore:
-    """Per-space merged prototypes plus per-client contributions, durable in SQLite or in memory."""
+    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory."""
 
     def __init__(
         self,
@@ -267,7 +266,7 @@ class PrototypeStore:
         max_batch: int = 1024,
         limits: Limits | None = None,
     ) -> None:
-        self.path = None if path is None else Path(path)
+        self.path = None if path is None else location(path)  # the SQLite file, or the URL without password
         self.limits = limits or Limits()
         self.examples: dict[str, int] = {}  # exact total count per space (Python ints)
         self.version = 0
@@ -292,11 +291,11 @@ class PrototypeStore:
         self._last_checkpoint = time.monotonic()
         self.commits = 0  # group commits made, and the operations they held (the mean batch size shows batching)
         self.committed_operations = 0
-        self._log: SqliteLog | None = None
+        self._log: Log | None = None
         self._failing = ""  # the durability error being reported, so a full disk is logged once, not per batch
         self._writer: threading.Thread | None = None
         if self.path is not None:
-            self._log = SqliteLog(self.path, synchronous)
+            self._log = open_log(path, synchronous)  # SqliteLog, or PostgresLog for a postgresql:// URL
             try:
                 self._load()
             except Exception as error:  # noqa: BLE001 - any damage becomes one clear start-up error
@@ -444,7 +443,7 @@ class PrototypeStore:
         if self._log is None:
             with self._lock:
                 return list(self._memory_audit)
-        return read_audit(self.path)
+        return self._log.read_audit()
 
     def revoked_at(self, client_id: str) -> int:
         """Version of the client's latest revocation (0 if none since start-up); open streams compare it."""
