@@ -21,9 +21,11 @@ def _mean(value: float, dim: int = 4) -> np.ndarray:
     return np.full((1, dim), value)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request, tmp_path: Path):
-    s = PrototypeStore(None if request.param == "memory" else tmp_path / "store.db")
+    targets = {"memory": lambda: None, "sqlite": lambda: tmp_path / "store.db",
+               "postgres": lambda: request.getfixturevalue("pg_url")}
+    s = PrototypeStore(targets[request.param]())
     yield s
     s.close()
 
@@ -62,8 +64,8 @@ def test_reused_seq_with_other_content_is_refused_and_changes_nothing(store) -> 
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 10**6])
-def test_content_check_survives_restart(tmp_path: Path, checkpoint_every: int) -> None:
-    path = tmp_path / "store.db"
+def test_content_check_survives_restart(db_target, checkpoint_every: int) -> None:
+    path = db_target
     with PrototypeStore(path, checkpoint_every=checkpoint_every) as first:  # from the checkpoint or the log
         first.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1))  # not exact in float32: logged as float64
         first.push("b", "s", 1, ["x"], [3], _mean(0.5))
@@ -207,8 +209,9 @@ def test_space_total_is_bounded_so_sums_never_overflow(store, monkeypatch) -> No
     assert store.info()["spaces"][1]["examples"] == 100
 
 
-def test_restart_restores_exactly(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
+def test_restart_restores_exactly(tmp_path: Path, db_target) -> None:
+    """Close and reopen on the same database (both backends); SQLite also from a copy taken while open."""
+    path = db_target
     rng = np.random.default_rng(3)
     store = PrototypeStore(path, checkpoint_every=7)  # some state checkpointed, the rest only in the log
     for seq in range(1, 21):
@@ -218,10 +221,10 @@ def test_restart_restores_exactly(tmp_path: Path) -> None:
     before = snapshot(store)
     crashed = tmp_path / "crashed.db"  # copy the files while the store is open: what a SIGKILL leaves behind
     for suffix in ("", "-wal", "-shm"):
-        if Path(f"{path}{suffix}").exists():
+        if isinstance(path, Path) and Path(f"{path}{suffix}").exists():
             shutil.copy(f"{path}{suffix}", f"{crashed}{suffix}")
     store.close()
-    for db in (path, crashed):
+    for db in (path, crashed) if isinstance(path, Path) else (path,):  # PostgreSQL: SIGKILL in test_postgres
         reopened = PrototypeStore(db)
         assert snapshot(reopened) == before
         reopened.close()
