@@ -11,6 +11,7 @@ HINTS = (  # (text libpq or the server says, what to do), first match wins
     ("does not exist", "create it first (createdb, or CREATE DATABASE/ROLE) or fix the URL"),
     ("connection refused", "cannot reach the PostgreSQL server (is it running, on that host and port?)"),
     ("could not translate host name", "cannot reach the PostgreSQL server (unknown host name)"),
+    ("failed to resolve host", "cannot reach the PostgreSQL server (unknown host name or bad port)"),
     ("timeout expired", "cannot reach the PostgreSQL server (connection timed out)"),
     ("no such file or directory", "cannot reach the PostgreSQL server (no socket there; is it running?)"),
     ("permission denied", "the user lacks a right fedrecon needs (to create tables in its schema, or to write)"),

@@ -97,7 +97,8 @@ def connection_params(url: str) -> dict[str, str]:
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
-        raise DatabaseError(f"{redact(url)}: not a valid PostgreSQL URL ({' '.join(str(error).split())}); "
+        text = " ".join(str(error).replace(url, "the URL").split())  # libpq quotes the URL, password and all
+        raise DatabaseError(f"{redact(url)}: not a valid PostgreSQL URL ({text}); "
                             "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME") from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", f"fedrecon server on {socket.gethostname()} pid {os.getpid()}")
@@ -118,7 +119,7 @@ class PostgresLog:
             self._open()
         except psycopg.Error as error:
             self.conn.close()
-            raise DatabaseError(f"{self.location}: {explain(error)}") from None
+            raise self._error(error) from None
         except BaseException:
             self.conn.close()
             raise
@@ -128,7 +129,7 @@ class PostgresLog:
         try:
             conn = psycopg.connect(**self._params, autocommit=True)
         except psycopg.Error as error:
-            raise DatabaseError(f"{self.location}: {explain(error)}") from None
+            raise self._error(error) from None
         try:
             if self._synchronous == "OFF":
                 conn.execute("SET synchronous_commit = off")
@@ -262,7 +263,13 @@ class PostgresLog:
             with psycopg.connect(**self._params, autocommit=True) as conn:
                 return conn.execute(AUDIT_QUERY).fetchall()
         except psycopg.Error as error:
-            raise DatabaseError(f"{self.location}: {explain(error)}") from None
+            raise self._error(error) from None
+
+    def _error(self, error: psycopg.Error) -> DatabaseError:
+        """A psycopg error as one DatabaseError line, naming the database, never quoting its password."""
+        text = f"{self.location}: {explain(error)}"
+        password = self._params.get("password")
+        return DatabaseError(text.replace(password, "***") if password else text)
 
     def close(self) -> None:
         """Close the connection, which releases the advisory lock."""

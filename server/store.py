@@ -67,9 +67,11 @@ class Limits:
     max_stream_window: int = 64  # unanswered pushes one PushStream call may have in flight
 
     def check_text(self, name: str, value: str) -> None:
-        """Refuse an empty name or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
+        """Refuse an empty name, one with a NUL or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
         if not value:
             raise InvalidPush(f"{name} must not be empty")
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL: refused on every backend, so they agree
+            raise InvalidPush(f"{name} must not contain NUL characters")
         if len(value) * 4 > self.max_class_id_bytes and len(value.encode()) > self.max_class_id_bytes:
             raise InvalidPush(f"{name} is longer than {self.max_class_id_bytes} bytes (UTF-8)")
 
@@ -195,7 +197,8 @@ def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, l
     if set(map(type, class_ids)) != {str} and not all(isinstance(c, str) for c in class_ids):  # C-level first
         raise InvalidPush(f"class_id {next(c for c in class_ids if not isinstance(c, str))!r} is not a string")
     lengths = list(map(len, class_ids))
-    if min(lengths) == 0 or max(lengths) * 4 > limits.max_class_id_bytes:  # UTF-8 is at most 4 bytes a character
+    # UTF-8 is at most 4 bytes a character; one scan of the joined ids finds a NUL
+    if min(lengths) == 0 or max(lengths) * 4 > limits.max_class_id_bytes or "\x00" in "".join(class_ids):
         for class_id in class_ids:
             limits.check_text("class_id", class_id)
     if len(set(class_ids)) != n:

@@ -166,6 +166,9 @@ def test_spaces_never_mix(store) -> None:
         (("a", "s", 2, ["x"], [2**40], np.full((1, 4), 1e25)), "finite"),
         (("a", "", 2, ["x"], [1], np.zeros((1, 4))), "space"),
         (("", "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id"),
+        (("a", "s", 2, ["y", "x\x00"], [1, 1], np.zeros((2, 4))), "class_id must not contain NUL"),
+        (("a", "s\x00", 2, ["x"], [1], np.zeros((1, 4))), "space must not contain NUL"),
+        (("a\x00", "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id must not contain NUL"),
     ],
 )
 def test_bad_push_changes_nothing(store, args, match) -> None:
