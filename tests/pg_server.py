@@ -41,12 +41,14 @@ def _free_port() -> int:
 class PgCluster:
     """`start()`, `create_database()` -> a URL, `stop()`; the data folder is removed at stop."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, durable: bool = False) -> None:
         self.bin_dir = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="fedrecon-pg-"))
+        self.durable = durable  # False (tests): fsync off, for speed; True: PostgreSQL's defaults (benchmarks)
+        self.as_user = USER if os.geteuid() == 0 else None  # root: run as the postgres system user
+        # that user must reach the folder: under /tmp, not a $TMPDIR inside root's home
+        self.root = Path(tempfile.mkdtemp(prefix="fedrecon-pg-", dir="/tmp" if self.as_user else None))
         self.port = _free_port()
         self.process: subprocess.Popen | None = None
-        self.as_user = USER if os.geteuid() == 0 else None  # root: run as the postgres system user
 
     def _run_as(self) -> dict:
         if self.as_user is None:
@@ -70,7 +72,7 @@ class PgCluster:
         self.process = subprocess.Popen(
             [str(self.bin_dir / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+             "-c", "max_connections=200", *([] if self.durable else ["-c", "fsync=off", "-c", "full_page_writes=off"])],
             stdout=self.log, stderr=subprocess.STDOUT, **self._run_as())
         deadline = time.monotonic() + timeout
         while not self._ready():
