@@ -78,6 +78,17 @@ UPSERT = {
                "last_classes = EXCLUDED.last_classes, last_digest = EXCLUDED.last_digest",
     "meta": "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
 }
+STAGE = """CREATE TEMP TABLE IF NOT EXISTS staged (
+  ord BIGINT, contribution BOOLEAN, client_id TEXT, space TEXT, class_id TEXT, count BIGINT, sum BYTEA,
+  version BIGINT) ON COMMIT DELETE ROWS"""
+STAGE_TYPES = ["bigint", "boolean", "text", "text", "text", "bigint", "bytea", "bigint"]
+FROM_STAGE = {  # first-insertion order kept in `pos`: new rows take identities in the order they are staged
+    "classes": UPSERT["classes"].replace("VALUES (%s, %s, %s, %s, %s)", "SELECT space, class_id, count, sum, "
+                                         "version FROM staged WHERE NOT contribution ORDER BY ord"),
+    "contributions": UPSERT["contributions"].replace(
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        "SELECT client_id, space, class_id, count, sum, version FROM staged WHERE contribution ORDER BY ord"),
+}
 ROWS_QUERY = {
     "classes": "SELECT ''::text, space, class_id, count, sum, version FROM classes ORDER BY pos",
     "contributions": "SELECT client_id, space, class_id, count, sum, version FROM contributions ORDER BY pos",
@@ -215,11 +226,14 @@ class PostgresLog:
         """Write changed table rows and drop the log up to `version`, atomically."""
         conn = self._live()
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(UPSERT["classes"], [(r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(),
-                                                 r.version) for r in classes])
-            cur.executemany(UPSERT["contributions"], [
-                (r.client_id, r.space, r.class_id, r.count, r.sum.astype("<f8").tobytes(), r.version)
-                for r in contributions])
+            cur.execute(STAGE)  # rows go in by COPY, then one upsert per table: several times executemany's speed
+            with cur.copy("COPY staged FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(STAGE_TYPES)
+                for i, r in enumerate([*classes, *contributions]):
+                    copy.write_row((i, bool(r.client_id), r.client_id, r.space, r.class_id, r.count,
+                                    r.sum.astype("<f8").tobytes(), r.version))
+            cur.execute(FROM_STAGE["classes"])
+            cur.execute(FROM_STAGE["contributions"])
             cur.executemany(UPSERT["clients"], clients)
             cur.execute("DELETE FROM log WHERE version <= %s", (version,))
             cur.execute(UPSERT["meta"], ("checkpoint_version", str(version)))
