@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from fedrecon.server.durable import Operation, SqliteLog, TableRow
@@ -22,6 +22,7 @@ ClientRow = tuple[str, int, int, int, str]  # client_id, last_seq, last_version,
 AuditRow = tuple[int, str, str, str, float]  # version, kind, client_id, actor, at
 
 
+@runtime_checkable
 class Log(Protocol):
     """Durable storage of one store: an operation log group-committed before any acknowledgement, plus
     checkpointed tables; a restart loads the tables and replays the log after `meta("checkpoint_version")`."""

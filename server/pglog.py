@@ -36,6 +36,7 @@ from fedrecon.server.pgerrors import explain
 LOCK_KEY = int.from_bytes(b"fedrecon", "big")  # the advisory lock of "this database has a writer"
 PG_TABLES = TABLES | {"head"}
 CONNECT_TIMEOUT = "10"  # seconds, unless the URL says otherwise
+LOCK_WAIT = "2s"  # how long a new writer waits for the lock before it says another server holds it
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,11 +145,15 @@ class PostgresLog:
         try:
             if self._synchronous == "OFF":
                 conn.execute("SET synchronous_commit = off")
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+            conn.execute(f"SET lock_timeout = '{LOCK_WAIT}'")  # a crashed writer's backend may still be exiting
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+            except psycopg.errors.LockNotAvailable:
                 holder = conn.execute(HOLDER_QUERY, (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)).fetchone()
                 who = f" ({holder[0] or 'pid ' + str(holder[2])} holds its lock)" if holder else ""
                 raise DatabaseLocked(f"{self.location} is in use by another fedrecon server{who}; stop that server "
-                                     "or give another --db")
+                                     "or give another --db") from None
+            conn.execute("RESET lock_timeout")
         except BaseException:
             conn.close()
             raise
@@ -286,5 +291,11 @@ class PostgresLog:
         return DatabaseError(text.replace(password, "***") if password else text)
 
     def close(self) -> None:
-        """Close the connection, which releases the advisory lock."""
-        self.conn.close()
+        """Release the advisory lock (at once, not when the backend gets round to exiting), close the connection."""
+        try:
+            if not (self.conn.closed or self.conn.broken):
+                self.conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        except psycopg.Error:
+            pass  # the lock goes with the connection anyway
+        finally:
+            self.conn.close()

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrecon.server.log import Log
 from fedrecon.server.store import (
     InvalidPush,
     Pending,
@@ -255,6 +256,21 @@ def test_revoke_is_exact_unlearning(store) -> None:
     assert len(store.pull("s", version).class_ids) > 0  # the changes are visible to incremental pulls
     with pytest.raises(UnknownClient):
         store.revoke("nobody")
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 10**6])
+def test_revoke_and_audit_survive_restart(db_target, checkpoint_every: int) -> None:
+    """A revocation replays from the log, or loads from the checkpoint, to the same table and audit trail."""
+    with PrototypeStore(db_target, checkpoint_every=checkpoint_every) as first:
+        assert isinstance(first._log, Log)  # SqliteLog or PostgresLog, behind the same seam
+        first.push("a", "s", 1, ["x", "y"], [2, 3], np.full((2, 4), 0.1))
+        first.push("b", "s", 1, ["x"], [5], _mean(2.0))
+        first.revoke("a", actor="root")
+        before, audit = snapshot(first), first.audit()
+    assert [row[:4] for row in audit] == [(3, "revoke", "a", "root")]
+    with PrototypeStore(db_target) as again:
+        assert snapshot(again) == before and again.audit() == audit
+        assert again.pull("s").counts.tolist() == [5]  # class y went to 0: a revoked class is not live
 
 
 def test_wait_for_change(store) -> None:
