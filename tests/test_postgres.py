@@ -97,6 +97,14 @@ def test_a_lost_connection_is_opened_again_and_the_retry_is_exactly_once(pg_url:
         assert again.version == 2 and again.pull("s").counts.tolist() == [2, 3]
 
 
+def test_a_url_without_password_takes_it_from_the_environment(pg_url: str, monkeypatch) -> None:
+    from pg_server import PASSWORD
+
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)  # libpq's own ways (PGPASSWORD, ~/.pgpass) keep it off the command line
+    with PrototypeStore(pg_url.replace(f":{PASSWORD}@", "@")) as store:
+        assert store.push("a", "s", 1, ["x"], [1], np.ones((1, 2))).version == 1
+
+
 def test_synchronous_off_sets_synchronous_commit(pg_url: str) -> None:
     with PrototypeStore(pg_url, synchronous="OFF") as store:
         assert store._log.conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
