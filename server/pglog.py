@@ -20,7 +20,6 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from fedrecon.server.durable import (
-    SCHEMA_VERSION,
     TABLES,
     DatabaseError,
     DatabaseLocked,
@@ -33,6 +32,7 @@ from fedrecon.server.durable import (
 from fedrecon.server.log import AuditRow, ClientRow, redact
 from fedrecon.server.pgerrors import explain
 
+PG_SCHEMA_VERSION = "1"  # of this schema, apart from SQLite's: each backend's schema changes on its own
 LOCK_KEY = int.from_bytes(b"fedrecon", "big")  # the advisory lock of "this database has a writer"
 PG_TABLES = TABLES | {"head"}
 CONNECT_TIMEOUT = "10"  # seconds, unless the URL says otherwise
@@ -177,14 +177,14 @@ class PostgresLog:
             if not tables:
                 conn.execute(SCHEMA)
             found = self.meta("schema")
-            if found is not None and found != SCHEMA_VERSION:
+            if found is not None and found != PG_SCHEMA_VERSION:
                 raise DatabaseError(f"{self.location}: schema version {found}, this fedrecon expects "
-                                    f"{SCHEMA_VERSION}")
+                                    f"{PG_SCHEMA_VERSION}")
             if found is None:
                 if tables:  # tables without a schema row: not written by fedrecon, whose schema is one transaction
                     raise DatabaseError(f"{self.location} holds fedrecon's table names but no schema version; "
                                         "fedrecon leaves it untouched. Give another --db")
-                self._set_meta([("schema", SCHEMA_VERSION), ("store_id", uuid.uuid4().hex),
+                self._set_meta([("schema", PG_SCHEMA_VERSION), ("store_id", uuid.uuid4().hex),
                                 ("checkpoint_version", "0")])
             self._set_meta([("opened_at", repr(time.time()))])
 
@@ -275,6 +275,10 @@ class PostgresLog:
             digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
             yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
                             digest)
+            after = version
+        head = self.conn.execute("SELECT version FROM head").fetchone()[0]
+        if head != after:  # every commit moves the head with its log rows: a difference means rows went missing
+            raise DatabaseError(f"{self.location}: the log ends at version {after} but its head says {head}")
 
     def read_audit(self) -> list[AuditRow]:
         """The audit trail over a short connection of its own (any thread may call it)."""

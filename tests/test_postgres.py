@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from helpers import FEDRECON, free_port, wait_until
 
-from fedrecon.server.durable import DatabaseError
+from fedrecon.server.durable import DatabaseError, Operation
 from fedrecon.server.log import is_url, location, redact
+from fedrecon.server.pglog import PostgresLog
 from fedrecon.server.store import PrototypeStore, StoreUnavailable
 
 SECRET = "sekrit-xyz"
@@ -74,6 +75,17 @@ def test_a_moved_head_refuses_the_commit_and_acknowledges_nothing(pg_url: str) -
         assert store.version == 1 and store.client_record("a").last_seq == 1
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM log WHERE version > 1").fetchone()[0] == 0
+
+
+def test_log_rows_gone_missing_are_damage_not_a_shorter_history(pg_url: str) -> None:
+    log = PostgresLog(pg_url)  # as a server killed before its checkpoint leaves it: two pushes, only in the log
+    log.append([Operation(v, "push", "a", "s", v, [c], np.ones(1, np.int64), np.ones((1, 2)))
+                for v, c in ((1, "x"), (2, "y"))], {"s": 2})
+    log.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM log WHERE version = 2")
+    with pytest.raises(DatabaseError, match="damaged contents.*log ends at version 1 but its head says 2"):
+        PrototypeStore(pg_url)
 
 
 def test_a_lost_connection_is_opened_again_and_the_retry_is_exactly_once(pg_url: str) -> None:
