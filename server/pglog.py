@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import psycopg
@@ -204,8 +205,7 @@ class PostgresLog:
                  *(op.packed or pack_operation(op.class_ids, op.counts, op.means)),
                  op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at) for op in operations]
         audit = [(op.version, op.kind, op.client_id, op.actor, op.at) for op in operations if op.kind != "push"]
-        conn = self._live()
-        with conn.transaction(), conn.cursor() as cur:
+        with self._writing() as cur:
             if operations:
                 self._advance(cur, operations[0].version - 1, operations[-1].version)
             if new_spaces:
@@ -216,6 +216,16 @@ class PostgresLog:
                     copy.write_row(row)
             if audit:
                 cur.executemany("INSERT INTO audit VALUES (%s, %s, %s, %s, %s)", audit)
+
+    @contextmanager
+    def _writing(self) -> Iterator[psycopg.Cursor]:
+        """A cursor in one transaction of the writer's connection; a psycopg error becomes a one-line DatabaseError."""
+        try:
+            conn = self._live()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as error:
+            raise self._error(error) from error
 
     def _advance(self, cur: psycopg.Cursor, expected: int, version: int) -> None:
         """Move the head counter from `expected` to `version`, or refuse the commit (LogConflict)."""
@@ -229,8 +239,7 @@ class PostgresLog:
     def checkpoint(self, version: int, classes: list[TableRow], contributions: list[TableRow],
                    clients: list[ClientRow]) -> None:
         """Write changed table rows and drop the log up to `version`, atomically."""
-        conn = self._live()
-        with conn.transaction(), conn.cursor() as cur:
+        with self._writing() as cur:
             cur.execute(STAGE)  # rows go in by COPY, then one upsert per table: several times executemany's speed
             with cur.copy("COPY staged FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(STAGE_TYPES)
