@@ -14,6 +14,7 @@ from fedrecon.server.app import TlsConfig
 from fedrecon.server.assemble import build_server
 from fedrecon.server.auth import TokenStore
 from fedrecon.server.durable import DatabaseError
+from fedrecon.server.log import location
 from fedrecon.server.logs import setup_logging
 from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimits
@@ -28,13 +29,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the server's options."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
-    parser.add_argument("--db", default="fedrecon.db", help="SQLite database file (default ./fedrecon.db)")
+    parser.add_argument("--db", default="fedrecon.db", help="SQLite database file (default ./fedrecon.db), or a "
+                        "PostgreSQL URL postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")
     parser.add_argument("--memory", action="store_true", help="keep everything in memory (no database; tests)")
     parser.add_argument("--repair", action="store_true",
                         help="serve a database that fails its start-up checks as it is: log what was lost, rebuild "
                         "classes from their contributions (e.g. after restoring a backup)")
     parser.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL", "EXTRA"],
-                        help="SQLite synchronous level: FULL survives power loss, NORMAL only process crashes")
+                        help="SQLite synchronous level: FULL survives power loss, NORMAL only process crashes "
+                        "(PostgreSQL: OFF sets synchronous_commit off, the others keep it on)")
     parser.add_argument("--workers", type=int, default=16,
                         help="gRPC threads for unary calls (open streams get threads of their own)")
     parser.add_argument("--max-classes-per-push", type=int, default=Limits.max_classes_per_push)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
                                checkpoint_every=args.checkpoint_every, limits=limits, repair=args.repair)
     except (OSError, sqlite3.Error, DatabaseError) as error:
-        print(f"fedrecon server: cannot open database {args.db}: {error}", file=sys.stderr)
+        print(f"fedrecon server: cannot open database {location(args.db)}: {error}", file=sys.stderr)
         return 2
     metrics = ServerMetrics(store) if args.metrics_port is not None else None
     try:

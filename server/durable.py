@@ -365,6 +365,10 @@ class SqliteLog:
                                   f"as it is (clients then re-push what they still hold){fresh}")
         log.warning("--repair: %s; serving the database as it is", lost)
 
+    def read_audit(self) -> list[tuple[int, str, str, str, float]]:
+        """The audit trail over a read-only connection of its own (any thread may call it)."""
+        return read_audit(self.path)
+
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed into the main file by SQLite), then release the lock."""
         try:

@@ -73,10 +73,10 @@ class Cursor:
 
 
 def _ids(table: PrototypeTable, rows: np.ndarray) -> np.ndarray:
-    """The sort keys of some rows' class ids, as a numpy string array (compared and sorted in C): each id with
-    a "\x01" appended, since numpy drops trailing NUL characters (ids "a" and "a\x00" must not tie)."""
+    """The class ids of some rows as a numpy string array (compared and sorted in C; ids never hold NUL, which
+    numpy would drop at the end of a string)."""
     ids = table.class_ids
-    return np.array([ids[r] + "\x01" for r in rows.tolist()], dtype=str)
+    return np.array([ids[r] for r in rows.tolist()], dtype=str)
 
 
 def _after(table: PrototypeTable, cursor: Cursor) -> np.ndarray:
@@ -86,7 +86,7 @@ def _after(table: PrototypeTable, cursor: Cursor) -> np.ndarray:
     if cursor.after_id is not None:
         tied = np.nonzero(versions == cursor.after_version)[0]
         if len(tied):
-            after[tied[_ids(table, tied) > cursor.after_id + "\x01"]] = True
+            after[tied[_ids(table, tied) > cursor.after_id]] = True
     if cursor.full:
         after &= (table.counts > 0) | (versions > cursor.started)
     return np.nonzero(after)[0]

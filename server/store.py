@@ -1,7 +1,7 @@
 """The durable prototype store: exactly-once, all-or-nothing merges of per-class deltas.
 
 State lives in memory (one `PrototypeTable` per space, one per client and space, per-client
-sequence records) and is made durable by `SqliteLog`: pushes queue up, a writer thread validates
+sequence records) and is made durable by a `Log` (SQLite or PostgreSQL): pushes queue up, a writer thread validates
 a batch against the state, appends it to the log in one transaction, and only after the commit
 applies it to memory and acknowledges each push (group commit). Pulls read memory under a lock,
 so they never see an unacknowledged push. With `path=None` the store is in-memory only (tests,
@@ -28,13 +28,12 @@ from fedrecon.server.durable import (
     DatabaseDamaged,
     DatabaseError,
     Operation,
-    SqliteLog,
     TableRow,
     content_digest,
     pack_operation,
-    read_audit,
     same_content,
 )
+from fedrecon.server.log import Log, location, open_log
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
 log = logging.getLogger("fedrecon.store")
@@ -75,9 +74,11 @@ class Limits:
     max_client_classes: int = 1_000_000  # classes one client may contribute to in one space (0: no quota)
 
     def check_text(self, name: str, value: str) -> None:
-        """Refuse an empty name or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
+        """Refuse an empty name, one with a NUL or one longer than `max_class_id_bytes` (UTF-8) with InvalidPush."""
         if not value:
             raise InvalidPush(f"{name} must not be empty")
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL: refused on every backend, so they agree
+            raise InvalidPush(f"{name} must not contain NUL characters")
         if len(value) * 4 > self.max_class_id_bytes and len(value.encode()) > self.max_class_id_bytes:
             raise InvalidPush(f"{name} is longer than {self.max_class_id_bytes} bytes (UTF-8)")
 
@@ -217,7 +218,8 @@ def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, l
     if set(map(type, class_ids)) != {str} and not all(isinstance(c, str) for c in class_ids):  # C-level first
         raise InvalidPush(f"class_id {next(c for c in class_ids if not isinstance(c, str))!r} is not a string")
     lengths = list(map(len, class_ids))
-    if min(lengths) == 0 or max(lengths) * 4 > limits.max_class_id_bytes:  # UTF-8 is at most 4 bytes a character
+    # UTF-8 is at most 4 bytes a character; one scan of the joined ids finds a NUL
+    if min(lengths) == 0 or max(lengths) * 4 > limits.max_class_id_bytes or "\x00" in "".join(class_ids):
         for class_id in class_ids:
             limits.check_text("class_id", class_id)
     if len(set(class_ids)) != n:
@@ -276,7 +278,7 @@ def check_values(requests: list[Pending]) -> None:
 
 
 class PrototypeStore:
-    """Per-space merged prototypes plus per-client contributions, durable in SQLite or in memory."""
+    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory."""
 
     def __init__(
         self,
@@ -289,7 +291,7 @@ class PrototypeStore:
         limits: Limits | None = None,
         repair: bool = False,
     ) -> None:
-        self.path = None if path is None else Path(path)
+        self.path = None if path is None else location(path)  # the SQLite file, or the URL without password
         self.limits = limits or Limits()
         self.examples: dict[str, int] = {}  # exact total count per space (Python ints)
         self.version = 0
@@ -315,11 +317,11 @@ class PrototypeStore:
         self._last_checkpoint = time.monotonic()
         self.commits = 0  # group commits made, and the operations they held (the mean batch size shows batching)
         self.committed_operations = 0
-        self._log: SqliteLog | None = None
+        self._log: Log | None = None
         self._failing = ""  # the durability error being reported, so a full disk is logged once, not per batch
         self._writer: threading.Thread | None = None
         if self.path is not None:
-            self._log = SqliteLog(self.path, synchronous)
+            self._log = open_log(path, synchronous)  # SqliteLog, or PostgresLog for a postgresql:// URL
             try:
                 self._load(repair)
             except DatabaseDamaged:
@@ -470,7 +472,7 @@ class PrototypeStore:
         if self._log is None:
             with self._lock:
                 return list(self._memory_audit)
-        return read_audit(self.path)
+        return self._log.read_audit()
 
     def revoked_at(self, client_id: str) -> int:
         """Version of the client's latest revocation (0 if none since start-up); open streams compare it."""

@@ -19,10 +19,11 @@ from fedrecon.server.store import PrototypeStore
 
 
 @pytest.fixture
-def secured(tmp_path: Path):
+def secured(tmp_path: Path, db_target):
+    """A server with tokens on a durable store of each backend (SQLite, PostgreSQL)."""
     path = tmp_path / "tokens.json"
     tokens = make_tokens(path)
-    server = build_server(PrototypeStore(tmp_path / "s.db"), tokens=path).start()
+    server = build_server(PrototypeStore(db_target), tokens=path).start()
     channel = grpc.insecure_channel(server.address)
     yield server, arpc.AdminStub(channel), tokens
     channel.close()

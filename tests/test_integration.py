@@ -65,12 +65,13 @@ def _pull(address: str, out: Path) -> dict:
                 "means": d["means"].copy()}
 
 
-def test_real_processes_merge_exactly_and_survive_sigkill(tmp_path: Path) -> None:
+def test_real_processes_merge_exactly_and_survive_sigkill(tmp_path: Path, db_target) -> None:
+    """`fedrecon server --db FILE` and `--db postgresql://...` alike (with a checkpoint in between)."""
     rng = np.random.default_rng(7)
     central: dict[str, list[np.ndarray]] = {}
     classes = [f"class-{i}" for i in range(6)]
-    db = tmp_path / "fedrecon.db"
-    server, address = start_server(db)
+    db = db_target
+    server, address = start_server(db, "--checkpoint-every", "5")
     try:
         # client "a": one CLI process per push, sequence kept in its state file
         for k, (ids, counts, means) in enumerate(_batches(rng, classes, 4, central), start=1):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrecon.server.log import Log
 from fedrecon.server.store import (
     InvalidPush,
     Pending,
@@ -21,9 +22,11 @@ def _mean(value: float, dim: int = 4) -> np.ndarray:
     return np.full((1, dim), value)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request, tmp_path: Path):
-    s = PrototypeStore(None if request.param == "memory" else tmp_path / "store.db")
+    targets = {"memory": lambda: None, "sqlite": lambda: tmp_path / "store.db",
+               "postgres": lambda: request.getfixturevalue("pg_url")}
+    s = PrototypeStore(targets[request.param]())
     yield s
     s.close()
 
@@ -62,8 +65,8 @@ def test_reused_seq_with_other_content_is_refused_and_changes_nothing(store) -> 
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 10**6])
-def test_content_check_survives_restart(tmp_path: Path, checkpoint_every: int) -> None:
-    path = tmp_path / "store.db"
+def test_content_check_survives_restart(db_target, checkpoint_every: int) -> None:
+    path = db_target
     with PrototypeStore(path, checkpoint_every=checkpoint_every) as first:  # from the checkpoint or the log
         first.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1))  # not exact in float32: logged as float64
         first.push("b", "s", 1, ["x"], [3], _mean(0.5))
@@ -164,6 +167,9 @@ def test_spaces_never_mix(store) -> None:
         (("a", "s", 2, ["x"], [2**40], np.full((1, 4), 1e25)), "finite"),
         (("a", "", 2, ["x"], [1], np.zeros((1, 4))), "space"),
         (("", "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id"),
+        (("a", "s", 2, ["y", "x\x00"], [1, 1], np.zeros((2, 4))), "class_id must not contain NUL"),
+        (("a", "s\x00", 2, ["x"], [1], np.zeros((1, 4))), "space must not contain NUL"),
+        (("a\x00", "s", 1, ["x"], [1], np.zeros((1, 4))), "client_id must not contain NUL"),
     ],
 )
 def test_bad_push_changes_nothing(store, args, match) -> None:
@@ -207,8 +213,9 @@ def test_space_total_is_bounded_so_sums_never_overflow(store, monkeypatch) -> No
     assert store.info()["spaces"][1]["examples"] == 100
 
 
-def test_restart_restores_exactly(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
+def test_restart_restores_exactly(tmp_path: Path, db_target) -> None:
+    """Close and reopen on the same database (both backends); SQLite also from a copy taken while open."""
+    path = db_target
     rng = np.random.default_rng(3)
     store = PrototypeStore(path, checkpoint_every=7)  # some state checkpointed, the rest only in the log
     for seq in range(1, 21):
@@ -218,10 +225,10 @@ def test_restart_restores_exactly(tmp_path: Path) -> None:
     before = snapshot(store)
     crashed = tmp_path / "crashed.db"  # copy the files while the store is open: what a SIGKILL leaves behind
     for suffix in ("", "-wal", "-shm"):
-        if Path(f"{path}{suffix}").exists():
+        if isinstance(path, Path) and Path(f"{path}{suffix}").exists():
             shutil.copy(f"{path}{suffix}", f"{crashed}{suffix}")
     store.close()
-    for db in (path, crashed):
+    for db in (path, crashed) if isinstance(path, Path) else (path,):  # PostgreSQL: SIGKILL in test_postgres
         reopened = PrototypeStore(db)
         assert snapshot(reopened) == before
         reopened.close()
@@ -249,6 +256,21 @@ def test_revoke_is_exact_unlearning(store) -> None:
     assert len(store.pull("s", version).class_ids) > 0  # the changes are visible to incremental pulls
     with pytest.raises(UnknownClient):
         store.revoke("nobody")
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 10**6])
+def test_revoke_and_audit_survive_restart(db_target, checkpoint_every: int) -> None:
+    """A revocation replays from the log, or loads from the checkpoint, to the same table and audit trail."""
+    with PrototypeStore(db_target, checkpoint_every=checkpoint_every) as first:
+        assert isinstance(first._log, Log)  # SqliteLog or PostgresLog, behind the same seam
+        first.push("a", "s", 1, ["x", "y"], [2, 3], np.full((2, 4), 0.1))
+        first.push("b", "s", 1, ["x"], [5], _mean(2.0))
+        first.revoke("a", actor="root")
+        before, audit = snapshot(first), first.audit()
+    assert [row[:4] for row in audit] == [(3, "revoke", "a", "root")]
+    with PrototypeStore(db_target) as again:
+        assert snapshot(again) == before and again.audit() == audit
+        assert again.pull("s").counts.tolist() == [5]  # class y went to 0: a revoked class is not live
 
 
 def test_wait_for_change(store) -> None:
