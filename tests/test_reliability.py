@@ -118,7 +118,7 @@ def test_cancelled_and_idle_push_streams_never_wedge_the_server(tmp_path: Path) 
     try:
         with grpc.insecure_channel(address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
-            for _ in range(10):  # 40 streams cancelled while the server waits for their next push
+            for _ in range(25):  # 100 streams cancelled while the server waits for their next push
                 for call, _ in _open_streams(stub, 4, first_push=True):
                     call.cancel()
             idle = _open_streams(stub, 24, first_push=False)  # open, nothing sent (those over the limit refused)
