@@ -372,8 +372,7 @@ def run(args: argparse.Namespace) -> int:
             config, data_dir, done = config_from_args(args), args.data_dir, {}
             out = Path(args.out or f"runs/{args.name}")
     except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"fedrecon experiment: error: {error}", file=sys.stderr)
-        return 2
+        raise SystemExit(str(error)) from None
     try:
         results = run_experiment(config, data_dir, progress=not args.quiet, out=out, done=done)
     except KeyboardInterrupt:

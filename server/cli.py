@@ -90,10 +90,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
     """TLS settings from --tls-* options (both cert and key, or neither)."""
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise SystemExit("fedrecon server: --tls-cert and --tls-key go together")
+        raise SystemExit("--tls-cert and --tls-key go together")
     if args.tls_cert is None:
         if args.tls_client_ca is not None:
-            raise SystemExit("fedrecon server: --tls-client-ca needs --tls-cert and --tls-key")
+            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     client_ca = args.tls_client_ca.read_bytes() if args.tls_client_ca else None
     return TlsConfig(args.tls_cert.read_bytes(), args.tls_key.read_bytes(), client_ca)
@@ -108,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
                     stream_idle_seconds=args.stream_idle_seconds, max_queued_bytes=args.max_queued_bytes,
                     max_space_classes=args.max_space_classes, max_client_classes=args.max_client_classes)
     if args.tokens is None and not args.insecure:
-        raise SystemExit("fedrecon server: give --tokens FILE (see `fedrecon admin token add`) or, for local "
+        raise SystemExit("give --tokens FILE (see `fedrecon admin token add`) or, for local "
                          "experiments only, --insecure")
     if args.tokens is not None and args.insecure:
-        raise SystemExit("fedrecon server: --tokens and --insecure exclude each other")
+        raise SystemExit("--tokens and --insecure exclude each other")
     robust = RobustConfig(args.robust_estimator, args.robust_trim, args.robust_count_cap, args.robust_norm_ratio,
                           args.robust_outlier)
     rate_limits = RateLimits(args.max_pushes_per_second, args.push_burst, args.max_streams_per_client)
@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
         store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
                                checkpoint_every=args.checkpoint_every, limits=limits, repair=args.repair)
     except (OSError, sqlite3.Error, DatabaseError) as error:
-        print(f"fedrecon server: cannot open database {location(args.db)}: {error}", file=sys.stderr)
-        return 2
+        raise SystemExit(f"cannot open database {location(args.db)}: {error}") from None
     metrics = ServerMetrics(store) if args.metrics_port is not None else None
     try:
         server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,

@@ -69,3 +69,24 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path: Path, monkeypatch: 
     info = json.loads(out.stdout)
     assert info["path"] == "omniglot.pt" and info["fingerprint"] == Encoder.random(seed=3, device="cpu").fingerprint
     assert mine.exists()
+
+
+def test_errors_carry_their_command_prefix_once(tmp_path) -> None:
+    """Messages that carried a prefix got it twice ("fedrecon server: error: fedrecon server: ...")."""
+    import subprocess
+
+    from helpers import FEDRECON
+
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    runs = {
+        "server": [*FEDRECON, "server", "--tls-cert", str(cert), "--insecure", "--port", "0"],
+        "admin": [*FEDRECON, "admin", "stats", "--server", "127.0.0.1:1", "--token", "t", "--timeout", "0.5"],
+        "experiment": [*FEDRECON, "experiment"],
+    }
+    for command, argv in runs.items():
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, (command, out.stderr)
+        assert lines[0].startswith(f"fedrecon {command}: error: ") and lines[0].count(f"fedrecon {command}") == 1, \
+            lines[0]
