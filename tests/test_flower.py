@@ -12,21 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray  # noqa: F401 - required: the Simulation Engine runs on it
+from flwr.simulation import run_simulation
 from helpers import REPO_ROOT, free_port, wait_until
 
-pytest.importorskip("ray")
-
-from flwr.simulation import run_simulation  # noqa: E402
-
-from fedrecon.client.flower import app as client_app  # noqa: E402
-from fedrecon.client.flower import get_encoder, load_data  # noqa: E402
-from fedrecon.client.memory import PrototypeMemory  # noqa: E402
-from fedrecon.experiments import flower_app as experiments_app  # noqa: E402
-from fedrecon.experiments.transports import GrpcTransport, InprocTransport  # noqa: E402
-from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes  # noqa: E402
-from fedrecon.server.flower_app import FlowerSettings, make_server_app  # noqa: E402
-from fedrecon.server.flower_plan import plan_missions  # noqa: E402
-from fedrecon.server.store import PrototypeStore  # noqa: E402
+from fedrecon.client.flower import app as client_app
+from fedrecon.client.flower import get_encoder, load_data
+from fedrecon.client.memory import PrototypeMemory
+from fedrecon.experiments import flower_app as experiments_app
+from fedrecon.experiments.transports import GrpcTransport, InprocTransport
+from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
+from fedrecon.server.flower_app import FlowerSettings, make_server_app
+from fedrecon.server.flower_plan import plan_missions
+from fedrecon.server.store import PrototypeStore
 
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
 

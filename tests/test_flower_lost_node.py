@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray  # noqa: F401 - required: the Simulation Engine runs on it
 from helpers import REPO_ROOT, free_port, pids_mentioning, wait_until
-
-pytest.importorskip("ray")
 
 BIN = Path(sys.executable).parent
 SMALL = "ways=2 shots=3 queries=2 glyph-classes=30 glyph-drawings=6 encoder='random' seed=1 timeout=25.0"

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray  # noqa: F401 - required: the Simulation Engine runs on it
 from helpers import REPO_ROOT, free_port, pids_mentioning
-
-pytest.importorskip("ray")
 
 UNREACHABLE = "http://127.0.0.1:9/"  # discard port: nothing listens, so any index request fails at once
 

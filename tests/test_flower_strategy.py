@@ -7,17 +7,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import flwr  # noqa: F401 - required
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-pytest.importorskip("flwr")
-
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
-
-from fedrecon.proto.flower_records import Assignment, prototypes_record  # noqa: E402
-from fedrecon.server.flower import PrototypeAveraging, TooFewNodes  # noqa: E402
-from fedrecon.server.flower_plan import plan_missions  # noqa: E402
-from fedrecon.server.store import PrototypeStore  # noqa: E402
+from fedrecon.proto.flower_records import Assignment, prototypes_record
+from fedrecon.server.flower import PrototypeAveraging, TooFewNodes
+from fedrecon.server.flower_plan import plan_missions
+from fedrecon.server.store import PrototypeStore
 
 SPACE = "conv4-test"
 NODES = [101, 202, 303]

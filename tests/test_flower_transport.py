@@ -4,11 +4,10 @@ the same prototypes and accuracies as the in-process transport for the same seed
 from __future__ import annotations
 
 import pytest
+import ray  # noqa: F401 - required: the Simulation Engine runs on it
 
-pytest.importorskip("ray")
-
-from fedrecon.experiments.runner import load_config, run_experiment  # noqa: E402
-from fedrecon.experiments.transports import TRANSPORTS, make_transport  # noqa: E402
+from fedrecon.experiments.runner import load_config, run_experiment
+from fedrecon.experiments.transports import TRANSPORTS, make_transport
 
 
 def small_config(transport: str, cache) -> dict:
