@@ -18,14 +18,13 @@ from typing import Any
 
 import grpc
 
+from fedrecon.proto import trailers
 from fedrecon.server.auth import PUSH_METHOD, PUSH_STREAM_METHOD, TokenStore, bearer_token
-
-RETRY_AFTER_KEY = "fedrecon-retry-after-ms"  # trailer of every transient RESOURCE_EXHAUSTED
 
 
 def refuse_for_now(context: grpc.ServicerContext, seconds: float, details: str) -> None:
     """Abort with a transient RESOURCE_EXHAUSTED: the trailer says when a retry may succeed."""
-    context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(seconds * 1000) + 1)),))
+    context.set_trailing_metadata(((trailers.RETRY_AFTER_MS, str(int(seconds * 1000) + 1)),))
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
 

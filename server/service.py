@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from fedrecon import __version__
-from fedrecon.proto import codec
+from fedrecon.proto import codec, trailers
 from fedrecon.proto.codec import MAX_COUNT
 from fedrecon.proto.payloads import PushAck
 from fedrecon.proto.v1 import recon_pb2 as pb
@@ -111,7 +111,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
         code = status_of(error)
         if isinstance(error, SequenceGap | SeqReused | EarlierPushRefused):
-            context.set_trailing_metadata((("fedrecon-expected-seq", str(error.expected)),))
+            context.set_trailing_metadata(((trailers.EXPECTED_SEQ, str(error.expected)),))
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         if isinstance(error, StoreBusy):  # transient: the trailer says when to retry
             refuse_for_now(context, error.retry_after, str(error))

@@ -161,8 +161,8 @@ def test_info_and_stats_answer_on_a_database_whose_totals_overflowed_before_the_
     with PrototypeStore(db, checkpoint_every=1) as store:
         store.push("a", "s", 1, [f"c{i}" for i in range(4)], [1] * 4, np.zeros((4, 1)))
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE classes SET count = ?", (2**62,))
-        conn.execute("UPDATE contributions SET count = ?", (2**62,))
+        conn.execute("UPDATE classes SET count = ?, crc = -1", (2**62,))  # an older server: no checksums
+        conn.execute("UPDATE contributions SET count = ?, crc = -1", (2**62,))
     server = build_server(PrototypeStore(db), insecure=True).start()
     try:
         with grpc.insecure_channel(server.address) as channel:

@@ -14,11 +14,12 @@ import pytest
 from security_helpers import make_tokens
 
 from fedrecon.proto import codec
+from fedrecon.proto.trailers import RETRY_AFTER_MS
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.assemble import build_server
 from fedrecon.server.metrics import ServerMetrics
-from fedrecon.server.ratelimit import RETRY_AFTER_KEY, RateLimits
+from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.store import EarlierPushRefused, PrototypeStore, SeqReused
 
 DIM = 4
@@ -167,7 +168,7 @@ def test_stream_pushes_are_rate_limited_one_token_each(tmp_path: Path) -> None:
                 for reply in _answers(stub.PushStream(iter([_request(seq) for seq in range(1, 9)]), timeout=10)):
                     answered.append(reply.seq)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert RETRY_AFTER_KEY in dict(info.value.trailing_metadata())  # transient: retry after that long
+        assert RETRY_AFTER_MS in dict(info.value.trailing_metadata())  # transient: retry after that long
         assert answered == [1, 2, 3] and store.client_record("alice").last_seq == 3
     finally:
         server.stop(grace=1)

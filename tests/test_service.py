@@ -13,6 +13,7 @@ from helpers import free_port
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.recon_client import ReconClient, SequenceError
 from fedrecon.proto import codec
+from fedrecon.proto.trailers import EXPECTED_SEQ
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.app import ReconServer
 from fedrecon.server.service import Limits
@@ -84,7 +85,7 @@ def test_gap_is_failed_precondition_naming_expected(client) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _push(client, 5, codec.encode_deltas(["a"], [1], np.zeros((1, 2))))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "expected seq 2" in info.value.details()
-    assert dict(info.value.trailing_metadata())["fedrecon-expected-seq"] == "2"
+    assert dict(info.value.trailing_metadata())[EXPECTED_SEQ] == "2"
     client.state.last_seq = 7  # a client whose state says otherwise gets a typed error
     with pytest.raises(SequenceError) as seq_info:
         client.push("s", ["a"], [1], np.zeros((1, 2)))
@@ -96,7 +97,7 @@ def test_reused_seq_with_other_content_is_already_exists(client) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _push(client, 1, codec.encode_deltas(["a"], [10], np.zeros((1, 2))))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "seq 1" in info.value.details()
-    assert dict(info.value.trailing_metadata())["fedrecon-expected-seq"] == "2"
+    assert dict(info.value.trailing_metadata())[EXPECTED_SEQ] == "2"
     assert client.pull("s", since=0).counts.tolist() == [50]
     again = _push(client, 1, codec.encode_deltas(["a"], [50], np.zeros((1, 2))))
     assert again.duplicate and again.version == 1

@@ -1,0 +1,4 @@
+"""The trailing-metadata keys of the wire contract: the server writes them, the client library reads them."""
+
+EXPECTED_SEQ = "fedrecon-expected-seq"  # on a refused push: the number the store expects next from this client
+RETRY_AFTER_MS = "fedrecon-retry-after-ms"  # on a transient RESOURCE_EXHAUSTED: milliseconds before a retry
