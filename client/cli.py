@@ -48,7 +48,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         common(p)
         p.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
         p.add_argument("--encoder", required=True,
-                       help="shipped encoder name (omniglot, omniglot-paper, glyphs) or checkpoint path")
+                       help="shipped encoder (omniglot, omniglot-paper, glyphs: handwriting), an imported encoder's "
+                       "name (fedrecon encoder import), an exported .onnx file or a checkpoint path")
         p.add_argument("--state-dir", type=Path, default=default_state_dir(),
                        help="where client state lives ($FEDRECON_STATE_DIR)")
         p.add_argument("--device", default="cpu", help="torch device for embedding: cpu, cuda, auto")
@@ -129,10 +130,10 @@ def _client(args: argparse.Namespace, client_id: str = "", state: Path | None = 
 
 
 def _learner(args: argparse.Namespace, offline: bool = False) -> Learner:
-    from fedrecon.client.encoder import load_encoder
     from fedrecon.client.learner import Learner
+    from fedrecon.client.spaces import open_encoder
 
-    encoder = load_encoder(args.encoder, device=args.device)
+    encoder = open_encoder(args.encoder, device=args.device)
     return Learner.open(encoder, args.client_id, None if offline else args.server, state_dir=args.state_dir,
                         **_client_options(args))
 

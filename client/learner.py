@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from fedrecon.client.data.folder import labelled_files
-from fedrecon.client.encoder import Encoder, shipped_name
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
@@ -30,6 +29,9 @@ from fedrecon.proto import codec
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable
 from fedrecon.proto.v1 import recon_pb2 as pb
+
+if TYPE_CHECKING:
+    from fedrecon.client.embedding import ImageEncoder as Encoder
 
 ImageInput = str | Path | Image.Image
 
@@ -170,6 +172,8 @@ class Learner:
         if not others:
             return
         space, n = max(others.items(), key=lambda kv: kv[1])
+        from fedrecon.client.encoder import shipped_name
+
         name = shipped_name(space)
         use = f"--encoder {name}" if name else "the encoder that made it"
         raise ValueError(f"classify: this client knows no classes in space {self.space} yet, but its state holds {n} "
