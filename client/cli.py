@@ -58,7 +58,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     learner_options(learn)
     learn.add_argument("--label", help="class of every image given (files or folders); default: PATH is an "
                        "ImageFolder root, ROOT/<class>/<images>")
-    learn.add_argument("--offline", action="store_true", help="only record locally; the next sync pushes")
+    learn.add_argument("--offline", action="store_true", help="only record locally; the next sync pushes "
+                       "(without it, a learn that cannot reach its server records nothing)")
+    learn.add_argument("--allow-duplicates", action="store_true",
+                       help="learn images this client already learned (same file content) again")
+    learn.add_argument("--skip-bad", action="store_true",
+                       help="skip files that are not readable images (each is reported) instead of refusing all")
     learn.add_argument("paths", nargs="+", metavar="PATH", type=Path)
 
     sync = sub.add_parser("sync", help="push what is pending, pull what other clients merged")
@@ -138,6 +143,21 @@ def _learner(args: argparse.Namespace, offline: bool = False) -> Learner:
                         **_client_options(args))
 
 
+def _reach(learner: Learner, address: str) -> None:
+    """Contact the server and check the state's store before anything is recorded; refuse in one line if not."""
+    from fedrecon.client.recon_client import ServerUnreachable
+    from fedrecon.client.state import StoreMismatch
+
+    try:
+        learner.server.bind()
+    except (ServerUnreachable, StoreMismatch) as error:
+        raise CommandError(f"{error}; nothing was learned or recorded (learn --offline records without a server, "
+                           "and the next sync pushes)") from error
+    except grpc.RpcError as error:
+        raise CommandError(f"server {address}: {error.code().name}: {error.details()}; nothing was learned or "
+                           "recorded") from error
+
+
 def _image_files(paths: list[Path]) -> list[Path]:
     """The image files to classify: the files given, and every image below the folders given."""
     from fedrecon.client.data.folder import labelled_files
@@ -157,7 +177,12 @@ def _print_predictions(files: list[Path], predictions: list, as_json: bool) -> N
 def _run(args: argparse.Namespace) -> None:
     if args.action == "learn":
         with _learner(args, offline=args.offline) as learner:
-            learned = learner.learn_files(args.paths, args.label)
+            if not args.offline:
+                _reach(learner, args.server)
+            learned = learner.learn_files(args.paths, args.label, allow_duplicates=args.allow_duplicates,
+                                          skip_bad=args.skip_bad)
+            for path in learned["skipped_bad_files"]:
+                print(f"fedrecon client learn: skipped {path}: not a readable image", file=sys.stderr)
             out: dict[str, Any] = {**learned, "space": learner.space}
             if args.offline:
                 out.update(seq=None, version=learner.memory.global_version, pending_classes=len(learner.pending()[0]))

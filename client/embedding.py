@@ -43,20 +43,21 @@ class ImageEncoder:
             return image
         return decode_image(read_bytes(Path(image)), str(image))
 
-    def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
+    def pixels(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> np.ndarray:
         """Raw image files or PIL images, in their native look -> uint8 model pixels (N, C, S, S).
 
-        A handwriting encoder refuses images that do not look like handwriting, naming the first of them.
+        A handwriting encoder refuses images that do not look like handwriting, naming the first of them
+        (by `names`, e.g. the files PIL images were read from, when given).
         """
         pre = self.preprocessing
         out, misfits = [], []
-        for item in images:
+        for i, item in enumerate(images):
             image = self.read(item)
             pixels = to_pixels(image, pre)
             if self.domain == "handwriting":
                 reason = handwriting_misfit(image, pixels)
                 if reason:
-                    misfits.append((item, reason))
+                    misfits.append((names[i] if names is not None else item, reason))
             out.append(pixels)
         if misfits:
             self._refuse(misfits, len(out))
@@ -70,7 +71,7 @@ class ImageEncoder:
                          f"for the handwriting domain; {NATURAL_ENCODER_HINT}")
 
     def embed_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 256,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, names: Sequence[str] | None = None) -> np.ndarray:
         """Embed raw image files or PIL images of any size and mode, applying this encoder's preprocessing.
 
         Returns float32 (N, dim). Images are read in batches, so a large folder never sits in memory whole.
@@ -83,7 +84,8 @@ class ImageEncoder:
                   leave=False) as bar:
             for i in range(0, len(images), batch_size):
                 chunk = images[i : i + batch_size]
-                out[i : i + len(chunk)] = self.embed(self.pixels(chunk), batch_size)
+                chunk_names = None if names is None else names[i : i + batch_size]
+                out[i : i + len(chunk)] = self.embed(self.pixels(chunk, chunk_names), batch_size)
                 bar.update(len(chunk))
         return out
 

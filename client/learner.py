@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from fedrecon.client.data.folder import labelled_files
+from fedrecon.client.data.folder import ignored_entries, labelled_files
+from fedrecon.client.intake import Intake, chunks
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
@@ -50,6 +52,7 @@ class Learner:
         self.memory = memory
         self.batch_size = batch_size
         self.server = server
+        self._learned: set[tuple[str, str]] = set()  # (content hash, class) learned by a learner without a state
 
     @classmethod
     def open(cls, encoder: Encoder, client_id: str, server: str | None = None, *,
@@ -102,10 +105,39 @@ class Learner:
                 self.state.save_local(self.space, self.memory)
         return {"classes": len(set(class_ids)), "examples": len(class_ids)}
 
-    def learn_files(self, paths: str | Path | Sequence[str | Path], label: str | None = None) -> dict[str, int]:
-        """Learn from ImageFolder roots (`ROOT/<class>/<images>`), or from image files/folders of class `label`."""
-        pairs = labelled_files([paths] if isinstance(paths, str | Path) else paths, label)
-        return self.learn([p for p, _ in pairs], [c for _, c in pairs])
+    def learn_files(self, paths: str | Path | Sequence[str | Path], label: str | None = None, *,
+                    allow_duplicates: bool = False, skip_bad: bool = False) -> dict[str, Any]:
+        """Learn ImageFolder roots (`ROOT/<class>/<images>`), or image files/folders of class `label`.
+
+        An image this client learned before for the same class and space (same file content) is skipped, counted in
+        `skipped_duplicates`, unless `allow_duplicates`. A file that is no image is refused, naming it, or with
+        `skip_bad` skipped and listed. Returns the counts (`Intake.report`).
+        """
+        paths = [paths] if isinstance(paths, str | Path) else list(paths)
+        pairs = labelled_files(paths, label)
+        intake = Intake(ignored=ignored_entries(paths))
+        state = self.state
+
+        def known(hashes: list[str]) -> set[tuple[str, str]]:
+            if state is not None:
+                return state.learned_hashes(self.space, hashes)
+            wanted = set(hashes)
+            return {pair for pair in self._learned if pair[0] in wanted}
+
+        embeddings, class_ids = [], []
+        with tqdm(total=len(pairs), desc="learning", unit="img", disable=len(pairs) < 500, leave=False) as bar:
+            for items in chunks(pairs, intake, skip_bad, known, allow_duplicates):
+                names = [str(i.path) for i in items]
+                embeddings.append(self.encoder.embed_images([i.image for i in items], self.batch_size, names=names))
+                class_ids += [i.class_id for i in items]
+                intake.learned += [(i.digest, i.class_id) for i in items]
+                bar.update(len(items))
+        if class_ids:
+            self.memory.add_examples(class_ids, np.concatenate(embeddings))
+            if state is not None:
+                state.save_learned(self.space, self.memory, intake.learned)
+            self._learned |= set(intake.learned)
+        return intake.report()
 
     learn_folder = learn_files
 

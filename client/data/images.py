@@ -100,10 +100,15 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
 
 def decode_image(data: bytes, where: str) -> Image.Image:
     """Decode image bytes with Pillow; a clear DataError names the file if they are not an image."""
+    if not data:
+        raise DataError(f"{where}: empty file (0 bytes), not an image")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{where}: not a readable image (Pillow does not recognise its format; "
+                        f"{len(data)} bytes starting {data[:8]!r})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{where}: not a readable image ({exc})") from exc
     if img.mode not in READABLE_MODES:
         raise DataError(f"{where}: unsupported image mode {img.mode!r} (expected one of {sorted(READABLE_MODES)})")
