@@ -74,6 +74,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     classify.add_argument("--top-k", type=int, default=2, help="classes listed per image (best first)")
     classify.add_argument("--json", action="store_true", help="one JSON object per image and line")
     classify.add_argument("--offline", action="store_true", help="do not pull first; use what is stored")
+    classify.add_argument("--unknown", metavar="auto|DIST", type=_threshold,
+                          help="answer 'unknown' for images whose squared distance to every prototype exceeds DIST; "
+                          "auto: 1.06 x the median squared distance between each class and its nearest other class")
     classify.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files or folders of images")
 
     push = sub.add_parser("push", help="push per-class deltas from an .npz (class_ids, counts, means)")
@@ -99,6 +102,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     info = sub.add_parser("info", help="print the server's version, spaces and limits as JSON")
     common(info)
+
+
+def _threshold(text: str) -> str | float:
+    from fedrecon.client.unknown import parse_threshold
+
+    try:
+        return parse_threshold(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def read_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -165,10 +177,11 @@ def _image_files(paths: list[Path]) -> list[Path]:
     return [f for f, _ in labelled_files(paths, label="")]  # any label: files and folders are read as one class
 
 
-def _print_predictions(files: list[Path], predictions: list, as_json: bool) -> None:
+def _print_predictions(files: list[Path], predictions: list, as_json: bool, threshold: float | None = None) -> None:
+    extra = {} if threshold is None else {"unknown_threshold": threshold}
     for path, p in zip(files, predictions, strict=True):
         if as_json:
-            print(json.dumps({"path": str(path), **p.to_dict()}))
+            print(json.dumps({"path": str(path), **p.to_dict(), **extra}, ensure_ascii=False))
         else:
             runner = "  ".join(f"{c} ({d:.4g})" for c, d in p.alternatives)
             print(f"{path}\t{p.label}\t{p.distance:.4g}" + (f"\trunner-up: {runner}" if runner else ""))
@@ -199,8 +212,9 @@ def _run(args: argparse.Namespace) -> None:
         with _learner(args, offline=args.offline) as learner:
             if not args.offline:
                 learner.pull()
-            predictions = learner.classify(files, top_k=args.top_k)
-        _print_predictions(files, predictions, args.json)
+            threshold = learner.unknown_threshold(args.unknown)
+            predictions = learner.classify(files, top_k=args.top_k, unknown=threshold)
+        _print_predictions(files, predictions, args.json, threshold)
     elif args.action == "push":
         class_ids, counts, means = read_npz(args.npz)
         with _client(args, args.client_id, args.state or state_path(default_state_dir(), args.client_id)) as client:

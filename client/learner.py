@@ -27,6 +27,7 @@ from fedrecon.client.intake import Intake, chunks
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
+from fedrecon.client.unknown import auto_threshold, with_unknown
 from fedrecon.proto import codec
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable
@@ -191,12 +192,25 @@ class Learner:
         table = self.prototypes()
         return [table.class_ids[r] for r in table.live_rows()]
 
-    def classify(self, images: np.ndarray | Sequence[ImageInput], top_k: int = 2) -> list[Prediction]:
-        """Nearest class of each image (with its squared distance and the next `top_k - 1` classes)."""
+    def classify(self, images: np.ndarray | Sequence[ImageInput], top_k: int = 2,
+                 unknown: str | float | None = None) -> list[Prediction]:
+        """Nearest class of each image (with its squared distance and the next `top_k - 1` classes).
+
+        With `unknown` (`"auto"` or a squared distance), an image farther than the threshold from every
+        prototype is answered `unknown` (its nearest classes follow as alternatives); see `client.unknown`.
+        """
         table = self.prototypes()
         if len(table.live_rows()) == 0 and self.state is not None:
             self._refuse_if_classes_are_in_another_space()
-        return rank(table, self.embed(images), top_k)
+        threshold = self.unknown_threshold(unknown, table)
+        predictions = rank(table, self.embed(images), top_k)
+        return predictions if threshold is None else with_unknown(predictions, threshold)
+
+    def unknown_threshold(self, unknown: str | float | None, table: PrototypeTable | None = None) -> float | None:
+        """The squared distance beyond which `classify` answers unknown: `auto` calibrates it from the prototypes."""
+        if unknown is None:
+            return None
+        return auto_threshold(table or self.prototypes()) if unknown == "auto" else float(unknown)
 
     def _refuse_if_classes_are_in_another_space(self) -> None:
         """This encoder's space is empty but the state has classes in another (e.g. the default encoder changed)."""
