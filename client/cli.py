@@ -79,6 +79,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                           "auto: 1.06 x the median squared distance between each class and its nearest other class")
     classify.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files or folders of images")
 
+    status = sub.add_parser("status", help="print what this client's state holds: per class learned, local, "
+                            "pending and merged counts (reads the state only)")
+    status.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
+    status.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                        help="where client state lives ($FEDRECON_STATE_DIR)")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+
     push = sub.add_parser("push", help="push per-class deltas from an .npz (class_ids, counts, means)")
     common(push)
     push.add_argument("--client-id", required=True)
@@ -170,6 +177,18 @@ def _reach(learner: Learner, address: str) -> None:
                            "recorded") from error
 
 
+def _status(args: argparse.Namespace) -> None:
+    from fedrecon.client.state import ClientState
+    from fedrecon.client.status import summary, table
+
+    path = state_path(args.state_dir, args.client_id)
+    if not path.exists():
+        raise CommandError(f"no state for client {args.client_id!r} in {args.state_dir} (nothing learned yet?)")
+    with ClientState(path, args.client_id) as state:
+        data = summary(state)
+    print(json.dumps(data, ensure_ascii=False) if args.json else table(data))
+
+
 def _image_files(paths: list[Path]) -> list[Path]:
     """The image files to classify: the files given, and every image below the folders given."""
     from fedrecon.client.data.folder import labelled_files
@@ -215,6 +234,8 @@ def _run(args: argparse.Namespace) -> None:
             threshold = learner.unknown_threshold(args.unknown)
             predictions = learner.classify(files, top_k=args.top_k, unknown=threshold)
         _print_predictions(files, predictions, args.json, threshold)
+    elif args.action == "status":
+        _status(args)
     elif args.action == "push":
         class_ids, counts, means = read_npz(args.npz)
         with _client(args, args.client_id, args.state or state_path(default_state_dir(), args.client_id)) as client:

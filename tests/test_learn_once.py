@@ -142,3 +142,30 @@ def test_bad_files_are_named_or_skipped_and_other_files_counted(tmp_path: Path, 
     report = json.loads(out.stdout)
     assert report["examples"] == 6 and report["skipped_bad"] == 1 and report["skipped_bad_files"] == [str(empty)]
     assert report["ignored_files"] == 1 and str(empty) in out.stderr
+
+
+def test_client_status_shows_learned_local_pending_and_merged_counts(tmp_path: Path, encoder_file) -> None:
+    encoder, space = encoder_file
+    write_photos(tmp_path / "images", 3, seed=9, classes={"café": CLASSES["tomato"], "leaf": CLASSES["leaf"]},
+                 special=False)
+    state = ["--client-id", "cy", "--state-dir", str(tmp_path / "state")]
+    missing = _run("status", *state)
+    assert "no state for client 'cy'" in _one_line(missing)
+    server, address = start_server(tmp_path / "server.db")
+    try:
+        opts = ["--server", address, *state, "--encoder", encoder]
+        assert _run("learn", *opts, "--offline", str(tmp_path / "images")).returncode == 0
+        rows = json.loads(_run("status", *state, "--json").stdout)["classes"]
+        assert {(r["class"], r["learned"], r["local"], r["pending"], r["merged"]) for r in rows} == {
+            ("café", 3, 3, 0, 0), ("leaf", 3, 3, 0, 0)}
+        assert _run("sync", *opts).returncode == 0
+        data = json.loads(_run("status", *state, "--json").stdout)
+        assert data["last_seq"] == 1 and data["store_id"] and {r["space"] for r in data["classes"]} == {space}
+        assert {(r["class"], r["learned"], r["local"], r["pending"], r["merged"], r["version"] >= 1)
+                for r in data["classes"]} == {("café", 3, 0, 0, 3, True), ("leaf", 3, 0, 0, 3, True)}
+        text = _run("status", *state).stdout
+        assert "café" in text and text.splitlines()[1].split() == ["space", "class", "learned", "local", "pending",
+                                                                    "merged", "version"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
