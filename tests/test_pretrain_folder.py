@@ -1,0 +1,54 @@
+"""`fedrecon pretrain --dataset folder` on a folder of photos works first time, or fails before training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from helpers import FEDRECON
+from photos import write_photos
+
+
+def _pretrain(photos: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*FEDRECON, "pretrain", "--dataset", "folder", "--data-dir", str(photos), "--out",
+                           str(out), "--threads", "1", *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_defaults_are_sized_to_the_folder_and_the_mode_detected(tmp_path: Path) -> None:
+    write_photos(tmp_path / "photos", 7, seed=3)  # 6 classes x 7: 5 train, 1 validation class
+    write_photos(tmp_path / "photos", 7, seed=4, special=False,
+                 classes={"sea": ((20, 90, 160), "rectangle"), "rose": ((200, 30, 90), "ellipse")})
+    out = _pretrain(tmp_path / "photos", tmp_path / "mine.pt", "--episodes", "2", "--val-every", "2",
+                    "--val-episodes", "3", "--image-size", "32")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 2
+    info = json.loads(subprocess.run([*FEDRECON, "encoder", "info", str(tmp_path / "mine.pt")], capture_output=True,
+                                     text=True, timeout=120, check=True).stdout)
+    assert info["preprocessing"]["mode"] == "RGB" and info["domain"] == "natural"
+    recipe = info["training"]
+    assert recipe["step"] == 2
+
+
+def test_a_recipe_the_folder_cannot_feed_is_refused_before_training(tmp_path: Path) -> None:
+    write_photos(tmp_path / "photos", 7, seed=5)
+    for flags, named in ((["--ways", "10"], "--ways 10"), (["--queries", "9"], "--queries 9"),
+                         (["--val-ways", "5"], "--val-ways 5")):
+        started = time.monotonic()
+        out = _pretrain(tmp_path / "photos", tmp_path / "never.pt", "--episodes", "50", *flags)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and named in lines[0], out.stderr
+        assert "pretrain" not in out.stdout and time.monotonic() - started < 60
+        assert not (tmp_path / "never.pt").exists()
+    out = _pretrain(tmp_path / "photos", tmp_path / "small.pt", "--episodes", "1", "--image-size", "32")
+    assert out.returncode == 0, out.stderr  # 6 classes: one held out cannot fill an episode, so validation is off
+    assert "validation: none: 1 held-out class(es)" in out.stdout
+
+
+def test_gray_photos_train_and_validate_without_the_ink_check(tmp_path: Path) -> None:
+    write_photos(tmp_path / "photos", 7, seed=6)
+    out = _pretrain(tmp_path / "photos", tmp_path / "gray.pt", "--mode", "L", "--val-fraction", "0.4",
+                    "--episodes", "1", "--val-every", "1", "--val-episodes", "2", "--image-size", "28")
+    assert out.returncode == 0, out.stderr  # not inverted: a natural-image encoder, never the handwriting check
+    assert "val_2way_1shot" in out.stdout
