@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace) -> None:
                 acks = learner.push()
                 out.update(seq=acks[-1].seq if acks else learner.state.last_seq,
                            version=acks[-1].version if acks else learner.memory.global_version, pushes=len(acks))
-        print(json.dumps(out))
+        print(json.dumps(out, ensure_ascii=False))
     elif args.action == "sync":
         with _learner(args) as learner:
             print(json.dumps(learner.sync()))
@@ -252,7 +252,7 @@ def _run(args: argparse.Namespace) -> None:
         with _client(args) as client:
             for n, pulled in enumerate(client.watch(args.space, since=args.since), start=1):
                 print(json.dumps({"version": pulled.version, "classes": len(pulled.class_ids),
-                                  "class_ids": pulled.class_ids[:20]}), flush=True)
+                                  "class_ids": pulled.class_ids[:20]}, ensure_ascii=False), flush=True)
                 if args.updates and n >= args.updates:
                     break
     elif args.action == "info":
@@ -262,6 +262,13 @@ def _run(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one client action; a gRPC refusal becomes one line naming the server (exit 2 via the dispatcher)."""
+    from fedrecon.client.address import check_address
+
+    try:
+        if getattr(args, "server", None) is not None:
+            args.server = check_address(args.server)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     try:
         _run(args)
     except grpc.RpcError as error:
