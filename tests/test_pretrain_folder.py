@@ -52,3 +52,20 @@ def test_gray_photos_train_and_validate_without_the_ink_check(tmp_path: Path) ->
                     "--episodes", "1", "--val-every", "1", "--val-episodes", "2", "--image-size", "28")
     assert out.returncode == 0, out.stderr  # not inverted: a natural-image encoder, never the handwriting check
     assert "val_2way_1shot" in out.stdout
+
+
+def test_folder_experiments_name_the_folder_and_plot_no_omniglot_references(tmp_path: Path) -> None:
+    from fedrecon.client.encoder import Encoder
+
+    write_photos(tmp_path / "photos", 6, seed=7)
+    encoder = Encoder.random("mini-imagenet", 28, 3, seed=2, device="cpu").save(tmp_path / "rgb.pt")
+    out = subprocess.run([*FEDRECON, "experiment", "omniglot-cil", "--dataset", "folder", "--data-dir",
+                          str(tmp_path / "photos"), "--encoder", str(encoder), "--methods", "fedrecon", "--runs", "1",
+                          "--set", "protocol.classes=6", "--set", "protocol.train_shots=4", "--set",
+                          "protocol.test_shots=2", "--set", "protocol.checkpoints=[3,6]", "--quiet", "--out",
+                          str(tmp_path / "exp")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert results["title"] == "class-incremental protocol: folder:photos" and results["anchors"] == {}
+    summary = (tmp_path / "exp" / "summary.md").read_text()
+    assert "folder:photos" in summary and "omniglot" not in summary.lower() and "reference" not in summary
