@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,6 @@ class TorchScriptEncoder(ModelEncoder):
     """A TorchScript model (`NAME.torchscript` + `NAME.json`), run with torch on the CPU."""
 
     def __init__(self, sidecar: str | Path) -> None:
-        import torch
 
         sidecar = Path(sidecar)
         config = json.loads(sidecar.read_text())
@@ -168,7 +168,7 @@ class TorchScriptEncoder(ModelEncoder):
         if hashlib.sha256(data).hexdigest() != config["sha256"]:
             raise ValueError(f"{model_path}: its bytes changed since it was imported (sha256 differs)")
         super().__init__(config, model_path)
-        self.model = torch.jit.load(str(model_path), map_location="cpu").eval()
+        self.model = load_torchscript(model_path)
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """The TorchScript model on normalised inputs."""
@@ -176,6 +176,15 @@ class TorchScriptEncoder(ModelEncoder):
 
         with torch.inference_mode():
             return as_vectors(self.model(torch.from_numpy(inputs)).numpy(), len(inputs), str(self.path))
+
+
+def load_torchscript(path: Path) -> Any:
+    """A TorchScript archive on the CPU in eval mode (torch's deprecation notice about `torch.jit` silenced)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 def check_name(name: str) -> None:
@@ -268,7 +277,7 @@ def _import_torchscript(source: Path, data: bytes, name: str, pre: Preprocessing
     import torch
 
     try:
-        model = torch.jit.load(str(source), map_location="cpu").eval()
+        model = load_torchscript(source)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a foreign archive
         raise ValueError(f"{source}: not a TorchScript model ({str(error).splitlines()[0][:200]})") from error
 

@@ -154,3 +154,26 @@ def test_an_onnx_file_whose_model_changed_is_refused(backbone, tmp_path: Path) -
     out = subprocess.run([*FEDRECON, "encoder", "info", "resnet"], capture_output=True, text=True, timeout=120,
                          env=env)
     assert out.returncode == 0 and json.loads(out.stdout)["domain"] == "natural", out.stderr
+
+
+def test_a_torchscript_backbone_imports_to_the_same_vectors_in_its_own_space(
+        photos: Path, backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnet_shaped import export_torchscript
+
+    from fedrecon.client.spaces import open_encoder
+
+    env, _ = backbone
+    model = export_torchscript(tmp_path / "resnet18.pt")
+    out = subprocess.run([*FEDRECON, "encoder", "import", str(model), "--name", "resnet-ts", "--size", "96",
+                          "--mean", MEAN, "--std", STD], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["fingerprint"].startswith("torchscript-") and info["domain"] == "natural"
+    again = subprocess.run([*FEDRECON, "encoder", "import", str(model), "--name", "resnet-ts", "--size", "96"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 2 and "already imported" in again.stderr
+    monkeypatch.setenv("FEDRECON_ENCODER_DIR", env["FEDRECON_ENCODER_DIR"])
+    onnx_encoder, script_encoder = open_encoder("resnet"), open_encoder("resnet-ts")
+    files = sorted((photos / "test").rglob("*.*"))[:8]
+    np.testing.assert_allclose(script_encoder.embed_images(files), onnx_encoder.embed_images(files), atol=1e-4)
+    assert script_encoder.fingerprint != onnx_encoder.fingerprint  # another model file: another space
