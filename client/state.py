@@ -333,6 +333,11 @@ class ClientState:
             db.executemany("INSERT OR REPLACE INTO learned VALUES (?, ?, ?, ?)",
                            [(space, h, cid, now) for h, cid in learned])
 
+    def learned_spaces(self) -> list[str]:
+        """The spaces this client learned images in."""
+        self._learned_table()
+        return [str(r[0]) for r in self.db.execute("SELECT DISTINCT space FROM learned ORDER BY space")]
+
     def learned_per_class(self, space: str) -> dict[str, int]:
         """How many distinct images this client learned per class of `space` (by content hash)."""
         self._learned_table()

@@ -29,7 +29,7 @@ def pending_counts(state: ClientState) -> dict[tuple[str, str], int]:
 def status_rows(state: ClientState) -> list[dict[str, Any]]:
     """One row per (space, class) the state knows: learned, local, pending, merged counts and the pull version."""
     pending = pending_counts(state)
-    spaces = sorted(set(state.classes_per_space()) | {s for s, _ in pending})
+    spaces = sorted(set(state.classes_per_space()) | set(state.learned_spaces()) | {s for s, _ in pending})
     rows = []
     for space in spaces:
         memory = state.load_memory(space)

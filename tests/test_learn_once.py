@@ -158,11 +158,16 @@ def test_client_status_shows_learned_local_pending_and_merged_counts(tmp_path: P
         rows = json.loads(_run("status", *state, "--json").stdout)["classes"]
         assert {(r["class"], r["learned"], r["local"], r["pending"], r["merged"]) for r in rows} == {
             ("café", 3, 3, 0, 0), ("leaf", 3, 3, 0, 0)}
+        pushed = _run("learn", *opts, "--label", "third", str(tmp_path / "images" / "leaf"))
+        assert pushed.returncode == 0, pushed.stderr  # pushed at once: neither local nor pulled yet
+        assert ("third", 3, 0, 0, 0) in {(r["class"], r["learned"], r["local"], r["pending"], r["merged"])
+                                         for r in json.loads(_run("status", *state, "--json").stdout)["classes"]}
         assert _run("sync", *opts).returncode == 0
         data = json.loads(_run("status", *state, "--json").stdout)
         assert data["last_seq"] == 1 and data["store_id"] and {r["space"] for r in data["classes"]} == {space}
         assert {(r["class"], r["learned"], r["local"], r["pending"], r["merged"], r["version"] >= 1)
-                for r in data["classes"]} == {("café", 3, 0, 0, 3, True), ("leaf", 3, 0, 0, 3, True)}
+                for r in data["classes"]} == {("café", 3, 0, 0, 3, True), ("leaf", 3, 0, 0, 3, True),
+                                              ("third", 3, 0, 0, 3, True)}
         text = _run("status", *state).stdout
         assert "café" in text and text.splitlines()[1].split() == ["space", "class", "learned", "local", "pending",
                                                                     "merged", "version"]
