@@ -24,13 +24,21 @@ FORMATS = ("onnx",)
 
 
 def torch_to_onnx(module: Any, channels: int, size: int) -> bytes:
-    """A torch module on (N, C, S, S) float32 inputs as ONNX bytes with a dynamic batch dimension."""
+    """A torch module on (N, C, S, S) float32 inputs as ONNX bytes with a dynamic batch dimension.
+
+    nn.Modules go through torch.export; TorchScript modules through the TorchScript exporter (which reads them).
+    """
     import torch
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
     example = (torch.rand(2, channels, size, size),)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        if isinstance(module, torch.jit.ScriptModule):
+            buffer = io.BytesIO()
+            torch.onnx.export(module, example, buffer, input_names=["pixels"], output_names=["embedding"],
+                              dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+            return buffer.getvalue()
         program = torch.onnx.export(module, example, input_names=["pixels"], output_names=["embedding"],
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()

@@ -177,3 +177,7 @@ def test_a_torchscript_backbone_imports_to_the_same_vectors_in_its_own_space(
     files = sorted((photos / "test").rglob("*.*"))[:8]
     np.testing.assert_allclose(script_encoder.embed_images(files), onnx_encoder.embed_images(files), atol=1e-4)
     assert script_encoder.fingerprint != onnx_encoder.fingerprint  # another model file: another space
+    exported = subprocess.run([*FEDRECON, "encoder", "export", "resnet-ts", "--out", str(tmp_path / "ts.onnx")],
+                              capture_output=True, text=True, timeout=300, env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["fingerprint"] == script_encoder.fingerprint  # the export keeps the space
