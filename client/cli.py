@@ -58,12 +58,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     learner_options(learn)
     learn.add_argument("--label", help="class of every image given (files or folders); default: PATH is an "
                        "ImageFolder root, ROOT/<class>/<images>")
-    learn.add_argument("--offline", action="store_true", help="only record locally; the next sync pushes "
-                       "(without it, a learn that cannot reach its server records nothing)")
-    learn.add_argument("--allow-duplicates", action="store_true",
-                       help="learn images this client already learned (same file content) again")
-    learn.add_argument("--skip-bad", action="store_true",
-                       help="skip files that are not readable images (each is reported) instead of refusing all")
+    _learn_options(learn)
     learn.add_argument("paths", nargs="+", metavar="PATH", type=Path)
 
     sync = sub.add_parser("sync", help="push what is pending, pull what other clients merged")
@@ -71,21 +66,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     classify = sub.add_parser("classify", help="pull what changed, then print each image's nearest class")
     learner_options(classify)
-    classify.add_argument("--top-k", type=int, default=2, help="classes listed per image (best first)")
-    classify.add_argument("--json", action="store_true", help="one JSON object per image and line")
-    classify.add_argument("--offline", action="store_true", help="do not pull first; use what is stored")
-    classify.add_argument("--unknown", metavar="auto|DIST", type=_threshold,
-                          help="answer 'unknown' for images whose squared distance to every prototype exceeds DIST; "
-                          "auto: 1.06 x the median squared distance between each class and its nearest other class")
-    classify.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files or folders of images")
+    _classify_options(classify)
 
-    status = sub.add_parser("status", help="print what this client's state holds: per class learned, local, "
-                            "pending and merged counts (reads the state only)")
-    status.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
-    status.add_argument("--state-dir", type=Path, default=default_state_dir(),
-                        help="where client state lives ($FEDRECON_STATE_DIR)")
-    status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-
+    _status_parser(sub)
     push = sub.add_parser("push", help="push per-class deltas from an .npz (class_ids, counts, means)")
     common(push)
     push.add_argument("--client-id", required=True)
@@ -109,6 +92,37 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     info = sub.add_parser("info", help="print the server's version, spaces and limits as JSON")
     common(info)
+
+
+def _learn_options(learn: argparse.ArgumentParser) -> None:
+    """--offline, --allow-duplicates, --skip-bad of `client learn`."""
+    learn.add_argument("--offline", action="store_true", help="only record locally; the next sync pushes "
+                       "(without it, a learn that cannot reach its server records nothing)")
+    learn.add_argument("--allow-duplicates", action="store_true",
+                       help="learn images this client already learned (same file content) again")
+    learn.add_argument("--skip-bad", action="store_true",
+                       help="skip files that are not readable images (each is reported) instead of refusing all")
+
+
+def _classify_options(classify: argparse.ArgumentParser) -> None:
+    """--top-k, --json, --offline, --unknown and the paths of `client classify`."""
+    classify.add_argument("--top-k", type=int, default=2, help="classes listed per image (best first)")
+    classify.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    classify.add_argument("--offline", action="store_true", help="do not pull first; use what is stored")
+    classify.add_argument("--unknown", metavar="auto|DIST", type=_threshold,
+                          help="answer 'unknown' for images whose squared distance to every prototype exceeds DIST; "
+                          "auto: 1.06 x the median squared distance between each class and its nearest other class")
+    classify.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files or folders of images")
+
+
+def _status_parser(sub: Any) -> None:
+    """`client status`: reads the state only, so it takes no server options."""
+    status = sub.add_parser("status", help="print what this client's state holds: per class learned, local, "
+                            "pending and merged counts (reads the state only)")
+    status.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
+    status.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                        help="where client state lives ($FEDRECON_STATE_DIR)")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
 
 def _threshold(text: str) -> str | float:

@@ -92,12 +92,17 @@ def native(dataset: str, size: int | None = None, mode: str | None = None) -> Pr
 
 
 def domain_of(config: dict[str, Any]) -> str:
-    """The domain an encoder config declares; configs older than the field: handwriting for gray Omniglot-like
-    data sets (omniglot, glyphs, gray folders), natural images otherwise."""
+    """The domain an encoder config declares; without the field: handwriting for omniglot and glyphs, for a
+    folder that inverts (scanned ink) and for other gray inputs; natural images otherwise (photos, folders
+    read as they are)."""
     domain = config.get("domain")
     if domain is None:
-        gray = config.get("preprocessing", {}).get("mode", "L") == "L"
-        domain = "handwriting" if config.get("dataset") in HANDWRITING_DATASETS or gray else "natural"
+        pre = config.get("preprocessing", {})
+        if config.get("dataset") == "folder":
+            domain = "handwriting" if pre.get("invert") else "natural"
+        else:
+            gray = pre.get("mode", "L") == "L"
+            domain = "handwriting" if config.get("dataset") in HANDWRITING_DATASETS or gray else "natural"
     if domain not in DOMAINS:
         raise ValueError(f"encoder domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
     return domain

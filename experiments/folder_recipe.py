@@ -19,6 +19,15 @@ VAL_SHOTS, VAL_QUERIES = 1, 5  # the validation episodes of `pretrain.validate`
 DEFAULT_WAYS, DEFAULT_QUERIES, DEFAULT_VAL_WAYS = 60, 5, 20
 
 
+def add_folder_arguments(p: argparse.ArgumentParser) -> None:
+    """--mode, --invert and --val-fraction of `pretrain --dataset folder`."""
+    p.add_argument("--mode", default=None, choices=["L", "RGB"],
+                   help="folder: gray (L) or colour inputs; unset: RGB if any image is colourful, else L")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=False,
+                   help="folder: invert gray images (dark ink on light paper -> bright strokes, as for Omniglot)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="folder: classes held out for validation")
+
+
 def detect_mode(root: str | Path, sample: int = 64) -> str:
     """`RGB` if any of up to `sample` images (spread over the classes) has over 5% colourful pixels, else `L`."""
     from fedrecon.client.data.folder import folder_classes
@@ -44,8 +53,11 @@ def fit_recipe(args: argparse.Namespace, train: ImageSet, val: ImageSet | None,
     """Fill unset --ways/--queries/--val-ways from the data; refuse (ValueError) a recipe the folder cannot feed.
 
     Returns the validation set and its description: none when --val-ways is unset and fewer than 2 held-out
-    classes could fill a validation episode (said so in the description).
+    classes could fill a validation episode (said so in the description). Other data sets get fixed defaults.
     """
+    if args.dataset != "folder":
+        fill_defaults(args)
+        return val, val_desc
     counts = _per_class(train)
     if args.queries is None:
         args.queries = max(1, min(DEFAULT_QUERIES, min(counts.values()) - args.shots))

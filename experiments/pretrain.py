@@ -38,7 +38,7 @@ from fedrecon.client.encoder import (
 )
 from fedrecon.client.preprocess import Preprocessing, native
 from fedrecon.experiments.fewshot import episode_accuracies, summarize
-from fedrecon.experiments.folder_recipe import detect_mode, fill_defaults, fit_recipe
+from fedrecon.experiments.folder_recipe import add_folder_arguments, detect_mode, fit_recipe
 
 
 def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
@@ -240,17 +240,12 @@ def train(args: argparse.Namespace) -> dict:
     if args.keep == "best" and no_split:
         raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     train_set, val, val_desc = load_data(args)
-    if args.dataset == "folder":  # before the first step: a recipe the folder cannot feed fails now
-        val, val_desc = fit_recipe(args, train_set, val, val_desc)
-    else:
-        fill_defaults(args)
+    val, val_desc = fit_recipe(args, train_set, val, val_desc)  # before the first step: a folder's recipe is checked
     if args.keep == "best" and (val is None or val_desc.startswith("monitor only")):
         raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     c, s = train_set.image_shape[0], train_set.image_shape[1]
     pre = folder_preprocessing(args) if args.dataset == "folder" else None
     config = default_config(args.dataset, s, c, pre, arch=args.arch)
-    if args.dataset == "folder":  # inverted gray folders are handwriting; anything else is a natural image
-        config["domain"] = "handwriting" if args.invert else "natural"
     model = build_model(config).to(device)
     prior = init_from(model, args.init, config) if args.init else []
     dim = output_dim(s, config["hidden"], config["depth"], args.arch)
@@ -375,11 +370,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet", "glyphs", "folder"],
                    help="folder: your own images, --data-dir ROOT/<class name>/<image files>")
     p.add_argument("--data-dir", default=None, help="data directory (omniglot, mini-imagenet, folder)")
-    p.add_argument("--mode", default=None, choices=["L", "RGB"],
-                   help="folder: gray (L) or colour inputs; unset: RGB if any image is colourful, else L")
-    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=False,
-                   help="folder: invert gray images (dark ink on light paper -> bright strokes, as for Omniglot)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="folder: classes held out for validation")
+    add_folder_arguments(p)
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.pt)")
     p.add_argument("--download", action="store_true", help="omniglot: fetch the official zips into --data-dir")
     p.add_argument("--csv-dir", default=None, help="mini-imagenet: folder of the split CSVs if not --data-dir")
