@@ -133,6 +133,8 @@ def test_bad_files_are_named_or_skipped_and_other_files_counted(tmp_path: Path, 
     empty = tmp_path / "images" / "leaf" / "empty.jpg"
     empty.write_bytes(b"")
     (tmp_path / "images" / "leaf" / "notes.txt").write_text("not an image")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "images" / "leaf" / "linked").symlink_to(tmp_path / "elsewhere")  # not followed: reported
     offline = ["--offline", "--server", "127.0.0.1:1", "--client-id", "bo", "--state-dir", str(tmp_path / "state"),
                "--encoder", encoder]
     line = _one_line(_run("learn", *offline, str(tmp_path / "images")))
@@ -141,7 +143,7 @@ def test_bad_files_are_named_or_skipped_and_other_files_counted(tmp_path: Path, 
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["examples"] == 6 and report["skipped_bad"] == 1 and report["skipped_bad_files"] == [str(empty)]
-    assert report["ignored_files"] == 1 and str(empty) in out.stderr
+    assert report["ignored_files"] == 2 and str(empty) in out.stderr
 
 
 def test_client_status_shows_learned_local_pending_and_merged_counts(tmp_path: Path, encoder_file) -> None:

@@ -51,6 +51,11 @@ def _client(env: dict[str, str], action: str, *args: str, importtime: bool = Fal
     return subprocess.run([*python, "client", action, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
+def _imported(out: subprocess.CompletedProcess) -> set[str]:
+    """Top-level packages a `python -X importtime` process imported."""
+    return {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+
+
 def test_exif_orientation_is_applied_in_the_one_preprocessing_function(photos: Path) -> None:
     phone = photos / "train" / "tomato" / "phone.jpg"
     stored = Image.open(phone)
@@ -89,8 +94,9 @@ def test_photos_through_an_imported_onnx_backbone_two_learners_and_a_third(photo
     try:
         state = ["--state-dir", str(tmp_path / "state"), "--encoder", "resnet", "--server", address]
         for name in ("alice", "bob"):
-            out = _client(env, "learn", "--client-id", name, *state, str(tmp_path / name))
+            out = _client(env, "learn", "--client-id", name, *state, str(tmp_path / name), importtime=True)
             assert out.returncode == 0, out.stderr
+            assert "torch" not in _imported(out)
             learned = json.loads(out.stdout.splitlines()[-1])
             assert learned["classes"] == 3 and learned["examples"] == 24 and learned["pushes"] == 1
         out = _client(env, "classify", "--client-id", "carol", *state, "--json", str(photos / "test"),
@@ -99,7 +105,7 @@ def test_photos_through_an_imported_onnx_backbone_two_learners_and_a_third(photo
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(15)
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    imported = _imported(out)
     assert "fedrecon" in imported and "onnxruntime" in imported and "torch" not in imported
     answers = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(answers) == 36
