@@ -69,3 +69,23 @@ def test_folder_experiments_name_the_folder_and_plot_no_omniglot_references(tmp_
     assert results["title"] == "class-incremental protocol: folder:photos" and results["anchors"] == {}
     summary = (tmp_path / "exp" / "summary.md").read_text()
     assert "folder:photos" in summary and "omniglot" not in summary.lower() and "reference" not in summary
+
+
+def test_a_failed_validation_keeps_the_trained_weights(tmp_path: Path) -> None:
+    import argparse
+
+    import numpy as np
+    import pytest
+
+    from fedrecon.client.data.images import ImageSet
+    from fedrecon.client.encoder import build_model, default_config, load_encoder
+    from fedrecon.experiments.pretrain import validate_or_keep
+
+    config = default_config("glyphs", 28, 1)
+    model = build_model(config)
+    val = ImageSet(["a", "b"], np.zeros((4, 1, 28, 28), np.uint8), np.array([0, 0, 1, 1]))  # too small for 5 ways
+    args = argparse.Namespace(val_ways=5, val_episodes=3, command_line="fedrecon pretrain ...")
+    with pytest.raises(ValueError, match="validation at step 7 failed") as error:
+        validate_or_keep(model, config, val, args, "cpu", tmp_path / "mine.pt", 7)
+    kept = tmp_path / "mine.failed.pt"
+    assert str(kept) in str(error.value) and load_encoder(kept).dim == 64
