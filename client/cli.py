@@ -48,7 +48,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         common(p)
         p.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
         p.add_argument("--encoder", required=True,
-                       help="shipped encoder name (omniglot, omniglot-paper, glyphs) or checkpoint path")
+                       help="shipped encoder (omniglot, omniglot-paper, glyphs: handwriting), an imported encoder's "
+                       "name (fedrecon encoder import), an exported .onnx file or a checkpoint path")
         p.add_argument("--state-dir", type=Path, default=default_state_dir(),
                        help="where client state lives ($FEDRECON_STATE_DIR)")
         p.add_argument("--device", default="cpu", help="torch device for embedding: cpu, cuda, auto")
@@ -57,7 +58,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     learner_options(learn)
     learn.add_argument("--label", help="class of every image given (files or folders); default: PATH is an "
                        "ImageFolder root, ROOT/<class>/<images>")
-    learn.add_argument("--offline", action="store_true", help="only record locally; the next sync pushes")
+    _learn_options(learn)
     learn.add_argument("paths", nargs="+", metavar="PATH", type=Path)
 
     sync = sub.add_parser("sync", help="push what is pending, pull what other clients merged")
@@ -65,11 +66,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     classify = sub.add_parser("classify", help="pull what changed, then print each image's nearest class")
     learner_options(classify)
-    classify.add_argument("--top-k", type=int, default=2, help="classes listed per image (best first)")
-    classify.add_argument("--json", action="store_true", help="one JSON object per image and line")
-    classify.add_argument("--offline", action="store_true", help="do not pull first; use what is stored")
-    classify.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files or folders of images")
+    _classify_options(classify)
 
+    _status_parser(sub)
     push = sub.add_parser("push", help="push per-class deltas from an .npz (class_ids, counts, means)")
     common(push)
     push.add_argument("--client-id", required=True)
@@ -93,6 +92,46 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     info = sub.add_parser("info", help="print the server's version, spaces and limits as JSON")
     common(info)
+
+
+def _learn_options(learn: argparse.ArgumentParser) -> None:
+    """--offline, --allow-duplicates, --skip-bad of `client learn`."""
+    learn.add_argument("--offline", action="store_true", help="only record locally; the next sync pushes "
+                       "(without it, a learn that cannot reach its server records nothing)")
+    learn.add_argument("--allow-duplicates", action="store_true",
+                       help="learn images this client already learned (same file content) again")
+    learn.add_argument("--skip-bad", action="store_true",
+                       help="skip files that are not readable images (each is reported) instead of refusing all")
+
+
+def _classify_options(classify: argparse.ArgumentParser) -> None:
+    """--top-k, --json, --offline, --unknown and the paths of `client classify`."""
+    classify.add_argument("--top-k", type=int, default=2, help="classes listed per image (best first)")
+    classify.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    classify.add_argument("--offline", action="store_true", help="do not pull first; use what is stored")
+    classify.add_argument("--unknown", metavar="auto|DIST", type=_threshold,
+                          help="answer 'unknown' for images whose squared distance to every prototype exceeds DIST; "
+                          "auto: 1.06 x the median squared distance between each class and its nearest other class")
+    classify.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="image files or folders of images")
+
+
+def _status_parser(sub: Any) -> None:
+    """`client status`: reads the state only, so it takes no server options."""
+    status = sub.add_parser("status", help="print what this client's state holds: per class learned, local, "
+                            "pending and merged counts (reads the state only)")
+    status.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
+    status.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                        help="where client state lives ($FEDRECON_STATE_DIR)")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+
+
+def _threshold(text: str) -> str | float:
+    from fedrecon.client.unknown import parse_threshold
+
+    try:
+        return parse_threshold(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def read_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -129,12 +168,39 @@ def _client(args: argparse.Namespace, client_id: str = "", state: Path | None = 
 
 
 def _learner(args: argparse.Namespace, offline: bool = False) -> Learner:
-    from fedrecon.client.encoder import load_encoder
     from fedrecon.client.learner import Learner
+    from fedrecon.client.spaces import open_encoder
 
-    encoder = load_encoder(args.encoder, device=args.device)
+    encoder = open_encoder(args.encoder, device=args.device)
     return Learner.open(encoder, args.client_id, None if offline else args.server, state_dir=args.state_dir,
                         **_client_options(args))
+
+
+def _reach(learner: Learner, address: str) -> None:
+    """Contact the server and check the state's store before anything is recorded; refuse in one line if not."""
+    from fedrecon.client.recon_client import ServerUnreachable
+    from fedrecon.client.state import StoreMismatch
+
+    try:
+        learner.server.bind()
+    except (ServerUnreachable, StoreMismatch) as error:
+        raise CommandError(f"{error}; nothing was learned or recorded (learn --offline records without a server, "
+                           "and the next sync pushes)") from error
+    except grpc.RpcError as error:
+        raise CommandError(f"server {address}: {error.code().name}: {error.details()}; nothing was learned or "
+                           "recorded") from error
+
+
+def _status(args: argparse.Namespace) -> None:
+    from fedrecon.client.state import ClientState
+    from fedrecon.client.status import summary, table
+
+    path = state_path(args.state_dir, args.client_id)
+    if not path.exists():
+        raise CommandError(f"no state for client {args.client_id!r} in {args.state_dir} (nothing learned yet?)")
+    with ClientState(path, args.client_id) as state:
+        data = summary(state)
+    print(json.dumps(data, ensure_ascii=False) if args.json else table(data))
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
@@ -144,10 +210,11 @@ def _image_files(paths: list[Path]) -> list[Path]:
     return [f for f, _ in labelled_files(paths, label="")]  # any label: files and folders are read as one class
 
 
-def _print_predictions(files: list[Path], predictions: list, as_json: bool) -> None:
+def _print_predictions(files: list[Path], predictions: list, as_json: bool, threshold: float | None = None) -> None:
+    extra = {} if threshold is None else {"unknown_threshold": threshold}
     for path, p in zip(files, predictions, strict=True):
         if as_json:
-            print(json.dumps({"path": str(path), **p.to_dict()}))
+            print(json.dumps({"path": str(path), **p.to_dict(), **extra}, ensure_ascii=False))
         else:
             runner = "  ".join(f"{c} ({d:.4g})" for c, d in p.alternatives)
             print(f"{path}\t{p.label}\t{p.distance:.4g}" + (f"\trunner-up: {runner}" if runner else ""))
@@ -156,7 +223,12 @@ def _print_predictions(files: list[Path], predictions: list, as_json: bool) -> N
 def _run(args: argparse.Namespace) -> None:
     if args.action == "learn":
         with _learner(args, offline=args.offline) as learner:
-            learned = learner.learn_files(args.paths, args.label)
+            if not args.offline:
+                _reach(learner, args.server)
+            learned = learner.learn_files(args.paths, args.label, allow_duplicates=args.allow_duplicates,
+                                          skip_bad=args.skip_bad)
+            for path in learned["skipped_bad_files"]:
+                print(f"fedrecon client learn: skipped {path}: not a readable image", file=sys.stderr)
             out: dict[str, Any] = {**learned, "space": learner.space}
             if args.offline:
                 out.update(seq=None, version=learner.memory.global_version, pending_classes=len(learner.pending()[0]))
@@ -164,7 +236,7 @@ def _run(args: argparse.Namespace) -> None:
                 acks = learner.push()
                 out.update(seq=acks[-1].seq if acks else learner.state.last_seq,
                            version=acks[-1].version if acks else learner.memory.global_version, pushes=len(acks))
-        print(json.dumps(out))
+        print(json.dumps(out, ensure_ascii=False))
     elif args.action == "sync":
         with _learner(args) as learner:
             print(json.dumps(learner.sync()))
@@ -173,8 +245,11 @@ def _run(args: argparse.Namespace) -> None:
         with _learner(args, offline=args.offline) as learner:
             if not args.offline:
                 learner.pull()
-            predictions = learner.classify(files, top_k=args.top_k)
-        _print_predictions(files, predictions, args.json)
+            threshold = learner.unknown_threshold(args.unknown)
+            predictions = learner.classify(files, top_k=args.top_k, unknown=threshold)
+        _print_predictions(files, predictions, args.json, threshold)
+    elif args.action == "status":
+        _status(args)
     elif args.action == "push":
         class_ids, counts, means = read_npz(args.npz)
         with _client(args, args.client_id, args.state or state_path(default_state_dir(), args.client_id)) as client:
@@ -191,7 +266,7 @@ def _run(args: argparse.Namespace) -> None:
         with _client(args) as client:
             for n, pulled in enumerate(client.watch(args.space, since=args.since), start=1):
                 print(json.dumps({"version": pulled.version, "classes": len(pulled.class_ids),
-                                  "class_ids": pulled.class_ids[:20]}), flush=True)
+                                  "class_ids": pulled.class_ids[:20]}, ensure_ascii=False), flush=True)
                 if args.updates and n >= args.updates:
                     break
     elif args.action == "info":
@@ -201,6 +276,13 @@ def _run(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one client action; a gRPC refusal becomes one line naming the server (exit 2 via the dispatcher)."""
+    from fedrecon.client.address import check_address
+
+    try:
+        if getattr(args, "server", None) is not None:
+            args.server = check_address(args.server)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     try:
         _run(args)
     except grpc.RpcError as error:

@@ -11,19 +11,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from tqdm import tqdm
 
 from fedrecon.client.data.registry import DEFAULT_SIZES
-from fedrecon.client.preprocess import Preprocessing, check_inputs, native, to_pixels
+from fedrecon.client.embedding import ImageEncoder
+from fedrecon.client.preprocess import Preprocessing, check_inputs, domain_of, native
 
 FORMAT = "fedrecon-encoder/2"
 ARCHS = ("conv4", "conv4-nopool")
@@ -75,8 +73,9 @@ def default_config(dataset: str, image_size: int, channels: int,
                          f"{image_size}px Conv4")
     if arch not in ARCHS:
         raise ValueError(f"unknown encoder arch {arch!r} (known: {', '.join(ARCHS)})")
-    return {"arch": arch, "hidden": 64, "depth": 4, "image_size": image_size, "channels": channels,
-            "dataset": dataset, "preprocessing": pre.to_dict()}
+    config = {"arch": arch, "hidden": 64, "depth": 4, "image_size": image_size, "channels": channels,
+              "dataset": dataset, "preprocessing": pre.to_dict()}
+    return {**config, "domain": domain_of(config)}
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -145,14 +144,17 @@ def fold_batchnorm(model: Conv4) -> nn.Module:
     return nn.Sequential(nn.Sequential(*blocks), nn.Flatten(1)).eval().to(memory_format=torch.channels_last)
 
 
-class Encoder:
+class Encoder(ImageEncoder):
     """A frozen Conv4 with its config: embeds numpy images into float32 vectors of one space.
 
     `embed` runs a BatchNorm-folded snapshot of `model` taken here; build a new Encoder after changing weights.
     """
 
-    def __init__(self, model: Conv4, config: dict[str, Any], device: str | torch.device | None = None) -> None:
+    def __init__(self, model: Conv4, config: dict[str, Any], device: str | torch.device | None = None,
+                 name: str = "conv4") -> None:
         self.config = config
+        self.name = name
+        self.domain = domain_of(config)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.dim = output_dim(config["image_size"], config["hidden"], config["depth"], config["arch"])
@@ -184,58 +186,21 @@ class Encoder:
         The arrays must already look as the preprocessing says (size, colour, polarity); arrays whose
         statistics contradict it are refused (ValueError). Raw files or PIL images: `embed_images`.
         """
-        images = np.asarray(images)
-        c, s = self.config["channels"], self.config["image_size"]
-        if images.ndim == 3 and c == 1:
-            images = images[:, None]
-        if images.ndim != 4 or images.shape[1:] != (c, s, s):
-            raise ValueError(f"embed: expected images (N, {c}, {s}, {s}), got {images.shape}")
+        images = self.check_shape(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
                 batch = np.ascontiguousarray(images[i : i + batch_size])
                 if batch.dtype != np.uint8:
-                    check_inputs(batch, self.preprocessing)
+                    check_inputs(batch, self.preprocessing, domain=self.domain)
                 else:
-                    check_inputs(batch[:, :, ::4, ::4].astype(np.float32) / 255.0, self.preprocessing)
+                    check_inputs(batch[:, :, ::4, ::4].astype(np.float32) / 255.0, self.preprocessing,
+                                 domain=self.domain)
                 x = torch.from_numpy(batch).to(self.device)
                 x = self.preprocess(x.float() * scale).contiguous(memory_format=torch.channels_last)
                 out[i : i + len(x)] = self._inference(x).cpu().numpy()
         return out
-
-    def pixels(self, images: Sequence[str | Path | Image.Image]) -> np.ndarray:
-        """Raw image files or PIL images, in their data set's native look -> uint8 model pixels (N, C, S, S)."""
-        from fedrecon.client.data.images import read_pixels
-
-        pre = self.preprocessing
-        out = [to_pixels(im, pre) if isinstance(im, Image.Image) else read_pixels(im, pre) for im in images]
-        return np.stack(out) if out else np.zeros((0, pre.channels, pre.size, pre.size), np.uint8)
-
-    def embed_images(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                     batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        """Embed raw image files or PIL images of any size and mode, applying this encoder's preprocessing.
-
-        Returns float32 (N, dim). Images are read in batches, so a large folder never sits in memory whole.
-        """
-        if isinstance(images, str | Path | Image.Image):
-            images = [images]
-        images = list(images)
-        out = np.empty((len(images), self.dim), dtype=np.float32)
-        with tqdm(total=len(images), desc="embedding", unit="img", disable=not progress or len(images) < 500,
-                  leave=False) as bar:
-            for i in range(0, len(images), batch_size):
-                chunk = images[i : i + batch_size]
-                out[i : i + len(chunk)] = self.embed(self.pixels(chunk), batch_size)
-                bar.update(len(chunk))
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        """Fingerprint, dim, architecture and preprocessing, as JSON-able data."""
-        return {"fingerprint": self.fingerprint, "dim": self.dim, "arch": self.config["arch"],
-                "image_size": self.config["image_size"], "channels": self.config["channels"],
-                "dataset": self.config.get("dataset"), "preprocessing": self.preprocessing.to_dict(),
-                "bytes_per_class_float32": 4 * self.dim}
 
     def save(self, path: str | Path, **extra: Any) -> Path:
         """Write this encoder as a checkpoint (float32 weights, config, fingerprint)."""
@@ -304,7 +269,7 @@ def load_encoder(name_or_path: str | Path, device: str | torch.device | None = N
     if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
         raise ValueError(f"{name_or_path}: weights do not fit {config['arch']} (missing {missing}, "
                          f"unexpected {unexpected})")
-    enc = Encoder(model, config, device)
+    enc = Encoder(model, config, device, name=Path(blob["path"]).stem)
     if enc.fingerprint != blob["fingerprint"]:
         raise ValueError(f"{name_or_path}: fingerprint {enc.fingerprint} != recorded {blob['fingerprint']}")
     return enc

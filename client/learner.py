@@ -16,20 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from fedrecon.client.data.folder import labelled_files
-from fedrecon.client.encoder import Encoder, shipped_name
+from fedrecon.client.data.folder import ignored_entries, labelled_files
+from fedrecon.client.intake import Intake, chunks
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.state import ClientState, state_path
+from fedrecon.client.unknown import auto_threshold, with_unknown
 from fedrecon.proto import codec
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.prototypes import PrototypeTable
 from fedrecon.proto.v1 import recon_pb2 as pb
+
+if TYPE_CHECKING:
+    from fedrecon.client.embedding import ImageEncoder as Encoder
 
 ImageInput = str | Path | Image.Image
 
@@ -48,6 +53,7 @@ class Learner:
         self.memory = memory
         self.batch_size = batch_size
         self.server = server
+        self._learned: set[tuple[str, str]] = set()  # (content hash, class) learned by a learner without a state
 
     @classmethod
     def open(cls, encoder: Encoder, client_id: str, server: str | None = None, *,
@@ -100,10 +106,39 @@ class Learner:
                 self.state.save_local(self.space, self.memory)
         return {"classes": len(set(class_ids)), "examples": len(class_ids)}
 
-    def learn_files(self, paths: str | Path | Sequence[str | Path], label: str | None = None) -> dict[str, int]:
-        """Learn from ImageFolder roots (`ROOT/<class>/<images>`), or from image files/folders of class `label`."""
-        pairs = labelled_files([paths] if isinstance(paths, str | Path) else paths, label)
-        return self.learn([p for p, _ in pairs], [c for _, c in pairs])
+    def learn_files(self, paths: str | Path | Sequence[str | Path], label: str | None = None, *,
+                    allow_duplicates: bool = False, skip_bad: bool = False) -> dict[str, Any]:
+        """Learn ImageFolder roots (`ROOT/<class>/<images>`), or image files/folders of class `label`.
+
+        An image this client learned before for the same class and space (same file content) is skipped, counted in
+        `skipped_duplicates`, unless `allow_duplicates`. A file that is no image is refused, naming it, or with
+        `skip_bad` skipped and listed. Returns the counts (`Intake.report`).
+        """
+        paths = [paths] if isinstance(paths, str | Path) else list(paths)
+        pairs = labelled_files(paths, label)
+        intake = Intake(ignored=ignored_entries(paths))
+        state = self.state
+
+        def known(hashes: list[str]) -> set[tuple[str, str]]:
+            if state is not None:
+                return state.learned_hashes(self.space, hashes)
+            wanted = set(hashes)
+            return {pair for pair in self._learned if pair[0] in wanted}
+
+        embeddings, class_ids = [], []
+        with tqdm(total=len(pairs), desc="learning", unit="img", disable=len(pairs) < 500, leave=False) as bar:
+            for items in chunks(pairs, intake, skip_bad, known, allow_duplicates):
+                names = [str(i.path) for i in items]
+                embeddings.append(self.encoder.embed_images([i.image for i in items], self.batch_size, names=names))
+                class_ids += [i.class_id for i in items]
+                intake.learned += [(i.digest, i.class_id) for i in items]
+                bar.update(len(items))
+        if class_ids:
+            self.memory.add_examples(class_ids, np.concatenate(embeddings))
+            if state is not None:
+                state.save_learned(self.space, self.memory, intake.learned)
+            self._learned |= set(intake.learned)
+        return intake.report()
 
     learn_folder = learn_files
 
@@ -157,12 +192,25 @@ class Learner:
         table = self.prototypes()
         return [table.class_ids[r] for r in table.live_rows()]
 
-    def classify(self, images: np.ndarray | Sequence[ImageInput], top_k: int = 2) -> list[Prediction]:
-        """Nearest class of each image (with its squared distance and the next `top_k - 1` classes)."""
+    def classify(self, images: np.ndarray | Sequence[ImageInput], top_k: int = 2,
+                 unknown: str | float | None = None) -> list[Prediction]:
+        """Nearest class of each image (with its squared distance and the next `top_k - 1` classes).
+
+        With `unknown` (`"auto"` or a squared distance), an image farther than the threshold from every
+        prototype is answered `unknown` (its nearest classes follow as alternatives); see `client.unknown`.
+        """
         table = self.prototypes()
         if len(table.live_rows()) == 0 and self.state is not None:
             self._refuse_if_classes_are_in_another_space()
-        return rank(table, self.embed(images), top_k)
+        threshold = self.unknown_threshold(unknown, table)
+        predictions = rank(table, self.embed(images), top_k)
+        return predictions if threshold is None else with_unknown(predictions, threshold)
+
+    def unknown_threshold(self, unknown: str | float | None, table: PrototypeTable | None = None) -> float | None:
+        """The squared distance beyond which `classify` answers unknown: `auto` calibrates it from the prototypes."""
+        if unknown is None:
+            return None
+        return auto_threshold(table or self.prototypes()) if unknown == "auto" else float(unknown)
 
     def _refuse_if_classes_are_in_another_space(self) -> None:
         """This encoder's space is empty but the state has classes in another (e.g. the default encoder changed)."""
@@ -170,6 +218,8 @@ class Learner:
         if not others:
             return
         space, n = max(others.items(), key=lambda kv: kv[1])
+        from fedrecon.client.encoder import shipped_name
+
         name = shipped_name(space)
         use = f"--encoder {name}" if name else "the encoder that made it"
         raise ValueError(f"classify: this client knows no classes in space {self.space} yet, but its state holds {n} "

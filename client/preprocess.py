@@ -13,13 +13,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MODES = {"L": 1, "RGB": 3}
 RESAMPLING = {"lanczos": Image.Resampling.LANCZOS, "bilinear": Image.Resampling.BILINEAR,
               "nearest": Image.Resampling.NEAREST}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DOMAINS = ("handwriting", "natural")
+HANDWRITING_DATASETS = ("omniglot", "glyphs")
+NATURAL_ENCODER_HINT = ("for photos use a natural-image encoder: fedrecon encoder import MODEL.onnx --name NAME "
+                        "--size S --mode RGB --mean m,m,m --std s,s,s --domain natural")
 
 
 @dataclass(frozen=True)
@@ -87,12 +91,61 @@ def native(dataset: str, size: int | None = None, mode: str | None = None) -> Pr
     return Preprocessing(mode or "L", invert=False, size=size or 28)
 
 
+def domain_of(config: dict[str, Any]) -> str:
+    """The domain an encoder config declares; without the field: handwriting for omniglot and glyphs, for a
+    folder that inverts (scanned ink) and for other gray inputs; natural images otherwise (photos, folders
+    read as they are)."""
+    domain = config.get("domain")
+    if domain is None:
+        pre = config.get("preprocessing", {})
+        if config.get("dataset") == "folder":
+            domain = "handwriting" if pre.get("invert") else "natural"
+        else:
+            gray = pre.get("mode", "L") == "L"
+            domain = "handwriting" if config.get("dataset") in HANDWRITING_DATASETS or gray else "natural"
+    if domain not in DOMAINS:
+        raise ValueError(f"encoder domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
+    return domain
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: EXIF orientation applied (a phone photo stored sideways is turned)."""
+    if image.getexif().get(0x0112, 1) != 1:
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def handwriting_misfit(image: Image.Image, pixels: np.ndarray) -> str | None:
+    """Why a decoded image and its model pixels (bright ink on black) do not look like handwriting, or None.
+
+    Handwriting is gray strokes on a plain background: after preprocessing most pixels are dark and few are
+    mid-tones (Omniglot at 28 px: at most 15% mid-tones, no coloured pixels). Photos have colour, mid-tones
+    or a light median.
+    """
+    gray = pixels.astype(np.float32).mean(axis=0) / 255.0
+    median = float(np.median(gray))
+    if median > 0.75:
+        return f"median pixel {median:.2f} after preprocessing (dark ink on a light background expected)"
+    mid = float(np.mean((gray > 0.2) & (gray < 0.8)))
+    if mid > 0.3:
+        return f"{mid:.0%} mid-tone pixels (handwriting has under 30%)"
+    if image.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+        small = image.convert("RGB")
+        small.thumbnail((64, 64))
+        rgb = np.asarray(small, dtype=np.int16)
+        colourful = float(np.mean(rgb.max(axis=2) - rgb.min(axis=2) > 40))
+        if colourful > 0.1:
+            return f"{colourful:.0%} coloured pixels (handwriting is gray strokes)"
+    return None
+
+
 def to_pixels(image: Image.Image, pre: Preprocessing) -> np.ndarray:
-    """One decoded image in its native look -> uint8 (C, S, S) model pixels, as `pre` says."""
+    """One decoded image in its native look -> uint8 (C, S, S) model pixels as `pre` says (EXIF orientation applied)."""
+    image = upright(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # transparent -> white, as viewers show it
+        image = Image.alpha_composite(background, image.convert("RGBA"))
     if pre.mode == "L":
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image.convert("RGBA"))
         gray = np.asarray(image.convert("L"), dtype=np.uint8)
         if pre.invert:
             gray = 255 - gray
@@ -107,8 +160,8 @@ def to_pixels(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def check_inputs(images: np.ndarray, pre: Preprocessing, who: str = "embed") -> None:
-    """Refuse float pixel arrays whose statistics contradict `pre` (wrong range, or dark ink for a bright-ink net).
+def check_inputs(images: np.ndarray, pre: Preprocessing, who: str = "embed", domain: str = "handwriting") -> None:
+    """Refuse float pixel arrays whose statistics contradict `pre` (wrong range; dark ink for a handwriting net).
 
     `images` are (N, C, S, S) float in [0, 1]. A gray network trained on bright strokes sees a dark
     background, so an image whose median pixel is light was not preprocessed (e.g. a raw Omniglot PNG).
@@ -119,7 +172,7 @@ def check_inputs(images: np.ndarray, pre: Preprocessing, who: str = "embed") -> 
     if not (np.isfinite(low) and np.isfinite(high)) or low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(f"{who}: pixel values must be float in [0, 1] (or uint8 0..255); got min {low:g}, "
                          f"max {high:g} (already normalised, or 0..255 floats?)")
-    if pre.ink_bright:
+    if pre.ink_bright and domain == "handwriting":  # the ink check is the handwriting domain's, never a photo's
         medians = np.median(images.reshape(len(images), -1), axis=1)
         light = int((medians > 0.75).sum())
         if light:

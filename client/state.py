@@ -306,3 +306,40 @@ class ClientState:
                         for r in local.live_rows().tolist()])
         db.execute("INSERT INTO versions VALUES (?, ?, ?) ON CONFLICT(space) DO UPDATE SET dim = excluded.dim",
                    (space, memory.global_version, memory.dim or 0))
+
+    # ------------------------------------------------------------------ learned images (never counted twice)
+    def _learned_table(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS learned (space TEXT NOT NULL, hash TEXT NOT NULL, "
+                        "class_id TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (space, class_id, hash))")
+
+    def learned_hashes(self, space: str, hashes: list[str]) -> set[tuple[str, str]]:
+        """(content hash, class id) of the images among `hashes` this client already learned in `space`."""
+        self._learned_table()
+        found: set[tuple[str, str]] = set()
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found |= {(str(h), str(c)) for h, c in self.db.execute(
+                f"SELECT hash, class_id FROM learned WHERE space = ? AND hash IN ({marks})",  # noqa: S608
+                (space, *chunk))}
+        return found
+
+    def save_learned(self, space: str, memory: PrototypeMemory, learned: list[tuple[str, str]]) -> None:
+        """Persist the memory's local deltas and the (content hash, class id) of the images just learned, at once."""
+        self._learned_table()
+        with self._transaction() as db:
+            self._write_local(db, space, memory)
+            now = time.time()
+            db.executemany("INSERT OR REPLACE INTO learned VALUES (?, ?, ?, ?)",
+                           [(space, h, cid, now) for h, cid in learned])
+
+    def learned_spaces(self) -> list[str]:
+        """The spaces this client learned images in."""
+        self._learned_table()
+        return [str(r[0]) for r in self.db.execute("SELECT DISTINCT space FROM learned ORDER BY space")]
+
+    def learned_per_class(self, space: str) -> dict[str, int]:
+        """How many distinct images this client learned per class of `space` (by content hash)."""
+        self._learned_table()
+        return {str(c): int(n) for c, n in self.db.execute(
+            "SELECT class_id, COUNT(*) FROM learned WHERE space = ? GROUP BY class_id", (space,))}

@@ -38,6 +38,7 @@ from fedrecon.client.encoder import (
 )
 from fedrecon.client.preprocess import Preprocessing, native
 from fedrecon.experiments.fewshot import episode_accuracies, summarize
+from fedrecon.experiments.folder_recipe import add_folder_arguments, detect_mode, fit_recipe
 
 
 def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
@@ -188,6 +189,18 @@ def validate(model: Conv4, config: dict, val: ImageSet, ways: int, episodes: int
     return summarize(acc)[0]
 
 
+def validate_or_keep(model: Conv4, config: dict, val: ImageSet, args: argparse.Namespace, device: torch.device,
+                     out: Path, step: int) -> float:
+    """`validate`; if it fails, the weights trained so far are saved to `<out stem>.failed.pt` and named."""
+    try:
+        return validate(model, config, val, args.val_ways, args.val_episodes, device)
+    except Exception as error:
+        kept = save_checkpoint(out.with_name(out.stem + ".failed" + out.suffix), model, config,
+                               training={"command": args.command_line, "step": step, "failed": str(error)})
+        raise ValueError(f"validation at step {step} failed ({error}); the weights trained so far are in {kept}") \
+            from error
+
+
 KEEP_BEST_NEEDS_SPLIT = ("--keep best needs a validation set held out of the training data (omniglot: "
                          "--val-alphabets N); --monitor-evaluation only prints and never selects")
 
@@ -215,6 +228,8 @@ def device_name(device: torch.device) -> str:
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) training; writes `<out>` and the state at each validation/save and at the end."""
+    if args.dataset == "folder" and args.mode is None:
+        args.mode = detect_mode(args.data_dir)
     if args.image_size is None:
         args.image_size = 84 if args.dataset == "mini-imagenet" or getattr(args, "mode", "L") == "RGB" else 28
     torch.manual_seed(args.seed)
@@ -225,6 +240,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.keep == "best" and no_split:
         raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     train_set, val, val_desc = load_data(args)
+    val, val_desc = fit_recipe(args, train_set, val, val_desc)  # before the first step: a folder's recipe is checked
     if args.keep == "best" and (val is None or val_desc.startswith("monitor only")):
         raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     c, s = train_set.image_shape[0], train_set.image_shape[1]
@@ -317,7 +333,7 @@ def train(args: argparse.Namespace) -> dict:
                  "seconds": round(elapsed + wall, 1), "cpu_s": round(cpu_total + cpu, 1),
                  "eta_s": round(wall / (step - step0) * (args.episodes - step), 1)}
         if val is not None and validating:
-            score = validate(model, config, val, args.val_ways, args.val_episodes, device)
+            score = validate_or_keep(model, config, val, args, device, out, step)
             entry[f"val_{args.val_ways}way_1shot"] = round(score, 4)
             if args.keep == "best" and (best is None or score > best["val"]):
                 best, best_model = {"step": step, "val": round(score, 4)}, copy.deepcopy(model)
@@ -354,14 +370,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=["omniglot", "mini-imagenet", "glyphs", "folder"],
                    help="folder: your own images, --data-dir ROOT/<class name>/<image files>")
     p.add_argument("--data-dir", default=None, help="data directory (omniglot, mini-imagenet, folder)")
-    p.add_argument("--mode", default="L", choices=["L", "RGB"], help="folder: gray (L) or colour inputs")
-    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=False,
-                   help="folder: invert gray images (dark ink on light paper -> bright strokes, as for Omniglot)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="folder: classes held out for validation")
+    add_folder_arguments(p)
     p.add_argument("--out", required=True, help="encoder checkpoint to write (.pt)")
     p.add_argument("--download", action="store_true", help="omniglot: fetch the official zips into --data-dir")
     p.add_argument("--csv-dir", default=None, help="mini-imagenet: folder of the split CSVs if not --data-dir")
-    p.add_argument("--method", default="proto", choices=["proto", "proxy"])
+    p.add_argument("--method", default="proto", choices=["proto", "proxy"],
+                   help="proto: episodic prototypical loss; proxy: one learned centre per training class")
     p.add_argument("--arch", default="conv4", choices=list(ARCHS),
                    help="conv4: the paper's (64-d at 28px); conv4-nopool: no last max-pool (576-d at 28px)")
     p.add_argument("--augment", action="store_true",
@@ -370,27 +384,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-shear", type=float, default=10.0, help="--augment: max shear angle, degrees")
     p.add_argument("--aug-scale", type=float, default=0.1, help="--augment: max relative scale change")
     p.add_argument("--aug-translate", type=float, default=2.0, help="--augment: max shift, pixels")
-    p.add_argument("--ways", type=int, default=60)
-    p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--queries", type=int, default=5)
+    p.add_argument("--ways", type=int, default=None,
+                   help="classes per training episode (unset: 60, or every training class of a smaller folder)")
+    p.add_argument("--shots", type=int, default=1, help="support images per class and episode")
+    p.add_argument("--queries", type=int, default=None,
+                   help="query images per class and episode (unset: 5, fewer if a folder's classes are small)")
     p.add_argument("--batch-size", type=int, default=512, help="images per step for --method proxy")
     p.add_argument("--centre-lr-scale", type=float, default=10.0, help="LR multiplier of proxy centres")
     p.add_argument("--episodes", type=int, default=2000, help="training steps")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--decay", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--decay", type=float, default=0.5, help="LR factor at each step decay (--decay-every)")
     p.add_argument("--decay-every", type=int, default=0, help="steps per LR decay; 0 = cosine to --episodes")
     p.add_argument("--image-size", type=int, default=None, help="28 (omniglot, glyphs) or 84 (mini-imagenet)")
     p.add_argument("--rotations", type=int, nargs="+", default=[0, 90, 180, 270], help="omniglot only")
     p.add_argument("--val-alphabets", type=int, default=0, help="omniglot: hold out this many alphabets")
     p.add_argument("--monitor-evaluation", action="store_true", help="omniglot: also score images_evaluation")
-    p.add_argument("--glyph-classes", type=int, default=1000)
-    p.add_argument("--glyph-val-classes", type=int, default=200)
-    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--glyph-classes", type=int, default=1000, help="glyphs: training classes")
+    p.add_argument("--glyph-val-classes", type=int, default=200, help="glyphs: held-out validation classes")
+    p.add_argument("--val-every", type=int, default=200, help="validate and checkpoint every N steps")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (no validation)")
-    p.add_argument("--val-ways", type=int, default=20)
-    p.add_argument("--val-episodes", type=int, default=300)
+    p.add_argument("--val-ways", type=int, default=None,
+                   help="ways of the 1-shot validation episodes (unset: 20, fewer for a small folder)")
+    p.add_argument("--val-episodes", type=int, default=300, help="validation episodes")
     p.add_argument("--cache-dir", default=None, help="cache decoded images here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling, augmentation and initial weights")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
     p.add_argument("--resume", action="store_true",

@@ -105,6 +105,7 @@ def summarize(config: dict[str, Any], data: Any, encoder: Any, per_method: dict[
     return {
         "schema": SCHEMA,
         "experiment": config["experiment"]["name"],
+        "title": f"{config['experiment'].get('title') or config['experiment']['name']}: {data.name}",
         "status": "complete" if finished >= total else "incomplete",
         "finished_runs": finished,
         "planned_runs": total,
@@ -130,9 +131,14 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def title(results: dict[str, Any]) -> str:
+    """`<experiment or protocol>: <data set>`; a run on another data set (a folder) never takes the config name."""
+    return results.get("title") or f"{results['experiment']}: {results['dataset']['name']}"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per method: runs, final accuracy +- ci95, server accuracy, bytes, update time, wall time."""
-    lines = [f"### {results['experiment']} ({results['dataset']['name']}, "
+    lines = [f"### {title(results)} ("
              f"{results['schedules'][0]['classes'] if results['schedules'] else '?'} classes, "
              f"encoder {results['encoder']['fingerprint']})", "",
              f"status: {results.get('status', 'complete')}, {results.get('finished_runs', '?')} of "
@@ -218,7 +224,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("accuracy over all classes seen (%)")
     ax.set_ylim(0, 100)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{results['experiment']}: {results['dataset']['name']}")
+    ax.set_title(title(results))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -238,7 +244,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("classes seen")
     ax.set_ylabel("bytes moved so far (up + down)")
-    ax.set_title(f"{results['experiment']}: communication (raw-image uploads included)")
+    ax.set_title(f"{title(results)}: communication (raw-image uploads included)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

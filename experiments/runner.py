@@ -36,7 +36,7 @@ from fedrecon.experiments.transports import TRANSPORTS
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXPERIMENTS = ("omniglot-cil", "omniglot-fed", "mini-imagenet-cil", "mini-imagenet-fed", "glyphs-fed")
 TABLES = ("experiment", "dataset", "protocol", "anchors", "runs", "methods")
-EXPERIMENT_KEYS = ("name", "runs", "seed", "encoder", "transport", "dtype", "methods", "cache_embeddings")
+EXPERIMENT_KEYS = ("name", "runs", "seed", "encoder", "transport", "dtype", "methods", "cache_embeddings", "title")
 
 
 class ConfigError(ValueError):
@@ -335,8 +335,10 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--clients does not apply to {args.name}: its protocol {kind!r} has a single client "
                               f"(valid [protocol] keys: {', '.join(sum(parameters(kind), []))})")
         config.setdefault("protocol", {})["clients"] = args.clients
-    if args.dataset is not None:
+    if args.dataset is not None and args.dataset != config.get("dataset", {}).get("name"):
         config["dataset"] = {"name": args.dataset}
+        config.pop("anchors", None)  # published figures of the replaced data set: never plotted beside another
+        exp["title"] = f"{config.get('protocol', {}).get('kind', args.name)} protocol"  # not the replaced set's name
     for key in ("runs", "seed", "transport", "encoder"):
         if getattr(args, key) is not None:
             exp[key] = getattr(args, key)

@@ -9,18 +9,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import ml_dtypes
 import numpy as np
 
 from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 
-DTYPES: dict[int, np.dtype] = {
-    pb.FLOAT32: np.dtype("<f4"),
-    pb.FLOAT16: np.dtype("<f2"),
-    pb.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
-    pb.FLOAT64: np.dtype("<f8"),
-}
+
+class _Dtypes(dict):
+    """Wire dtype code -> numpy dtype; bfloat16 comes from ml_dtypes, imported on first use (~0.5 s of CPU)."""
+
+    def _load(self) -> None:
+        import ml_dtypes
+
+        self[pb.BFLOAT16] = np.dtype(ml_dtypes.bfloat16)
+
+    def __missing__(self, code: int) -> np.dtype:
+        if code != pb.BFLOAT16:
+            raise KeyError(code)
+        self._load()
+        return self[code]
+
+    def __contains__(self, code: object) -> bool:
+        return code == pb.BFLOAT16 or super().__contains__(code)
+
+    def get(self, code: int, default: np.dtype | None = None) -> np.dtype | None:  # type: ignore[override]
+        """Like dict.get, bfloat16 included."""
+        return self[code] if code in self else default
+
+
+DTYPES: dict[int, np.dtype] = _Dtypes({pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"),
+                                       pb.FLOAT64: np.dtype("<f8")})
 DTYPE_NAMES: dict[str, int] = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16,
                                "float64": pb.FLOAT64}
 MAX_COUNT = 2**40  # per delta; keeps int64 totals and float64 sums exact for any realistic fleet

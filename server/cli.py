@@ -27,10 +27,10 @@ log = logging.getLogger("fedrecon.server")
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the server's options."""
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
-    parser.add_argument("--db", default="fedrecon.db", help="SQLite database file (default ./fedrecon.db), or a "
-                        "PostgreSQL URL postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
+    parser.add_argument("--db", default="fedrecon.db", help="SQLite database file, or a PostgreSQL URL "
+                        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")
     parser.add_argument("--memory", action="store_true", help="keep everything in memory (no database; tests)")
     parser.add_argument("--repair", action="store_true",
                         help="serve a database that fails its start-up checks as it is: log what was lost, rebuild "
@@ -40,11 +40,15 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "(PostgreSQL: OFF sets synchronous_commit off, the others keep it on)")
     parser.add_argument("--workers", type=int, default=16,
                         help="gRPC threads for unary calls (open streams get threads of their own)")
-    parser.add_argument("--max-classes-per-push", type=int, default=Limits.max_classes_per_push)
-    parser.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes)
-    parser.add_argument("--max-class-id-bytes", type=int, default=Limits.max_class_id_bytes)
-    parser.add_argument("--max-dim", type=int, default=Limits.max_dim)
-    parser.add_argument("--max-watch-streams", type=int, default=Limits.max_watch_streams)
+    parser.add_argument("--max-classes-per-push", type=int, default=Limits.max_classes_per_push,
+                        help="classes one push may carry (more: INVALID_ARGUMENT)")
+    parser.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes,
+                        help="largest request in bytes (more: RESOURCE_EXHAUSTED)")
+    parser.add_argument("--max-class-id-bytes", type=int, default=Limits.max_class_id_bytes,
+                        help="longest class id or space name, UTF-8 bytes")
+    parser.add_argument("--max-dim", type=int, default=Limits.max_dim, help="widest embedding a push may carry")
+    parser.add_argument("--max-watch-streams", type=int, default=Limits.max_watch_streams,
+                        help="Watch streams open at once on this server")
     parser.add_argument("--max-push-streams", type=int, default=Limits.max_push_streams,
                         help="PushStream calls served at once; more are refused RESOURCE_EXHAUSTED (retry later)")
     parser.add_argument("--max-stream-window-bytes", type=int, default=Limits.max_stream_window_bytes,
@@ -73,7 +77,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="concurrent watch streams per client (0: off)")
     parser.add_argument("--robust", action="append", default=[], metavar="SPACE",
                         help="merge this space robustly (repeatable; '*' for every space)")
-    parser.add_argument("--robust-estimator", default="trimmed", choices=["trimmed", "median", "mean"])
+    parser.add_argument("--robust-estimator", default="trimmed", choices=["trimmed", "median", "mean"],
+                        help="how --robust spaces combine clients per coordinate")
     parser.add_argument("--robust-trim", type=float, default=0.2, help="fraction trimmed at each end per coordinate")
     parser.add_argument("--robust-count-cap", type=int, default=0, help="per-client count cap per class (0: off)")
     parser.add_argument("--robust-norm-ratio", type=float, default=3.0,
@@ -83,8 +88,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default off)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="json", choices=["json", "text"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe log lines written to stderr")
+    parser.add_argument("--log-format", default="json", choices=["json", "text"],
+                        help="stderr log lines as JSON objects or text with key=value fields")
 
 
 def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:

@@ -26,13 +26,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """Plain text: time, level, logger, message, then any `extra=` fields as key=value (the address included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = {k: v for k, v in vars(record).items() if k not in JsonFormatter._standard}  # noqa: SLF001
+        return text + "".join(f" {k}={v}" for k, v in extra.items())
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     """Send fedrecon's logs to stderr as JSON lines (`fmt="json"`) or text (`fmt="text"`)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("fedrecon")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,6 +7,7 @@ folder of raw Omniglot PNGs loads exactly as the Omniglot loader would load the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -97,3 +98,18 @@ def load_folder(root: str | Path, pre: Preprocessing, progress: bool = True) -> 
     labels = np.concatenate([np.full(len(classes[c]), i) for i, c in enumerate(class_ids)])
     meta = {"dataset": "folder", "source": str(Path(root).expanduser()), "preprocessing": pre.to_dict()}
     return ImageSet(class_ids, read_images(files, pre, progress), labels, name=f"folder:{Path(root).name}", meta=meta)
+
+
+def ignored_entries(paths: Sequence[str | Path]) -> list[Path]:
+    """What reading `paths` leaves out, so it can be reported: files that are not images, symlinked sub-folders."""
+    out: list[Path] = []
+    for raw in paths:
+        root = Path(raw).expanduser()
+        if not root.is_dir():
+            continue
+        for folder, dirs, files in os.walk(root):
+            base = Path(folder)
+            out += [base / d for d in dirs if (base / d).is_symlink() and base != root]
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            out += [base / f for f in files if not f.startswith(".") and not is_image(base / f)]
+    return sorted(out)

@@ -11,12 +11,15 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from fedrecon.client.preprocess import Preprocessing, to_pixels
+
+if TYPE_CHECKING:
+    from fedrecon.client.data.torch_dataset import ImageDataset
 
 READABLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"}
 
@@ -85,20 +88,9 @@ class ImageSet:
 
     def torch_dataset(self) -> ImageDataset:
         """A `torch.utils.data.Dataset` view yielding (float image tensor, int label)."""
+        from fedrecon.client.data.torch_dataset import ImageDataset
+
         return ImageDataset(self)
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Map-style torch Dataset over an ImageSet: item i is (float32 tensor (C, H, W), label)."""
-
-    def __init__(self, images: ImageSet) -> None:
-        self.set = images
-
-    def __len__(self) -> int:
-        return len(self.set)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(to_float(self.set.pixels[i])), int(self.set.labels[i])
 
 
 def to_float(pixels: np.ndarray) -> np.ndarray:
@@ -108,10 +100,15 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
 
 def decode_image(data: bytes, where: str) -> Image.Image:
     """Decode image bytes with Pillow; a clear DataError names the file if they are not an image."""
+    if not data:
+        raise DataError(f"{where}: empty file (0 bytes), not an image")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{where}: not a readable image (Pillow does not recognise its format; "
+                        f"{len(data)} bytes starting {data[:8]!r})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{where}: not a readable image ({exc})") from exc
     if img.mode not in READABLE_MODES:
         raise DataError(f"{where}: unsupported image mode {img.mode!r} (expected one of {sorted(READABLE_MODES)})")
