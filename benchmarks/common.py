@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-PYTHON_FEDRECON = [sys.executable, "-m", "fedrecon"]
 
 
 def percentiles(samples_s: list[float] | np.ndarray) -> dict[str, float]:

@@ -7,7 +7,7 @@ The CLI (`fedrecon client learn|sync|classify`), the demo and the README's Pytho
 
     encoder = load_encoder("omniglot")
     with Learner.open(encoder, "alice", server="127.0.0.1:50051", state_dir="state") as learner:
-        learner.learn_folder("my-images")        # ROOT/<class>/<image files>
+        learner.learn_files("my-images")         # ROOT/<class>/<image files>
         learner.sync()
         print(learner.classify(["query.png"])[0].label)
 """
@@ -140,7 +140,6 @@ class Learner:
             self._learned |= set(intake.learned)
         return intake.report()
 
-    learn_folder = learn_files
 
     # ------------------------------------------------------------------ sync
     def _client(self) -> ReconClient:

@@ -341,10 +341,6 @@ class SqliteLog:
             yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
                             digest)
 
-    def audit(self) -> list[tuple[int, str, str, str, float]]:
-        """Administrative operations recorded (version, kind, client, actor, time)."""
-        return self.conn.execute(AUDIT_QUERY).fetchall()
-
     def check_high_water(self, version: int, repair: bool = False) -> None:
         """Refuse a database that ends below the last version this server acknowledged (DatabaseDamaged), or with
         `repair` accept it as it is; then record `version` as the mark."""
