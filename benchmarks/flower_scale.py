@@ -96,8 +96,8 @@ def tree_rss(root: int) -> tuple[int, int]:
 
 
 class PeakMemory:
-    """Samples this process tree in a thread: `.peak` the largest summed RSS, `.peak_pss` the largest summed
-    PSS, `.driver_peak` this process's largest RSS, `.by_kind` the largest summed RSS of each kind (bytes)."""
+    """Samples this process tree in a thread: `.peak` the largest summed RSS, `.by_kind` its parts by kind of
+    process at that moment, `.peak_pss` the largest summed PSS, `.driver_peak` this process's largest RSS (bytes)."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
@@ -116,9 +116,9 @@ class PeakMemory:
             kind = process_kind(pid, root)
             kinds[kind] = kinds.get(kind, 0) + rss
         self.driver_peak = max(self.driver_peak, kinds.get("driver", 0))
-        self.peak, self.peak_pss = max(self.peak, total), max(self.peak_pss, total_pss)
-        for kind, rss in kinds.items():
-            self.by_kind[kind] = max(self.by_kind.get(kind, 0), rss)
+        self.peak_pss = max(self.peak_pss, total_pss)
+        if total > self.peak:
+            self.peak, self.by_kind = total, kinds
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -139,7 +139,7 @@ class PeakMemory:
         mib = 2**20
         return {"peak_rss_mb": round(self.peak / mib, 1), "peak_pss_mb": round(self.peak_pss / mib, 1),
                 "driver_peak_rss_mb": round(self.driver_peak / mib, 1),
-                "peak_rss_mb_by_process": {k: round(v / mib, 1) for k, v in sorted(self.by_kind.items()) if v}}
+                "at_peak_rss_mb_by_process": {k: round(v / mib, 1) for k, v in sorted(self.by_kind.items()) if v}}
 
 
 def _common(args: argparse.Namespace, classes: int) -> dict[str, Any]:

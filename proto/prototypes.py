@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-DISTANCE_BLOCK_BYTES = 64 * 2**20  # the most distance matrix `nearest_prototype` holds at a time
+DISTANCE_BLOCK_BYTES = 16 * 2**20  # the most distance matrix `nearest_prototype` holds at a time
 
 
 def sums_of(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
