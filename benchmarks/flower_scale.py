@@ -79,10 +79,14 @@ def process_kind(pid: int, root: int) -> str:
         return "gone"
     if argv[0].startswith("ray::"):
         return argv[0].split()[0].split(".")[0]
-    program = next((a for a in argv[1:] if a.endswith(".py")), argv[0]) if "python" in argv[0] else argv[0]
-    if Path(argv[0]).name == "ray" and len(argv) > 1:
-        program = f"ray {argv[1]}"
-    return Path(program).name or "?"
+    args = [a for a in argv if a and not a.startswith("-")]
+    if len(args) > 1 and "python" in Path(args[0]).name:
+        args = args[1:]  # a script: name it, not the interpreter
+    if not args:
+        return "?"
+    if Path(args[0]).name == "ray" and len(args) > 1:
+        return f"ray {args[1]}"  # a node's `ray start --block`
+    return Path(args[0]).name
 
 
 def tree_rss(root: int) -> tuple[int, int]:
