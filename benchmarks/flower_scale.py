@@ -2,11 +2,15 @@
 
 `--engine flower` (default): 1,000 virtual clients on Flower's Simulation Engine, each learning one
 mission of 3 glyph classes (5 shots), merged by the `PrototypeAveraging` strategy, then an evaluation
-round on 10 clients over the whole superset. `--engine inproc`: the same kind of plan through
-fedrecon's own in-process transport (e.g. 10,000 clients). Peak memory is the largest summed RSS of
-this process and all its descendants (Ray's GCS, raylet and ClientApp actors), sampled every 0.2 s.
+round on 10 clients over the whole superset. `--ray-address HOST:PORT` runs it on an existing Ray
+cluster; `--ray-nodes N` starts N Ray nodes on loopback (`ray start --block`), runs on them and stops
+them. `--engine inproc`: the same kind of plan through fedrecon's own in-process transport (e.g. 10,000
+clients). Peak memory is the largest summed RSS of this process and all its descendants (Ray's GCS,
+raylets, agents and ClientApp actors; the `--ray-nodes` nodes too, not an existing cluster's), sampled
+every 0.2 s, with its parts by process at that moment; the summed PSS counts shared pages once.
 
     python -m fedrecon.benchmarks.flower_scale --clients 1000
+    python -m fedrecon.benchmarks.flower_scale --clients 10000 --ray-nodes 2
     python -m fedrecon.benchmarks.flower_scale --engine inproc --clients 10000 --shots 3 --queries 2
 """
 
