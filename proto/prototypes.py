@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+DISTANCE_BLOCK_BYTES = 16 * 2**20  # the most distance matrix `nearest_prototype` holds at a time
+
 
 def sums_of(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Per-class float64 sums `count * mean` of deltas (the one place means become sums)."""
@@ -36,11 +38,20 @@ def squared_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray
     return np.maximum(d, 0.0, out=d)
 
 
-def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Index of the nearest prototype for each query (squared Euclidean distance; `|q|^2` does not change it)."""
+def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray, block_bytes: int = DISTANCE_BLOCK_BYTES
+                      ) -> np.ndarray:
+    """Index of the nearest prototype for each query (squared Euclidean distance; `|q|^2` does not change it).
+
+    Queries go in blocks whose float64 distance rows fit `block_bytes`, so memory stays flat however many
+    queries and classes there are (15,000 queries x 30,000 classes at once would be 3.6 GB)."""
     if len(prototypes) == 0:
         raise ValueError("nearest_prototype: no prototypes to classify against")
-    return _partial_distances(queries, prototypes).argmin(1)
+    q = np.asarray(queries)
+    p = np.asarray(prototypes, dtype=np.float64)
+    step = max(1, block_bytes // (8 * len(p)))
+    if len(q) <= step:
+        return _partial_distances(q, p).argmin(1)
+    return np.concatenate([_partial_distances(q[i : i + step], p).argmin(1) for i in range(0, len(q), step)])
 
 
 def occurrence_rounds(rows: np.ndarray) -> list[np.ndarray]:

@@ -82,6 +82,9 @@ def test_nearest_prototype_matches_brute_force() -> None:
     brute = ((q[:, None, :] - p[None, :, :]) ** 2).sum(-1)
     np.testing.assert_allclose(squared_distances(q, p), brute, atol=1e-9)
     assert (nearest_prototype(q, p) == brute.argmin(1)).all()
+    # in blocks of 1 and 7 queries (distance rows of 30 prototypes: 240 bytes each): the same answers
+    for block in (1, 7 * 240, 7 * 240 + 239):
+        assert (nearest_prototype(q, p, block_bytes=block) == brute.argmin(1)).all()
 
 
 def test_dim_mismatch_raises() -> None:
