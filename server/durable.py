@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,7 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrecon.proto.codec import DTYPES
+from fedrecon.proto.digest import (  # noqa: F401 - the contract's digest, re-exported for the store
+    DIGEST_PREFIX,
+    content_digest,
+    pack_means,
+    pack_operation,
+)
 
 SCHEMA_VERSION = "1"
 
@@ -43,13 +47,14 @@ CREATE TABLE IF NOT EXISTS log (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, space TEXT NOT NULL,
   seq INTEGER NOT NULL, class_ids TEXT NOT NULL, counts BLOB NOT NULL, means BLOB NOT NULL,
   dim INTEGER NOT NULL, actor TEXT NOT NULL DEFAULT '', at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (start_version INTEGER NOT NULL, epoch_id TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, actor TEXT NOT NULL,
   at REAL NOT NULL);
 """
 
 
-TABLES = {"meta", "spaces", "classes", "contributions", "clients", "log", "audit"}
+TABLES = {"meta", "spaces", "classes", "contributions", "clients", "log", "audit", "epochs"}
 
 
 @dataclass(frozen=True)
@@ -71,20 +76,6 @@ class Operation:
     sums: np.ndarray | None = None  # float64 count * mean, when computed beforehand (not stored)
 
 
-DIGEST_PREFIX = "2:"  # digests of the current kind; unprefixed ones were written by older versions
-
-
-def content_digest(space: str, packed: tuple[str, bytes, bytes]) -> str:
-    """Digest of a push's content, a retry must match it: blake2b of the space and the content's log
-    encoding (`pack_operation`), so equal content gives an equal digest and the log row alone recomputes it."""
-    h = hashlib.blake2b(digest_size=16)
-    parts = (space.encode(), packed[0].encode(), packed[1], packed[2])
-    h.update(struct.pack("<4Q", *map(len, parts)))
-    for part in parts:
-        h.update(part)  # hashlib lets other threads run while it hashes a large part
-    return DIGEST_PREFIX + h.hexdigest()
-
-
 def legacy_content_digest(space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
     """The digest older versions stored (of int64 counts and float64 means), to check a retry against it."""
     h = hashlib.blake2b(digest_size=16)
@@ -100,11 +91,6 @@ def same_content(stored: str, space: str, class_ids: list[str], counts: np.ndarr
     if stored.startswith(DIGEST_PREFIX):
         return stored == digest
     return stored == legacy_content_digest(space, class_ids, counts, means)
-
-
-def pack_operation(class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> tuple[str, bytes, bytes]:
-    """The log columns of a push's content: JSON class ids, int64 counts, `pack_means` means."""
-    return json.dumps(class_ids), np.ascontiguousarray(counts, dtype="<i8").tobytes(), pack_means(means)
 
 
 @dataclass(frozen=True)
@@ -141,24 +127,6 @@ def lock_writer(path: Path) -> int:
         raise DatabaseLocked(f"{path} is in use by another fedrecon server (it holds {lock_path}); stop that "
                              "server or give another --db") from None
     return fd
-
-
-NARROW_FLOATS = tuple(d for d in DTYPES.values() if d.itemsize <= 4)  # wire dtypes exact in float32
-
-
-def pack_means(means: np.ndarray) -> bytes:
-    """Log bytes of means: float32 when every value survives the round trip exactly, else float64.
-
-    Pushes usually arrive as float32 (or float16/bfloat16) on the wire, so their means fit float32
-    exactly; logging them at 4 bytes halves the write volume of every commit and loses nothing.
-    Means still in a wire dtype of 32 bits or fewer are float32-exact by construction (no check).
-    """
-    if means.dtype in NARROW_FLOATS:
-        return np.ascontiguousarray(means, dtype="<f4").tobytes()
-    packed = means.astype("<f4")
-    if np.array_equal(packed, means):
-        return packed.tobytes()
-    return means.astype("<f8").tobytes()
 
 
 def unpack_means(blob: bytes, rows: int, dim: int) -> np.ndarray:
@@ -296,6 +264,16 @@ class SqliteLog:
             digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
             yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
                             digest)
+
+    def start_epoch(self, version: int) -> list[tuple[int, str]]:
+        """Record a new epoch starting after `version` (every server start); every epoch (start, id), oldest first.
+
+        A database restored from a backup gets a new epoch where its history forks from the lost one, so a
+        client's `since` from the lost history is told apart from the same number in the new one."""
+        with self.transaction():
+            self.conn.execute("INSERT INTO epochs VALUES (?, ?, ?)", (version, uuid.uuid4().hex, time.time()))
+        return [(int(v), str(e)) for v, e in
+                self.conn.execute("SELECT start_version, epoch_id FROM epochs ORDER BY rowid")]
 
     def audit(self) -> list[tuple[int, str, str, str, float]]:
         """Administrative operations recorded (version, kind, client, actor, time)."""
