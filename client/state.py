@@ -206,8 +206,8 @@ class ClientState:
     @property
     def pending(self) -> PendingPush | None:
         """The push sent (or about to be sent) and not yet acknowledged."""
-        pending = self.all_pending
-        return pending[0] if pending else None
+        row = self.db.execute("SELECT seq, space, request, digest, source FROM pending ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else PendingPush(int(row[0]), str(row[1]), bytes(row[2]), str(row[3]), str(row[4]))
 
     def bind(self, store_id: str, address: str) -> None:
         """Bind to `store_id` on first contact; refuse (StoreMismatch) a server of another store."""

@@ -47,14 +47,13 @@ CREATE TABLE IF NOT EXISTS log (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, space TEXT NOT NULL,
   seq INTEGER NOT NULL, class_ids TEXT NOT NULL, counts BLOB NOT NULL, means BLOB NOT NULL,
   dim INTEGER NOT NULL, actor TEXT NOT NULL DEFAULT '', at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS epochs (start_version INTEGER NOT NULL, epoch_id TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   version INTEGER PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL, actor TEXT NOT NULL,
   at REAL NOT NULL);
 """
 
 
-TABLES = {"meta", "spaces", "classes", "contributions", "clients", "log", "audit", "epochs"}
+TABLES = {"meta", "spaces", "classes", "contributions", "clients", "log", "audit"}
 
 
 @dataclass(frozen=True)
@@ -270,10 +269,11 @@ class SqliteLog:
 
         A database restored from a backup gets a new epoch where its history forks from the lost one, so a
         client's `since` from the lost history is told apart from the same number in the new one."""
-        with self.transaction():
-            self.conn.execute("INSERT INTO epochs VALUES (?, ?, ?)", (version, uuid.uuid4().hex, time.time()))
-        return [(int(v), str(e)) for v, e in
-                self.conn.execute("SELECT start_version, epoch_id FROM epochs ORDER BY rowid")]
+        epochs = [(int(v), str(e)) for v, e in json.loads(self.meta("epochs") or "[]")]
+        epochs.append((version, uuid.uuid4().hex))
+        with self.transaction():  # in `meta` (JSON), so an older fedrecon still opens the database
+            self.set_meta("epochs", json.dumps(epochs))
+        return epochs
 
     def audit(self) -> list[tuple[int, str, str, str, float]]:
         """Administrative operations recorded (version, kind, client, actor, time)."""
