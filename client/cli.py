@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace) -> None:
         np.savez(args.out, class_ids=np.array(pulled.class_ids, dtype=str), counts=pulled.counts,
                  means=pulled.means, version=np.int64(pulled.version))
         print(json.dumps({"space": pulled.space, "version": pulled.version, "classes": len(pulled.class_ids),
-                          "out": str(args.out)}))
+                          "out": str(args.out), "pulled_all_again": pulled.reset}))
     elif args.action == "watch":
         with _client(args) as client:
             for n, pulled in enumerate(client.watch(args.space, since=args.since), start=1):

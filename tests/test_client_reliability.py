@@ -231,6 +231,49 @@ def test_after_a_killed_push_sync_says_what_is_pending_and_resumes_it_once(tmp_p
         process.stop()
 
 
+def _glyph_pngs(root: Path, classes: int, seed: int, prefix: str = "g") -> None:
+    """Glyph drawings as PNG files in the ImageFolder layout `root/<prefix><k>/<i>.png` (6 per class)."""
+    from PIL import Image
+
+    from fedrecon.client.data.glyphs import make_glyphs
+
+    glyphs = make_glyphs(classes, 6, seed=seed, image_size=28)
+    for k, cid in enumerate(glyphs.class_ids):
+        (root / f"{prefix}{k}").mkdir(parents=True)
+        for i, pixels in enumerate(glyphs.pixels[glyphs.indices(cid)]):
+            Image.fromarray(pixels[0]).save(root / f"{prefix}{k}" / f"{i}.png")
+
+
+def test_a_killed_learn_is_finished_by_sync_exactly_once(tmp_path: Path) -> None:
+    _glyph_pngs(tmp_path / "warm", 1, seed=1, prefix="w")
+    _glyph_pngs(tmp_path / "images", 2, seed=2)
+    db = tmp_path / "s.db"
+    server = ServerProcess(db, ["--max-pushes-per-second", "0.2", "--push-burst", "1"]).start()
+
+    def command(action: str, *paths: Path) -> list[str]:
+        return [*FEDRECON, "client", action, "--server", server.address, "--client-id", "lea", "--encoder",
+                "glyphs", "--state-dir", str(tmp_path), *map(str, paths)]
+
+    try:
+        assert subprocess.run(command("learn", tmp_path / "warm"), capture_output=True, timeout=180).returncode == 0
+        _kill_while_pending(command("learn", tmp_path / "images"), tmp_path / "lea.db")
+        finished = subprocess.run(command("sync"), capture_output=True, text=True, timeout=180)
+        assert finished.returncode == 0, finished.stderr
+        out = json.loads(finished.stdout)
+        assert out["resumed_pushes"] == 1 and out["classes_pushed"] == 2  # the learn's push, sent now
+        space = server_space(server.address)
+        assert _counts(server.address, space) == {"w0": 6, "g0": 6, "g1": 6}  # the killed learn's classes once
+    finally:
+        server.stop()
+
+
+def server_space(address: str) -> str:
+    """The one space a store holds."""
+    with grpc.insecure_channel(address) as channel:
+        info = rpc.ReconnaissanceStub(channel).Info(pb.InfoRequest(), timeout=10)
+    return info.spaces[0].space
+
+
 # ---------------------------------------------------------------------------------------------- hole 7
 def test_a_restored_state_whose_local_deltas_were_pushed_since_confirms_them(tmp_path: Path, server) -> None:
     state = tmp_path / "rita.db"
