@@ -5,7 +5,11 @@ the same transaction that removes its deltas from the local memory, so a client 
 point neither loses what it learned nor sends it twice: on restart it retries the pending push under
 the same number (the server answers a retry with its first reply). The state is bound to one store
 (the server's `store_id`) and refuses to talk to another, so nothing is replayed into the wrong store.
-An exclusive lock keeps two processes from using one state at once. `path=None` keeps it in memory.
+Acknowledged pushes move to a history (content, digest, source, version): a store restored from a backup gets
+the ones it lost again, with the same numbers (`reconcile`); a push's source (e.g. a file's digest) tells a
+re-run not to push the same file twice. An auth refusal un-sends the pending pushes in one transaction, giving
+the exact deltas of memory pushes back to the local table. An exclusive lock keeps two processes from using
+one state at once. `path=None` keeps it in memory.
 """
 
 from __future__ import annotations
