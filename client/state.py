@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS pending_local (seq INTEGER NOT NULL, space TEXT NOT N
 ADDED_COLUMNS = [("pending", "source", "TEXT NOT NULL DEFAULT ''"), ("pending", "digest", "TEXT NOT NULL DEFAULT ''"),
                  ("versions", "epoch", "TEXT NOT NULL DEFAULT ''")]  # states written before they existed
 KIND = "fedrecon-client-state/2"
+HISTORY_KEEP = 1024  # acknowledged pushes a state file keeps (a restored store older than that loses the rest)
 
 
 class StateError(ValueError):
@@ -116,8 +117,11 @@ def _lock(path: Path, timeout: float) -> int:
 class ClientState:
     """The durable state of one client id: store binding, last acknowledged seq, pending push, local memory."""
 
-    def __init__(self, path: str | Path | None, client_id: str, lock_timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path | None, client_id: str, lock_timeout: float = 10.0,
+                 history_keep: int | None = None) -> None:
         self.client_id = client_id
+        # acknowledged pushes kept to re-send to a store restored from a backup (fewer for a state in memory)
+        self.history_keep = history_keep or (HISTORY_KEEP if path is not None else 16)
         self.path = None if path is None else Path(path).expanduser()
         self._lock_fd: int | None = None
         if self.path is None:
@@ -298,6 +302,7 @@ class ClientState:
             db.execute("DELETE FROM pending_local WHERE seq = ?", (seq,))
             db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND CAST(value AS INTEGER) < ?",
                        (str(number), number))
+            db.execute("DELETE FROM history WHERE seq <= ?", (number - self.history_keep,))
 
     def drop_pending(self, code: str, details: str) -> PendingPush | None:
         """Give up the pending push after a permanent refusal, keeping a copy in the `dropped` table."""
