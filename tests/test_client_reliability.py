@@ -461,6 +461,11 @@ def test_the_client_computes_the_digest_the_store_keeps(tmp_path: Path, dtype: s
             client.push(SPACE, ["a", "b", "c"], [1, 2, 3], means)
             kept = client.state.pushed(1)
             assert kept is not None and kept.digest == request_digest(SPACE, kept.request)
+            gap = pb.PushRequest.FromString(kept.request)
+            gap.seq = 5
+            with pytest.raises(grpc.RpcError) as refused:  # a seq refusal names the last merged push's digest
+                client.stub.Push(gap, timeout=5)
+            assert dict(refused.value.trailing_metadata())["fedrecon-last-digest"] == kept.digest
         assert server.store.client_record("dora").last_digest == kept.digest
     finally:
         server.stop(1)
@@ -510,3 +515,33 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
         assert _counts(server.address) == {"c1": 1, "c2": 2, "c3": 3}
     finally:
         server.stop(1)
+
+
+def test_epochs_tell_a_restored_history_from_the_lost_one(tmp_path: Path) -> None:
+    from fedrecon.server.store import PrototypeStore, VersionAhead
+
+    db = tmp_path / "e.db"
+
+    def push(store: PrototypeStore, seq: int) -> None:
+        store.push("c", SPACE, seq, [f"k{seq}"], np.array([1]), np.ones((1, 2)))
+
+    with PrototypeStore(db) as store:
+        push(store, 1)
+        first = store.epoch_of(1)
+    _backup(db, tmp_path / "backup.db")
+    with PrototypeStore(db) as store:  # a plain restart: version 1 keeps its epoch
+        assert store.epoch_of(1) == first and store.epoch != first
+        store.check_since(1, first)
+        push(store, 2)
+        push(store, 3)
+        lost = store.epoch_of(3)
+    _restore(tmp_path / "backup.db", db)
+    with PrototypeStore(db) as store:
+        store.check_since(1, first)  # before the fork: the same history
+        with pytest.raises(VersionAhead):
+            store.check_since(3, lost)  # ahead of the restored store
+        push(store, 2)
+        push(store, 3)
+        with pytest.raises(VersionAhead, match="pull again with since=0"):
+            store.check_since(3, lost)  # caught up, but another history
+        store.check_since(3, store.epoch_of(3))
