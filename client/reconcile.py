@@ -75,7 +75,10 @@ def reconcile(client: ReconClient, error: SequenceError) -> list[PushAck]:
                   if (push.digest or request_digest(push.space, push.request)) == error.digest]
         if merged:  # equal content twice: the one under the store's number, else the later one
             at = next((i for i in merged if pending[i].seq == last), merged[-1])
-            return _confirm(client, pending[:at + 1], last)
+            # numbered as the store numbers them (answers lost, or a state restored with its pending pushes):
+            # the ones before it went first; else only the push whose content the store has is known merged
+            aligned = pending[at].seq == last and pending[0].seq == acked + 1
+            return _confirm(client, pending[:at + 1] if aligned else [pending[at]], last)
     elif confirmed := _confirm_by_retry(client, last):
         return confirmed
     log.warning("the store holds pushes %d..%d of client %r that this state does not know (restored from a backup, "
@@ -87,7 +90,7 @@ def reconcile(client: ReconClient, error: SequenceError) -> list[PushAck]:
 
 def _confirm(client: ReconClient, merged: list[PendingPush], last: int) -> list[PushAck]:
     """Pending pushes found merged (the last of them is the store's push `last`): ask for its stored answer (a retry
-    of `last` with that content), then acknowledge them all as `last - k + 1 .. last`."""
+    of `last` with that content), acknowledge them as `last - k + 1 .. last`, number the rest after `last`."""
     request = pb.PushRequest.FromString(merged[-1].request)
     request.seq = last
     reply = client.call_push(request)

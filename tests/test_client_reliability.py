@@ -545,3 +545,25 @@ def test_epochs_tell_a_restored_history_from_the_lost_one(tmp_path: Path) -> Non
         with pytest.raises(VersionAhead, match="pull again with since=0"):
             store.check_since(3, lost)  # caught up, but another history
         store.check_since(3, store.epoch_of(3))
+
+
+def test_a_new_state_confirms_only_the_push_whose_content_the_store_has(tmp_path: Path) -> None:
+    """A deleted state, then new learning and the store's last push again in one backlog: the latter is confirmed
+    by its digest, the new learning is numbered after the store's pushes and merged once."""
+    from fedrecon.server.app import ReconServer
+    from fedrecon.server.store import PrototypeStore
+
+    server = ReconServer(PrototypeStore(None), "127.0.0.1", 0).start()
+    y = (["y"], [4], np.full((1, 2), 0.5))
+    try:
+        with ReconClient(server.address, "zed", state_path=tmp_path / "old.db") as client:
+            client.push(SPACE, ["a"], [1], np.ones((1, 2)))
+            client.push(SPACE, ["b"], [2], np.ones((1, 2)))
+            client.push(SPACE, *y)  # push 3: the store's last
+        with ReconClient(server.address, "zed", state_path=tmp_path / "new.db") as client:
+            acks = client.push_many(SPACE, [(["x"], [3], np.ones((1, 2))), y])
+            assert sorted((a.seq, a.duplicate) for a in acks) == [(3, True), (4, False)]
+            assert client.state.last_seq == 4 and client.state.all_pending == []
+        assert _counts(server.address) == {"a": 1, "b": 2, "y": 4, "x": 3}
+    finally:
+        server.stop(1)
