@@ -50,6 +50,8 @@ ADDED_COLUMNS = [("pending", "source", "TEXT NOT NULL DEFAULT ''"), ("pending", 
                  ("versions", "epoch", "TEXT NOT NULL DEFAULT ''")]  # states written before they existed
 KIND = "fedrecon-client-state/2"
 HISTORY_KEEP = 1024  # acknowledged pushes a state file keeps (a restored store older than that loses the rest)
+INSERT_PENDING = "INSERT INTO pending (seq, space, request, at, source, digest) VALUES (?, ?, ?, ?, ?, ?)"
+HISTORY_BYTES = 64 << 20  # and at most about this many bytes of them (the newest push is always kept)
 
 
 class StateError(ValueError):
@@ -120,8 +122,7 @@ class ClientState:
     def __init__(self, path: str | Path | None, client_id: str, lock_timeout: float = 10.0,
                  history_keep: int | None = None) -> None:
         self.client_id = client_id
-        # acknowledged pushes kept to re-send to a store restored from a backup (fewer for a state in memory)
-        self.history_keep = history_keep or (HISTORY_KEEP if path is not None else 16)
+        self.history_keep = history_keep or (HISTORY_KEEP if path is not None else 16)  # fewer for one in memory
         self.path = None if path is None else Path(path).expanduser()
         self._lock_fd: int | None = None
         if self.path is None:
@@ -260,13 +261,11 @@ class ClientState:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM pending").fetchone():
                 raise StateError("a push is still pending; it must be resumed first")
-            db.executemany("INSERT INTO pending (seq, space, request, at, source, digest) VALUES (?, ?, ?, ?, ?, ?)",
-                           rows)
+            db.executemany(INSERT_PENDING, rows)
             space = pushes[0][1]
-            db.executemany("INSERT INTO pending_local VALUES (?, ?, ?, ?, ?)",
-                           [(seq, space, cid, int(n), np.asarray(total, "<f8").tobytes())
-                            for seq, ids, counts, sums in returned or [] for cid, n, total in zip(ids, counts, sums,
-                                                                                                 strict=True)])
+            db.executemany("INSERT INTO pending_local VALUES (?, ?, ?, ?, ?)", [
+                (seq, space, cid, int(n), np.asarray(total, "<f8").tobytes())
+                for seq, ids, counts, sums in returned or [] for cid, n, total in zip(ids, counts, sums, strict=True)])
             if memory is not None:
                 self._write_local(db, space, memory)
 
@@ -277,7 +276,7 @@ class ClientState:
                 seq, space, request, digest, source in
                 self.db.execute("SELECT seq, space, request, digest, source FROM pending ORDER BY seq")]
 
-    def renumber_pending(self, first: int) -> list[PendingPush]:
+    def renumber_pending(self, first: int) -> None:
         """Number the pending pushes from `first` on (same content, order, source and returnable deltas)."""
         pending = self.all_pending
         with self._transaction() as db:
@@ -286,11 +285,9 @@ class ClientState:
             for i, push in enumerate(pending):
                 request = pb.PushRequest.FromString(push.request)
                 request.seq = first + i
-                db.execute("INSERT INTO pending (seq, space, request, at, source, digest) VALUES (?, ?, ?, ?, ?, ?)",
-                           (first + i, push.space, request.SerializeToString(), time.time(), push.source,
-                            push.digest))
+                db.execute(INSERT_PENDING, (first + i, push.space, request.SerializeToString(), time.time(),
+                                            push.source, push.digest))
                 db.execute("UPDATE pending_local SET seq = ? WHERE seq = ?", (first + i, -1 - push.seq))
-        return self.all_pending
 
     def acknowledge(self, seq: int, version: int = 0, merged_as: int | None = None) -> None:
         """The store acknowledged push `seq` (as number `merged_as`, default `seq`): it moves to the history."""
@@ -302,7 +299,15 @@ class ClientState:
             db.execute("DELETE FROM pending_local WHERE seq = ?", (seq,))
             db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND CAST(value AS INTEGER) < ?",
                        (str(number), number))
-            db.execute("DELETE FROM history WHERE seq <= ?", (number - self.history_keep,))
+            if number % 16 == 0:  # prune now and then (the byte count reads the whole history)
+                self._prune_history(db, number)
+
+    def _prune_history(self, db: sqlite3.Connection, number: int) -> None:
+        """Keep the last `history_keep` acknowledged pushes, and about `HISTORY_BYTES` of them."""
+        db.execute("DELETE FROM history WHERE seq <= ?", (number - self.history_keep,))
+        db.execute("DELETE FROM history WHERE seq < (SELECT seq FROM (SELECT seq, SUM(LENGTH(request)) OVER "
+                   "(ORDER BY seq DESC) AS newer FROM history) WHERE newer > ? ORDER BY seq DESC LIMIT 1)",
+                   (HISTORY_BYTES,))
 
     def drop_pending(self, code: str, details: str) -> PendingPush | None:
         """Give up the pending push after a permanent refusal, keeping a copy in the `dropped` table."""

@@ -479,9 +479,9 @@ def test_the_history_keeps_the_last_pushes_only(tmp_path: Path) -> None:
     try:
         with ClientState(tmp_path / "h.db", "hal", history_keep=3) as st, \
                 ReconClient(server.address, "hal", state=st) as client:
-            for k in range(5):
+            for k in range(17):
                 client.push(SPACE, [f"c{k}"], [1], np.ones((1, 2)))
-            assert [p.seq for p in st.history()] == [3, 4, 5]
+            assert [p.seq for p in st.history()] == [14, 15, 16, 17]  # pruned at 16: 14..16 kept, then 17
     finally:
         server.stop(1)
 
