@@ -151,7 +151,16 @@ def _push_npz(args: argparse.Namespace) -> dict[str, Any]:
     source = npz_source(args.space, args.dtype, class_ids, counts, means)
     with _client(args, args.client_id, args.state or state_path(default_state_dir(), args.client_id)) as client:
         before = client.state.find_source(source)
-        ack = client.push(args.space, class_ids, counts, means, dtype=args.dtype, source=source, again=args.again)
+        try:
+            ack = client.push(args.space, class_ids, counts, means, dtype=args.dtype, source=source, again=args.again)
+        except (grpc.RpcError, ConnectionError, RuntimeError) as error:
+            pending = client.state.all_pending
+            if not pending:
+                raise
+            text = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.RpcError) else str(error)
+            raise CommandError(f"server {args.server}: {text}. {len(pending)} pushes (seq {pending[0].seq}.."
+                               f"{pending[-1].seq}) stay pending in {client.state.path}: run the same command again "
+                               "(it resumes them and never pushes the file twice)") from error
     out = ack.to_dict()
     if before is not None and ack.seq == before.seq:
         out["note"] = (f"{args.npz} was already pushed as push {before.seq} by this client state; nothing was "

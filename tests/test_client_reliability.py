@@ -226,6 +226,10 @@ def test_after_a_killed_push_sync_says_what_is_pending_and_resumes_it_once(tmp_p
         assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
         assert "1 pushes (seq 2..2) recorded and not yet acknowledged" in down.stderr
         assert "`fedrecon client sync`" in down.stderr
+        pushing = subprocess.run([*command("push", address), "--connect-timeout", "2"], capture_output=True,
+                                 text=True, timeout=120)
+        assert pushing.returncode == 2 and len(pushing.stderr.strip().splitlines()) == 1, pushing.stderr
+        assert "1 pushes (seq 2..2) stay pending" in pushing.stderr and "run the same command again" in pushing.stderr
         process = ServerProcess(db).start()
         up = subprocess.run(command("sync", process.address), capture_output=True, text=True, timeout=120)
         assert up.returncode == 0, up.stderr
