@@ -8,11 +8,13 @@ low-level calls for scripts (.npz files and JSON output). Errors are one line on
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from fedrecon.client.learner import Learner
 
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -76,6 +79,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--npz", type=Path, required=True, help="arrays class_ids (str), counts (int), means (N x d)")
     push.add_argument("--dtype", default="float32", choices=DTYPES)
     push.add_argument("--state", type=Path, help="client state file (default: <state-dir>/<client-id>.db)")
+    push.add_argument("--again", action="store_true", help="push the file even if this client state already "
+                      "pushed the same contents (a re-run after a kill never pushes it twice without this)")
 
     pull = sub.add_parser("pull", help="pull merged prototypes into an .npz (class_ids, counts, means, version)")
     common(pull)
@@ -158,6 +163,50 @@ def read_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return [str(c) for c in class_ids], counts, means
 
 
+def npz_source(space: str, dtype: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
+    """What identifies a pushed file: a digest of its contents (and the space and dtype it was pushed in)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (space.encode(), dtype.encode(), json.dumps(class_ids).encode(),
+                 np.ascontiguousarray(counts, "<i8").tobytes(), np.ascontiguousarray(means, "<f8").tobytes()):
+        h.update(len(part).to_bytes(8, "little") + part)
+    return "npz:" + h.hexdigest()
+
+
+def pending_note(learner: Learner) -> str:
+    """What this client has not yet pushed, and the one command that sends it."""
+    pending, local = learner.state.all_pending, learner.pending()[0]
+    parts = [f"{len(pending)} pushes (seq {pending[0].seq}..{pending[-1].seq}) recorded and not yet acknowledged"] \
+        if pending else []
+    parts += [f"{len(local)} learned classes not yet pushed"] if len(local) else []
+    if not parts:
+        return "nothing is pending"
+    return (f"{' and '.join(parts)} in {learner.state.path}; `fedrecon client sync` with the same --server, "
+            "--client-id and --state-dir sends them exactly once (do not learn the same images again)")
+
+
+def _push_npz(args: argparse.Namespace) -> dict[str, Any]:
+    """`client push`: a file whose push was left pending is resumed, one already pushed is not pushed again."""
+    class_ids, counts, means = read_npz(args.npz)
+    source = npz_source(args.space, args.dtype, class_ids, counts, means)
+    with _client(args, args.client_id, args.state or state_path(default_state_dir(), args.client_id)) as client:
+        before = client.state.find_source(source)
+        try:
+            ack = client.push(args.space, class_ids, counts, means, dtype=args.dtype, source=source, again=args.again)
+        except (grpc.RpcError, ConnectionError, RuntimeError) as error:
+            pending = client.state.all_pending
+            if not pending:
+                raise
+            text = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.RpcError) else str(error)
+            raise CommandError(f"server {args.server}: {text}. {len(pending)} pushes (seq {pending[0].seq}.."
+                               f"{pending[-1].seq}) stay pending in {client.state.path}: run the same command again "
+                               "(it resumes them and never pushes the file twice)") from error
+    out = ack.to_dict()
+    if before is not None and ack.seq == before.seq:
+        out["note"] = (f"{args.npz} was already pushed as push {before.seq} by this client state; nothing was "
+                       "sent (--again pushes it once more)")
+    return out
+
+
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"timeout": args.timeout, "deadline": args.timeout, "connect_timeout": args.connect_timeout,
             "security": security_from_args(args)}
@@ -233,13 +282,14 @@ def _run(args: argparse.Namespace) -> None:
             if args.offline:
                 out.update(seq=None, version=learner.memory.global_version, pending_classes=len(learner.pending()[0]))
             else:
-                acks = learner.push()
-                out.update(seq=acks[-1].seq if acks else learner.state.last_seq,
+                resumed = len(learner.state.all_pending)
+                acks = _telling_what_is_pending(learner, learner.push)
+                out.update(seq=acks[-1].seq if acks else learner.state.last_seq, resumed_pushes=resumed,
                            version=acks[-1].version if acks else learner.memory.global_version, pushes=len(acks))
         print(json.dumps(out, ensure_ascii=False))
     elif args.action == "sync":
         with _learner(args) as learner:
-            print(json.dumps(learner.sync()))
+            print(json.dumps(_telling_what_is_pending(learner, learner.sync)))
     elif args.action == "classify":
         files = _image_files(args.paths)
         with _learner(args, offline=args.offline) as learner:
@@ -251,17 +301,14 @@ def _run(args: argparse.Namespace) -> None:
     elif args.action == "status":
         _status(args)
     elif args.action == "push":
-        class_ids, counts, means = read_npz(args.npz)
-        with _client(args, args.client_id, args.state or state_path(default_state_dir(), args.client_id)) as client:
-            ack = client.push(args.space, class_ids, counts, means, dtype=args.dtype)
-        print(json.dumps(ack.to_dict()))
+        print(json.dumps(_push_npz(args)))
     elif args.action == "pull":
         with _client(args) as client:
             pulled = client.pull(args.space, since=args.since, dtype=args.dtype)
         np.savez(args.out, class_ids=np.array(pulled.class_ids, dtype=str), counts=pulled.counts,
                  means=pulled.means, version=np.int64(pulled.version))
         print(json.dumps({"space": pulled.space, "version": pulled.version, "classes": len(pulled.class_ids),
-                          "out": str(args.out)}))
+                          "out": str(args.out), "pulled_all_again": pulled.reset}))
     elif args.action == "watch":
         with _client(args) as client:
             for n, pulled in enumerate(client.watch(args.space, since=args.since), start=1):
@@ -272,6 +319,16 @@ def _run(args: argparse.Namespace) -> None:
     elif args.action == "info":
         with _client(args) as client:
             print(json.dumps(client.info(), indent=2))
+
+
+def _telling_what_is_pending(learner: Learner, call: Callable[[], T]) -> T:
+    """Run a learner's push or sync; a failure becomes one line that also says what is pending and what to run."""
+    try:
+        return call()
+    except (grpc.RpcError, ConnectionError, RuntimeError, ValueError) as error:
+        text = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.RpcError) else str(error)
+        raise CommandError(f"server {learner.server.address if learner.server else '-'}: {text}. "
+                           f"{pending_note(learner)}") from error
 
 
 def run(args: argparse.Namespace) -> int:

@@ -155,19 +155,21 @@ class Learner:
         """Pull the classes merged since this client's last pull into the memory (persisted); returns what came."""
         client = self._client()
         client.bind()
-        pulled = pull_into(self.memory, lambda since: client.pull(self.space, since=since))
+        pulled = pull_into(self.memory, lambda since: client.pull(self.space, since=since,
+                                                                  epoch=self.memory.global_epoch))
         if self.state is not None:
-            self.state.save_global(self.space, self.memory, pulled.class_ids)
+            self.state.save_global(self.space, self.memory, pulled.class_ids, reset=pulled.reset)
         return pulled
 
     def sync(self) -> dict[str, Any]:
         """Push what is pending, then pull what changed; returns a JSON-ready summary."""
+        resumed = len(self.state.all_pending) if self.state is not None else 0
         acks = self.push()
         pulled = self.pull()
-        return {"pushes": len(acks), "classes_pushed": sum(a.classes for a in acks),
+        return {"pushes": len(acks), "classes_pushed": sum(a.classes for a in acks), "resumed_pushes": resumed,
                 "seq": acks[-1].seq if acks else (self.state.last_seq if self.state else 0),
                 "pulled": len(pulled.class_ids), "version": self.memory.global_version,
-                "known_classes": len(self.class_ids())}
+                "pulled_all_again": pulled.reset, "known_classes": len(self.class_ids())}
 
     # ------------------------------------------------------------------ answering
     def _in_flight(self) -> list[PrototypeTable]:

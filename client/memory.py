@@ -60,7 +60,8 @@ def push_pending(memory: PrototypeMemory, push: Callable[[list[str], np.ndarray,
 def pull_into(memory: PrototypeMemory, pull: Callable[[int], Snapshot]) -> Snapshot:
     """Fetch what changed since the memory's global version with `pull(since)` and apply it."""
     snapshot = pull(memory.global_version)
-    memory.apply_pull(snapshot.class_ids, snapshot.counts, snapshot.means, snapshot.version)
+    memory.apply_pull(snapshot.class_ids, snapshot.counts, snapshot.means, snapshot.version, snapshot.epoch,
+                      snapshot.reset)
     return snapshot
 
 
@@ -71,6 +72,7 @@ class PrototypeMemory:
         self.local = PrototypeTable(dim)
         self.global_table = PrototypeTable(dim)
         self.global_version = 0
+        self.global_epoch = ""  # the server epoch `global_version` belongs to (Pull names it with its since)
 
     @property
     def dim(self) -> int | None:
@@ -78,7 +80,14 @@ class PrototypeMemory:
         return self.local.dim or self.global_table.dim
 
     def add_examples(self, class_ids: Sequence[str], embeddings: np.ndarray) -> None:
-        """Learn from embedded examples (one class id per row): running float64 sums and counts."""
+        """Learn from embedded examples (one class id per row): running float64 sums and counts.
+
+        Non-finite embeddings are refused (ValueError): one would make its class unpushable for good."""
+        bad = ~np.isfinite(np.asarray(embeddings, dtype=np.float64)).all(axis=1) if len(embeddings) else []
+        if np.any(bad):
+            first = int(np.argmax(bad))
+            raise ValueError(f"{int(np.sum(bad))} of {len(embeddings)} embeddings hold NaN or Inf (the first of class "
+                             f"{class_ids[first]!r}); nothing was learned from this batch")
         self.local.add_examples(class_ids, embeddings)
 
     def pending(self) -> Deltas:
@@ -88,21 +97,42 @@ class PrototypeMemory:
 
     def mark_pushed(self, class_ids: Sequence[str] | None = None) -> None:
         """Forget the local deltas (of `class_ids`, default all) once pushed: they come back in pulls."""
-        if class_ids is None:
-            self.local = PrototypeTable(self.local.dim)
-            return
-        gone = set(class_ids)
-        rest = [r for r in self.local.live_rows().tolist() if self.local.class_ids[r] not in gone]
-        kept = PrototypeTable(self.local.dim)
-        if rest:
-            kept.add_sums([self.local.class_ids[r] for r in rest], self.local.counts[rest], self.local.sums[rest])
-        self.local = kept
+        self.local = self.without(class_ids).local
 
-    def apply_pull(self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, version: int) -> None:
-        """Replace the pulled classes' global (count, mean) with the server's merged values."""
+    def without(self, class_ids: Sequence[str] | None = None) -> PrototypeMemory:
+        """This memory less the local deltas of `class_ids` (default all), as a new memory sharing the global
+        table: what the state commits with the pushes that take them, swapped in only after that commit."""
+        kept = PrototypeTable(self.local.dim)
+        if class_ids is not None:
+            gone = set(class_ids)
+            rest = [r for r in self.local.live_rows().tolist() if self.local.class_ids[r] not in gone]
+            if rest:
+                kept.add_sums([self.local.class_ids[r] for r in rest], self.local.counts[rest], self.local.sums[rest])
+        return self.with_local(kept)
+
+    def with_local(self, local: PrototypeTable) -> PrototypeMemory:
+        """A memory with other local deltas, sharing this one's global table, version and epoch."""
+        other = PrototypeMemory(self.dim)
+        other.local, other.global_table = local, self.global_table
+        other.global_version, other.global_epoch = self.global_version, self.global_epoch
+        return other
+
+    def returned(self, class_ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The exact local (class ids, counts, float64 sums) of `class_ids`, as a push takes them."""
+        rows = self.local.rows(class_ids, create=False)
+        return list(class_ids), self.local.counts[rows].copy(), self.local.sums[rows].copy()
+
+    def apply_pull(self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, version: int,
+                   epoch: str = "", reset: bool = False) -> None:
+        """Replace the pulled classes' global (count, mean) with the server's merged values; `reset` (a full pull
+        after the server's history changed, e.g. restored from a backup) replaces the whole table and version."""
+        if reset:
+            self.global_table = PrototypeTable(self.dim)
+            self.global_version = 0
         if len(class_ids):
             self.global_table.set_means(class_ids, counts, means, version)
         self.global_version = max(self.global_version, int(version))
+        self.global_epoch = epoch or self.global_epoch
 
     def union(self, *extra: PrototypeTable) -> PrototypeTable:
         """Global table plus local deltas (plus `extra` tables, e.g. a push in flight), as one table."""

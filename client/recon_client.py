@@ -2,8 +2,10 @@
 
 Pushes are numbered 1, 2, 3... and kept in a durable `ClientState` bound to the server's store until
 acknowledged; transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, rate limiting) are retried with the
-same number within a deadline, a permanent refusal drops the push (a copy stays in the state). The
-first call checks the server is reachable within `connect_timeout`. Pulls are incremental.
+same number within a deadline, a permanent refusal drops the push (a copy stays in the state), an auth
+refusal un-sends it (nothing merged, nothing kept pending), and a store that numbers this client's pushes
+otherwise is reconciled by content (`reconcile`). The first call checks the server is reachable within
+`connect_timeout`. Pulls are incremental, and start again from 0 when the store's history changed.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from fedrecon.client import reconcile
 from fedrecon.client.memory import PrototypeMemory, pull_into
+from fedrecon.client.pages import decode_page, pulled_from_reply, snapshot_of  # noqa: F401 - re-exported
+from fedrecon.client.reconcile import SequenceError  # noqa: F401 - re-exported
 from fedrecon.client.state import ClientState
-from fedrecon.proto import codec
+from fedrecon.proto import codec, trailers
 from fedrecon.proto.channel import ChannelSecurity, open_channel
-from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
+from fedrecon.proto.payloads import PushAck, Snapshot
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
@@ -29,7 +35,9 @@ log = logging.getLogger("fedrecon.client")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 # Refusals of the push's content: sending it again can never succeed, so the pending push is dropped.
 PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE}
-RETRY_AFTER_KEY = "fedrecon-retry-after-ms"
+# Refusals of the caller, not the push: nothing was merged, so the pending pushes are given back (not kept).
+AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+RECONCILE_ROUNDS = 8  # renumberings one send may need (each follows a store that moved on meanwhile)
 PUSH_OVERHEAD_BYTES = 256  # client id, space, seq and framing of one push beside its classes
 
 
@@ -43,7 +51,7 @@ class PushRefused(RuntimeError):
 
 def retry_after(error: grpc.RpcError) -> float | None:
     """Seconds the server asks to wait before retrying (trailer `fedrecon-retry-after-ms`), if it sent one."""
-    value = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    value = dict(error.trailing_metadata() or ()).get(trailers.RETRY_AFTER_MS)
     try:
         return None if value is None else max(0.0, float(value) / 1000.0)
     except ValueError:
@@ -60,37 +68,33 @@ def is_permanent(error: grpc.RpcError) -> bool:
     return code in PERMANENT or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after(error) is None)
 
 
-class SequenceError(RuntimeError):
-    """The server expects another sequence number (e.g. the state file was lost or belongs to another store)."""
+class AuthRefused(PushRefused, grpc.RpcError):
+    """A push refused for authentication (UNAUTHENTICATED, PERMISSION_DENIED): nothing was merged, and nothing is
+    kept pending: deltas from the local memory went back to it. Also a grpc.RpcError with the server's status."""
 
-    def __init__(self, message: str, expected: int | None) -> None:
-        super().__init__(message)
-        self.expected = expected
+    def __init__(self, error: grpc.RpcError, details: str) -> None:
+        super().__init__(f"{error.code().name}: {details}")
+        self._code, self._details = error.code(), details
 
+    def code(self) -> grpc.StatusCode:
+        """The server's status."""
+        return self._code
 
-def decode_page(reply: pb.PullReply) -> Deltas:
-    """One page's classes (count 0 rows mean a class was removed), means still in the wire dtype."""
-    return codec.decode_deltas(reply.classes, allow_zero_counts=True, float64=False)
+    def details(self) -> str:
+        """The server's detail text, and what happened to the pending pushes."""
+        return self._details
 
-
-def snapshot_of(space: str, version: int, pages: Sequence[Deltas], first_version: int | None = None) -> Snapshot:
-    """The pages of one pull as one snapshot: a later page overrides an earlier one for the same class (it
-    changed while paging), so the result is current to the last page's `version`. A class only comes again if
-    it changed, so when the first page had that version too (`first_version`), no class repeats."""
-    class_ids = [c for p in pages for c in p.class_ids]
-    counts = np.concatenate([p.counts for p in pages])
-    means = np.concatenate([p.means for p in pages if len(p.class_ids)] or [pages[0].means], dtype=np.float64)
-    if first_version != version and len(set(class_ids)) != len(class_ids):  # changed while paging: last row wins
-        latest = {cid: i for i, cid in enumerate(class_ids)}
-        keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
-        class_ids, counts, means = list(latest), counts[keep], means[keep]
-    return Snapshot(space, version, class_ids, counts, means)
+    def trailing_metadata(self) -> tuple:
+        """No trailers are kept."""
+        return ()
 
 
-def pulled_from_reply(reply: pb.PullReply, *more: pb.PullReply) -> Snapshot:
-    """Decode a PullReply, or the pages of one pull in order (`snapshot_of`)."""
-    return snapshot_of(reply.space, (more[-1] if more else reply).version,
-                       [decode_page(r) for r in (reply, *more)], reply.version)
+def pull_again(error: grpc.RpcError) -> bool:
+    """Whether a Pull/Watch refusal asks for a full pull (trailer `fedrecon-pull-from`, or an older server's text)."""
+    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return False
+    return dict(error.trailing_metadata() or ()).get(trailers.PULL_FROM) == "0" or \
+        "pull again with since=0" in (error.details() or "")
 
 
 def push_size(client_id: str, space: str, class_ids: Sequence[str], dim: int, itemsize: int) -> int:
@@ -128,6 +132,7 @@ class ReconClient:
         self.state = state if state is not None else ClientState(state_path, client_id)
         self._owns_state = state is None
         self.versions: dict[str, int] = {}
+        self.epochs: dict[str, str] = {}  # the server epoch of each space's version
         self._info: dict | None = None
         self._connected = False
         security = security or ChannelSecurity()
@@ -189,76 +194,75 @@ class ReconClient:
         return self._info
 
     def bind(self) -> None:
-        """Bind the state to this server's store on first contact; StoreMismatch if it belongs to another."""
-        self.state.bind(self.store_id, self.address)
+        """Bind the state to this server's store on first contact (StoreMismatch if it belongs to another); after a
+        server start (a new epoch), check the store still holds this client's acknowledged pushes."""
+        info = self.server_info()
+        self.state.bind(info["store_id"], self.address)
+        if info.get("epoch") and info["epoch"] != self.state.server_epoch:
+            reconcile.check_store(self)
+            self.state.server_epoch = info["epoch"]
+
+    def call_push(self, request: pb.PushRequest) -> pb.PushReply:
+        """One Push call with the usual retries of transient failures; the state is not touched."""
+        return self._call(self.stub.Push, request)
 
     def _send_push(self, request: pb.PushRequest) -> PushAck:
+        """Send the first pending push; acknowledge it, or drop it after a permanent refusal (PushRefused)."""
         try:
-            reply = self._call(self.stub.Push, request)
+            reply = self.call_push(request)
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                trailers = dict(error.trailing_metadata() or ())
-                expected = trailers.get("fedrecon-expected-seq")
-                raise SequenceError(error.details(), int(expected) if expected else None) from error
-            if is_permanent(error):
+            refusal = reconcile.sequence_error(error)
+            if refusal is not None:
+                raise refusal from error
+            if is_permanent(error) and error.code() not in AUTH_CODES:
                 self.state.drop_pending(error.code().name, error.details() or "")
                 log.info("push %d refused for good (%s: %s); dropped, a copy is kept in the client state",
-                            request.seq, error.code().name, error.details())
-                expected = dict(error.trailing_metadata() or ()).get("fedrecon-expected-seq")
-                self._renumber_pending(int(expected) if expected else request.seq)
-                hint = ""
-                if error.code() == grpc.StatusCode.ALREADY_EXISTS:  # the store holds other content under this seq
-                    hint = (" The store already holds other content under this number: was this client state "
-                            "restored from a backup, or is the client id used elsewhere?")
+                         request.seq, error.code().name, error.details())
+                self.state.renumber_pending(request.seq)  # none after it was merged
                 raise PushRefused(f"push {request.seq} refused by {self.address}: {error.code().name}: "
-                                  f"{error.details()} (dropped; a copy is kept in the client state).{hint}") \
-                    from error
+                                  f"{error.details()} (dropped; a copy is kept in the client state)") from error
             raise
-        self.state.acknowledge(reply.seq)
+        self.state.acknowledge(reply.seq, reply.version)
         return PushAck(reply.seq, reply.version, reply.classes, reply.duplicate)
 
-    def resume(self) -> PushAck | None:
+    def resume(self, memory: PrototypeMemory | None = None, space: str = "") -> PushAck | None:
         """Send again what was pending when the process stopped (same numbers); the last answer, None if none."""
-        acks = self._send_pending()
+        acks = self._send_pending(memory, space)
         return acks[-1] if acks else None
 
-    def _send_pending(self) -> list[PushAck]:
-        """Send every pending push in order: several on one PushStream call, then any left one at a time."""
+    def _send_pending(self, memory: PrototypeMemory | None = None, space: str = "") -> list[PushAck]:
+        """Send every pending push in order: several on one PushStream call, then any left one at a time,
+        reconciling with the store when it numbers this client's pushes otherwise (`reconcile`). An auth refusal
+        un-sends them all: deltas taken from the local memory (`memory`, of `space`) go back to it."""
+        self.bind()
         pending = self.state.all_pending
         if not pending:
             return []
-        self.bind()
         acks = self._stream_pending([pb.PushRequest.FromString(p.request) for p in pending]) if len(pending) > 1 \
             else []
-        while (left := self.state.pending) is not None:  # none, or those the stream did not answer
+        for _ in range(RECONCILE_ROUNDS):
             try:
-                acks.append(self._send_push(pb.PushRequest.FromString(left.request)))
-            except SequenceError as error:
-                confirmed = self._confirm_merged(error.expected)
-                if not confirmed:
-                    raise
-                acks.extend(confirmed)
-        return acks
+                while (left := self.state.pending) is not None:  # none, or those the stream did not answer
+                    acks.append(self._send_push(pb.PushRequest.FromString(left.request)))
+                return acks
+            except reconcile.SequenceError as error:
+                acks.extend(reconcile.reconcile(self, error))
+            except grpc.RpcError as error:
+                if error.code() in AUTH_CODES:
+                    raise self._unsend(error, memory, space) from error
+                raise
+        raise reconcile.SequenceError(f"the store at {self.address} kept renumbering client {self.client_id!r}'s "
+                                      "pushes (is the client id in use by another client at the same time?)", None)
 
-    def _confirm_merged(self, expected: int | None) -> list[PushAck]:
-        """The store is ahead of this client's acknowledged pushes (a stream's answers were lost): if the
-        store's last push is this client's pending push of that number (resent, answered as a duplicate),
-        the pending pushes before it were merged too (a store merges one client's pushes in order).
-        Returns their acknowledgements (those before it carry its version), or [] if that is not so."""
-        pending = {p.seq: p for p in self.state.all_pending}
-        last = (expected or 0) - 1
-        if last not in pending or min(pending) >= last:
-            return []
-        ack = self._send_push(pb.PushRequest.FromString(pending[last].request))
-        if not ack.duplicate:
-            return [ack]
-        before = [pending[seq] for seq in sorted(pending) if seq < last]
-        for push in before:
-            self.state.acknowledge(push.seq)
-        log.info("pushes %d..%d were merged but their answers lost; confirmed by push %d", before[0].seq,
-                 before[-1].seq, last)
-        return [PushAck(p.seq, ack.version, len(pb.PushRequest.FromString(p.request).deltas.class_ids), True)
-                for p in before] + [ack]
+    def _unsend(self, error: grpc.RpcError, memory: PrototypeMemory | None, space: str) -> AuthRefused:
+        """After an auth refusal: nothing was merged; give the pending pushes back (one transaction)."""
+        pushes = len(self.state.all_pending)
+        returned = self.state.return_pending(error.code().name, error.details() or "", space, memory)
+        where = (f"{returned} of them back in the local memory" if returned == pushes else
+                 f"{returned} back in the local memory, {pushes - returned} kept in the state's dropped pushes"
+                 if returned else "kept in the state's dropped pushes")
+        return AuthRefused(error, f"{error.details()} ({pushes} pushes not sent, {where}; run again with the right "
+                                  "token and they are pushed once)")
 
     def _stream_pending(self, requests: list[pb.PushRequest]) -> list[PushAck]:
         """Pushes on one PushStream call, each acknowledged in the state as its answer comes.
@@ -272,25 +276,12 @@ class ReconClient:
             for message in self.stub.PushStream(iter(requests), timeout=self.timeout * max(1, len(requests)),
                                                 metadata=self._metadata):
                 for reply in message.replies:
-                    self.state.acknowledge(reply.seq)
+                    self.state.acknowledge(reply.seq, reply.version)
                     acks.append(PushAck(reply.seq, reply.version, reply.classes, reply.duplicate))
         except grpc.RpcError as error:
             log.info("push stream ended after %d of %d pushes (%s); sending the rest one at a time", len(acks),
                      len(requests), error.code().name)
         return acks
-
-    def _renumber_pending(self, first: int) -> None:
-        """Number the pushes still pending from `first` on: after a refused push none of them was merged (a
-        push is only merged after the one before it, and a stream merges nothing after a refusal)."""
-        rest = self.state.all_pending
-        renumbered = []
-        for i, push in enumerate(rest):
-            request = pb.PushRequest.FromString(push.request)
-            request.seq = first + i
-            renumbered.append((request.seq, push.space, request.SerializeToString()))
-        if renumbered:
-            self.state.replace_pending(renumbered)
-            log.info("%d pending pushes renumbered from %d", len(renumbered), first)
 
     def _request(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
                  dtype: str | None, seq: int | None = None) -> pb.PushRequest:
@@ -304,35 +295,49 @@ class ReconClient:
         return request
 
     def push(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
-             dtype: str | None = None) -> PushAck:
-        """Push per-class deltas (count, mean) for one space; returns after the server made them durable."""
-        self.resume()
-        self.bind()
+             dtype: str | None = None, source: str = "", again: bool = False) -> PushAck:
+        """Push per-class deltas (count, mean) for one space; returns after the server made them durable.
+
+        `source` names what the deltas were made from (e.g. a file's digest): a push of that source left pending
+        by an earlier run is resumed, not made again, and one already acknowledged is answered from the history
+        (duplicate = True) unless `again`."""
+        resumed = source and any(p.source == source for p in self.state.all_pending)
+        acks = self._send_pending()
+        earlier = self.state.find_source(source) if source else None
+        if earlier is not None and (resumed or not again):
+            ack = next((a for a in acks if a.seq == earlier.seq), None) if resumed else None
+            return ack or PushAck(earlier.seq, earlier.version, reconcile.classes_of(earlier), True)
         request = self._request(space, class_ids, counts, means, dtype)
-        self.state.begin(request.seq, space, request.SerializeToString())
-        return self._send_push(request)
+        self.state.begin(request.seq, space, request.SerializeToString(), source=source)
+        return self._send_pending()[-1]
 
     def push_many(self, space: str, pushes: Sequence[tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]],
                   dtype: str | None = None, memory: PrototypeMemory | None = None) -> list[PushAck]:
         """Push several deltas (class_ids, counts, means) as consecutive numbered pushes on one PushStream call.
 
-        All are recorded as pending in one transaction first (with `memory`: together with its remaining
-        local deltas), so a crash at any point loses nothing and doubles nothing: the next call resends them.
+        All are recorded as pending in one transaction first (with `memory`: the pushes' classes leave its local
+        deltas in that transaction, and only once it commits in memory), so a failure or crash at any point loses
+        nothing and doubles nothing: the next call resends them.
         """
-        acks = self._send_pending()
-        self.bind()
+        acks = self._send_pending(memory, space)
         first = self.state.last_seq + 1
         requests = [self._request(space, ids, counts, means, dtype, seq=first + i)
                     for i, (ids, counts, means) in enumerate(pushes)]
-        if requests:
-            self.state.begin_all([(r.seq, space, r.SerializeToString()) for r in requests], memory)
-            acks.extend(self._send_pending())
-        return acks
+        if not requests:
+            return acks
+        records = [(r.seq, space, r.SerializeToString()) for r in requests]
+        if memory is None:
+            self.state.begin_all(records)
+        else:
+            rest = memory.without([c for ids, _, _ in pushes for c in ids])
+            returned = [(r.seq, *memory.returned(list(ids))) for r, (ids, _, _) in zip(requests, pushes, strict=True)]
+            self.state.begin_all(records, rest, returned)
+            memory.local = rest.local
+        return acks + self._send_pending(memory, space)
 
     def push_memory(self, memory: PrototypeMemory, space: str, dtype: str | None = None) -> list[PushAck]:
         """Push a memory's un-pushed deltas, in as many pushes as the server's limits need (`push_many`)."""
-        acks = self._send_pending()
-        self.bind()
+        acks = self._send_pending(memory, space)
         class_ids, counts, means = memory.pending()
         limits = self.server_info()["limits"]
         itemsize = codec.DTYPES[codec.dtype_code(dtype or self.dtype)].itemsize
@@ -346,13 +351,28 @@ class ReconClient:
                 end = start + (end - start) // 2
             chunks.append((class_ids[start:end], counts[start:end], means[start:end]))
             start = end
-        memory.mark_pushed(class_ids)
         return acks + self.push_many(space, chunks, dtype, memory)
 
-    def pull(self, space: str, since: int | None = None, dtype: str | None = None) -> Snapshot:
-        """Merged prototypes changed since `since` (default: the version this client last pulled)."""
-        since = self.versions.get(space, 0) if since is None else since
-        request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
+    def pull(self, space: str, since: int | None = None, dtype: str | None = None,
+             epoch: str | None = None) -> Snapshot:
+        """Merged prototypes changed since `since` (default: the version this client last pulled), `since` from
+        `epoch` (default: that pull's). If the store's history no longer holds `since` (a server restored from a
+        backup), everything is pulled again: the snapshot has `reset` set and replaces the caller's table."""
+        if since is None:
+            since, epoch = self.versions.get(space, 0), self.epochs.get(space, "")
+        try:
+            result = self._pull_pages(space, since, dtype, epoch or "")
+        except grpc.RpcError as error:
+            if not since or not pull_again(error):
+                raise
+            log.warning("pull since %d of space %s refused (%s); pulling everything again", since, space,
+                        error.details())
+            result = replace(self._pull_pages(space, 0, dtype, ""), reset=True)
+        self.versions[space], self.epochs[space] = result.version, result.epoch
+        return result
+
+    def _pull_pages(self, space: str, since: int, dtype: str | None, epoch: str) -> Snapshot:
+        request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype), epoch=epoch)
         reply, pages = self._call(self.stub.Pull, request), []
         first_version = reply.version
         while True:  # follow the pages; the pull is current to the last one's version
@@ -367,21 +387,28 @@ class ReconClient:
                 reply = following.result()
             except grpc.RpcError:  # asked again the usual way, with its retries
                 reply = self._call(self.stub.Pull, request)
-        result = snapshot_of(space, reply.version, pages, first_version)
-        self.versions[space] = result.version
-        return result
+        return snapshot_of(space, reply.version, pages, first_version, reply.epoch)
 
-    def watch(self, space: str, since: int = 0, dtype: str | None = None) -> Iterator[Snapshot]:
-        """Stream changes of a space as they are merged (a server stream; cancel by closing the client)."""
-        request = pb.WatchRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
+    def watch(self, space: str, since: int = 0, dtype: str | None = None, epoch: str = "") -> Iterator[Snapshot]:
+        """Stream changes of a space as they are merged (a server stream; cancel by closing the client). A `since`
+        the store no longer holds (see `pull`) restarts from 0; that first snapshot has `reset` set."""
+        try:
+            yield from self._watch(space, since, dtype, epoch)
+        except grpc.RpcError as error:
+            if not since or not pull_again(error):
+                raise
+            yield from self._watch(space, 0, dtype, "", reset=True)
+
+    def _watch(self, space: str, since: int, dtype: str | None, epoch: str, reset: bool = False) -> Iterator[Snapshot]:
+        request = pb.WatchRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype), epoch=epoch)
         pages: list[pb.PullReply] = []
         for reply in self.stub.Watch(request, metadata=self._metadata):
             pages.append(reply)
             if reply.next_page_token:  # one pass of changes arrives in pages; yield it whole
                 continue
-            result = pulled_from_reply(*pages)
-            pages = []
-            self.versions[space] = result.version
+            result = replace(pulled_from_reply(*pages), reset=reset)
+            pages, reset = [], False
+            self.versions[space], self.epochs[space] = result.version, result.epoch
             yield result
 
     def info(self) -> dict:
@@ -397,9 +424,10 @@ class ReconClient:
                        "max_message_bytes": limits.max_message_bytes,
                        "max_class_id_bytes": limits.max_class_id_bytes, "max_dim": limits.max_dim,
                        "max_stream_window": limits.max_stream_window},
+            "epoch": reply.epoch,
         }
 
     def sync(self, memory: PrototypeMemory, space: str) -> tuple[list[PushAck], Snapshot]:
         """Push the memory's pending deltas (if any), then pull what changed and apply it to the memory."""
         acks = self.push_memory(memory, space)
-        return acks, pull_into(memory, lambda since: self.pull(space, since=since))
+        return acks, pull_into(memory, lambda since: self.pull(space, since=since, epoch=memory.global_epoch))

@@ -32,6 +32,8 @@ class Snapshot:
     """Merged (count, mean) of the classes of `space` changed since a version, current to `version`.
 
     A count of 0 means the class was removed. A non-empty `next_page_token` marks one page of a paged pull.
+    `epoch` names the server epoch of `version` (a client's next pull names it); `reset` marks a full pull made
+    because the client's `since` was not in the store's history: it replaces the client's table.
     """
 
     space: str
@@ -40,6 +42,8 @@ class Snapshot:
     counts: np.ndarray
     means: np.ndarray
     next_page_token: str = ""
+    epoch: str = ""
+    reset: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ tables and replays the remaining log with the same math and gets exactly the sam
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrecon.proto.codec import DTYPES
+from fedrecon.proto.digest import (  # noqa: F401 - the contract's digest, re-exported for the store
+    content_digest,
+    pack_means,
+    pack_operation,
+)
 from fedrecon.server.highwater import HighWaterMark
 
 log = logging.getLogger("fedrecon.store")
@@ -79,47 +82,23 @@ class Operation:
     sums: np.ndarray | None = None  # float64 count * mean, when computed beforehand (not stored)
 
 
-DIGEST_PREFIX = "2:"  # digests of the current kind; unprefixed ones were written by older versions
-
-
-def content_digest(space: str, packed: tuple[str, bytes, bytes]) -> str:
-    """Digest of a push's content, a retry must match it: blake2b of the space and the content's log
-    encoding (`pack_operation`), so equal content gives an equal digest and the log row alone recomputes it."""
-    h = hashlib.blake2b(digest_size=16)
-    parts = (space.encode(), packed[0].encode(), packed[1], packed[2])
-    h.update(struct.pack("<4Q", *map(len, parts)))
-    for part in parts:
-        h.update(part)  # hashlib lets other threads run while it hashes a large part
-    return DIGEST_PREFIX + h.hexdigest()
-
-
-def legacy_content_digest(space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> str:
-    """The digest older versions stored (of int64 counts and float64 means), to check a retry against it."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([space, class_ids]).encode())
-    h.update(np.ascontiguousarray(counts, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(means, dtype="<f8").tobytes())
-    return h.hexdigest()
-
-
-def same_content(stored: str, space: str, class_ids: list[str], counts: np.ndarray, means: np.ndarray,
-                 digest: str) -> bool:
-    """Whether a retry's content (`digest`, of the current kind) matches the stored digest of either kind."""
-    if stored.startswith(DIGEST_PREFIX):
-        return stored == digest
-    return stored == legacy_content_digest(space, class_ids, counts, means)
-
-
-def pack_operation(class_ids: list[str], counts: np.ndarray, means: np.ndarray) -> tuple[str, bytes, bytes]:
-    """The log columns of a push's content: JSON class ids, int64 counts, `pack_means` means."""
-    return json.dumps(class_ids), np.ascontiguousarray(counts, dtype="<i8").tobytes(), pack_means(means)
-
-
 def log_row(op: Operation) -> tuple:
     """The `log` table row of an operation, its checksum last."""
     row = (op.version, op.kind, op.client_id, op.space, op.seq, *(op.packed or pack_operation(op.class_ids, op.counts,
            op.means)), op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at)
     return (*row, checksum(*row))
+
+
+def next_epochs(recorded: str | None, version: int, fork: bool) -> tuple[list[tuple[int, str]], str]:
+    """The epochs (start version, id) of a store starting at `version`: a new one only where its history forks
+    (a new store, or one served as it is after losing acknowledged operations); and their JSON if they changed.
+
+    A client's `since` from the lost history is so told apart from the same number in the new one."""
+    epochs = [(int(v), str(e)) for v, e in json.loads(recorded or "[]")]
+    if epochs and not fork:
+        return epochs, ""
+    epochs.append((version, uuid.uuid4().hex))
+    return epochs, json.dumps(epochs)
 
 
 @dataclass(frozen=True)
@@ -177,24 +156,6 @@ def lock_writer(path: Path) -> int:
     return fd
 
 
-NARROW_FLOATS = tuple(d for d in DTYPES.values() if d.itemsize <= 4)  # wire dtypes exact in float32
-
-
-def pack_means(means: np.ndarray) -> bytes:
-    """Log bytes of means: float32 when every value survives the round trip exactly, else float64.
-
-    Pushes usually arrive as float32 (or float16/bfloat16) on the wire, so their means fit float32
-    exactly; logging them at 4 bytes halves the write volume of every commit and loses nothing.
-    Means still in a wire dtype of 32 bits or fewer are float32-exact by construction (no check).
-    """
-    if means.dtype in NARROW_FLOATS:
-        return np.ascontiguousarray(means, dtype="<f4").tobytes()
-    packed = means.astype("<f4")
-    if np.array_equal(packed, means):
-        return packed.tobytes()
-    return means.astype("<f8").tobytes()
-
-
 def unpack_means(blob: bytes, rows: int, dim: int) -> np.ndarray:
     """float64 (rows x dim) means from `pack_means` bytes (the width follows from the length)."""
     if rows * dim == 0:
@@ -241,9 +202,6 @@ class SqliteLog:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.executescript(SCHEMA)
-        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(clients)")}
-        if "last_digest" not in columns:  # a database written before retries were checked by content
-            self.conn.execute("ALTER TABLE clients ADD COLUMN last_digest TEXT NOT NULL DEFAULT ''")
         for table in CHECKSUMMED:  # a database written before rows were checksummed: checked from now on
             if "crc" not in {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER NOT NULL DEFAULT -1")
@@ -341,15 +299,18 @@ class SqliteLog:
             yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
                             digest)
 
-    def check_high_water(self, version: int, repair: bool = False) -> None:
+    def check_high_water(self, version: int, repair: bool = False) -> bool:
         """Refuse a database that ends below the last version this server acknowledged (DatabaseDamaged), or with
-        `repair` accept it as it is; then record `version` as the mark."""
+        `repair` accept it as it is; then record `version` as the mark. True when the history is known to be
+        continuous (the mark matched), False where it forks or cannot be vouched for (no mark of this store)."""
         recorded = self.mark.read()
+        continuous = recorded is not None and recorded[0] == self.store_id and recorded[1] == version
         if recorded is not None and (recorded[0] == self.store_id or self.created):
             acknowledged = recorded[1]
             if acknowledged > version or recorded[0] != self.store_id:
                 self._lost(version, acknowledged, repair)
         self.mark.write(self.store_id, version)
+        return continuous
 
     def _lost(self, version: int, acknowledged: int, repair: bool) -> None:
         """Refuse (or with `repair` log) a database that lost acknowledged operations."""
@@ -360,6 +321,15 @@ class SqliteLog:
             raise DatabaseDamaged(f"{lost}. Put the missing file back, or start with --repair to serve the database "
                                   f"as it is (clients then re-push what they still hold){fresh}")
         log.warning("--repair: %s; serving the database as it is", lost)
+
+    def epochs(self, version: int, fork: bool) -> list[tuple[int, str]]:
+        """The store's epochs, with a new one starting at `version` where its history forks (`next_epochs`);
+        kept in `meta` (JSON), so an older fedrecon still opens the database."""
+        epochs, changed = next_epochs(self.meta("epochs"), version, fork)
+        if changed:
+            with self.transaction():
+                self.set_meta("epochs", changed)
+        return epochs
 
     def read_audit(self) -> list[tuple[int, str, str, str, float]]:
         """The audit trail over a read-only connection of its own (any thread may call it)."""

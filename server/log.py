@@ -54,9 +54,12 @@ class Log(Protocol):
     def read_audit(self) -> list[AuditRow]:
         """The audit trail (administrative operations), over a connection of its own: any thread may call it."""
 
-    def check_high_water(self, version: int, repair: bool = False) -> None:
+    def check_high_water(self, version: int, repair: bool = False) -> bool:
         """After loading up to `version`: refuse (DatabaseDamaged) storage that lost operations this server
-        acknowledged, or with `repair` log it and go on."""
+        acknowledged, or with `repair` log it and go on; True when the history is known to be continuous."""
+
+    def epochs(self, version: int, fork: bool) -> list[tuple[int, str]]:
+        """The store's epochs (start version, id), a new one starting at `version` when `fork` or there is none."""
 
     def close(self) -> None:
         """Close the storage and release the one-writer lock."""

@@ -27,6 +27,7 @@ from fedrecon.server.durable import (
     Operation,
     TableRow,
     content_digest,
+    next_epochs,
     pack_operation,
     unpack_means,
 )
@@ -290,8 +291,17 @@ class PostgresLog:
         if head != after:  # every commit moves the head with its log rows: a difference means rows went missing
             raise DatabaseError(f"{self.location}: the log ends at version {after} but its head says {head}")
 
-    def check_high_water(self, version: int, repair: bool = False) -> None:
+    def check_high_water(self, version: int, repair: bool = False) -> bool:
         """Nothing beside the database to compare: the `head` row, checked by `load_log`, plays this part."""
+        return True
+
+    def epochs(self, version: int, fork: bool) -> list[tuple[int, str]]:
+        """The store's epochs (`next_epochs`), kept in `meta` as SQLite keeps them."""
+        epochs, changed = next_epochs(self.meta("epochs"), version, fork)
+        if changed:
+            with self.conn.transaction():
+                self._set_meta([("epochs", changed)])
+        return epochs
 
     def read_audit(self) -> list[AuditRow]:
         """The audit trail over a short connection of its own (any thread may call it)."""

@@ -111,7 +111,12 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     def _refuse(self, context: grpc.ServicerContext, error: Exception, rpc_name: str) -> None:
         code = status_of(error)
         if isinstance(error, SequenceGap | SeqReused | EarlierPushRefused):
-            context.set_trailing_metadata(((trailers.EXPECTED_SEQ, str(error.expected)),))
+            metadata = [(trailers.EXPECTED_SEQ, str(error.expected))]
+            if getattr(error, "last_digest", ""):  # the client's last merged push, to reconcile by content
+                metadata.append((trailers.LAST_DIGEST, error.last_digest))
+            context.set_trailing_metadata(tuple(metadata))
+        elif isinstance(error, VersionAhead):  # a reset or restored store: the client pulls everything again
+            context.set_trailing_metadata(((trailers.PULL_FROM, "0"),))
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         if isinstance(error, StoreBusy):  # transient: the trailer says when to retry
             refuse_for_now(context, error.retry_after, str(error))
@@ -198,13 +203,15 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         budget = min(max_reply_bytes or self.limits.max_reply_bytes, self.limits.max_reply_bytes)
         result = self.pull(space, since, page_token=page_token, max_bytes=budget,
                            itemsize=codec.DTYPES[code].itemsize)
-        reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token)
+        reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token,
+                             epoch=self.store.epoch_of(result.version))
         codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, code)
         return reply
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
         """Merged prototypes of a space changed since a version, one page at a time."""
         try:
+            self.store.check_since(request.since, request.epoch)
             return self._page(request.space, request.since, request.page_token, request.dtype,
                               request.max_reply_bytes)
         except (StoreError, codec.InvalidMessage) as error:
@@ -226,7 +233,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         try:
             self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
-            self.store.check_since(request.since)
+            self.store.check_since(request.since, request.epoch)
             caller = self.identify(request, context)
             revoked = self.store.revoked_at(caller) if caller else 0
             since, token = request.since, ""
@@ -251,4 +258,5 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         info = self.store.info()
         spaces = [pb.SpaceInfo(**s) for s in info["spaces"]]
         return pb.InfoReply(server_version=__version__, store_id=info["store_id"], version=info["version"],
-                            spaces=spaces, limits=limits_message(self.limits), clients=info["clients"])
+                            spaces=spaces, limits=limits_message(self.limits), clients=info["clients"],
+                            epoch=self.store.epoch)

@@ -31,7 +31,6 @@ from fedrecon.server.durable import (
     TableRow,
     content_digest,
     pack_operation,
-    same_content,
 )
 from fedrecon.server.log import Log, location, open_log
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
@@ -152,6 +151,12 @@ class EarlierPushRefused(StoreError):
         self.expected = expected
 
 
+def with_digest(error: SequenceGap | SeqReused | EarlierPushRefused, last_digest: str) -> StoreError:
+    """A seq refusal carrying the digest of the client's last merged push (the client reconciles by content)."""
+    error.last_digest = last_digest
+    return error
+
+
 @dataclass
 class Pending:
     """A submitted request: `wait()` returns its answer once it is durable (or raises its refusal)."""
@@ -201,6 +206,12 @@ class _Stage:
     added: dict[str, int] = field(default_factory=dict)  # examples the batch adds per space (for the bound)
     pushes: dict[str, Pending] = field(default_factory=dict)  # each client's last push staged so far
     rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (client or "", space): rows it may add
+
+
+def last_digest(client_id: str, record: ClientRecord, stage: _Stage) -> str:
+    """The content digest of the client's last merged push: staged in this batch, or in its record."""
+    earlier = stage.pushes.get(client_id)
+    return earlier.content_digest() if earlier is not None else record.last_digest
 
 
 def check_content(class_ids: list[str], counts: np.ndarray, means: np.ndarray, limits: Limits) -> None:
@@ -320,6 +331,7 @@ class PrototypeStore:
         self._log: Log | None = None
         self._failing = ""  # the durability error being reported, so a full disk is logged once, not per batch
         self._writer: threading.Thread | None = None
+        self.epochs: list[tuple[int, str]] = [(0, uuid.uuid4().hex)]  # (start version, id): one where history forks
         if self.path is not None:
             self._log = open_log(path, synchronous)  # SqliteLog, or PostgresLog for a postgresql:// URL
             try:
@@ -366,11 +378,28 @@ class PrototypeStore:
         """Remove every contribution of one client from every class (exact unlearning); durable."""
         return self._submit(Pending("revoke", client_id, actor=actor))
 
-    def check_since(self, since: int) -> None:
-        """Refuse a `since` this store never reached (VersionAhead): the rule of Pull and Watch alike."""
+    def check_since(self, since: int, epoch: str = "") -> None:
+        """Refuse a `since` this store never reached, or one from another epoch (VersionAhead): the rule of Pull
+        and Watch alike. `epoch` (the one the client's `since` came from) is checked when given."""
         if since > self.version:
             raise VersionAhead(f"since={since} is ahead of this store's version {self.version} "
                                f"(a different or reset store?); pull again with since=0")
+        if epoch and since and epoch != self.epoch_of(since):
+            raise VersionAhead(f"since={since} comes from epoch {epoch}, which this store does not hold (it was "
+                               "restored from a backup?); pull again with since=0")
+
+    def epoch_of(self, version: int) -> str:
+        """The epoch a version belongs to: the latest one started before it ("" for version 0)."""
+        found = ""
+        for start, epoch in self.epochs:
+            if start < version:
+                found = epoch
+        return found
+
+    @property
+    def epoch(self) -> str:
+        """The current epoch (started by this server's start)."""
+        return self.epochs[-1][1]
 
     def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
              itemsize: int = 8) -> Snapshot:
@@ -641,15 +670,15 @@ class PrototypeStore:
             raise InvalidPush("seq must start at 1")
         retry = record.last_seq > 0 and request.seq == record.last_seq
         if request.after is not None and request.after.error is not None:
-            raise EarlierPushRefused(request.client_id, request.seq, record.last_seq + 1)
+            raise with_digest(EarlierPushRefused(request.client_id, request.seq, record.last_seq + 1),
+                              last_digest(request.client_id, record, stage))
         if not retry and request.seq != record.last_seq + 1:
-            raise SequenceGap(request.client_id, request.seq, record.last_seq + 1)
+            raise with_digest(SequenceGap(request.client_id, request.seq, record.last_seq + 1),
+                              last_digest(request.client_id, record, stage))
         if retry:  # the first answer if it is the same push; other content under a used seq is refused
-            earlier = stage.pushes.get(request.client_id)
-            stored = earlier.content_digest() if earlier is not None else record.last_digest
-            if stored and not same_content(stored, request.space, request.class_ids, request.counts, request.means,
-                                           request.content_digest()):
-                raise SeqReused(request.client_id, request.seq, record.last_seq + 1)
+            stored = last_digest(request.client_id, record, stage)
+            if stored and stored != request.content_digest():
+                raise with_digest(SeqReused(request.client_id, request.seq, record.last_seq + 1), stored)
             return PushAck(request.seq, record.last_version, record.last_classes, duplicate=True)
         self._check_deltas(request, stage)
         version = stage.version + 1
@@ -847,7 +876,8 @@ class PrototypeStore:
                                       f"operations {self.version + 1}..{op.version - 1} are missing")
             self._apply(op)
             replayed += 1
-        self._log.check_high_water(self.version, repair)
+        continuous = self._log.check_high_water(self.version, repair)
+        self.epochs = self._log.epochs(self.version, fork=not continuous)
         log.info("store %s loaded: version %d (%d operations replayed from the log)", self.path, self.version,
                  replayed)
 

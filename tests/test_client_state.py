@@ -274,6 +274,7 @@ def test_rate_limited_pushes_are_retried_with_the_same_number(tmp_path: Path) ->
 
 
 def test_cli_pushes_sharing_a_state_or_a_restored_backup_lose_nothing_silently(tmp_path: Path) -> None:
+    import json
     import shutil
 
     server = _server(tmp_path / "s.db")
@@ -295,11 +296,12 @@ def test_cli_pushes_sharing_a_state_or_a_restored_backup_lose_nothing_silently(t
         shutil.copy(state, tmp_path / "backup.db")
         assert push(npz[2]).wait(120) == 0  # seq 3
         shutil.copy(tmp_path / "backup.db", state)  # restored: it says seq 2 was the last
-        late = push(npz[3])
-        assert late.wait(120) == 2
-        error = late.stderr.read()
-        assert "ALREADY_EXISTS" in error and "restored from a backup" in error and len(error.splitlines()) == 1
-        assert _counts(server) == {"c0": 10, "c1": 11, "c2": 12}  # nothing acked was dropped, nothing doubled
+        late = push(npz[3])  # seq 3 is the store's d2: reconciled by content, pushed as seq 4
+        assert late.wait(120) == 0, late.stderr.read()
+        assert json.loads(late.stdout.read())["seq"] == 4
+        assert push(npz[3]).wait(120) == 0  # d3 again: acknowledged before, not pushed again
+        assert _counts(server) == {"c0": 10, "c1": 11, "c2": 12, "c3": 13}  # nothing lost, nothing doubled
+        assert server.store.client_record("sam").last_seq == 4
     finally:
         server.stop(1)
 

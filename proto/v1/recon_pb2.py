@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64recon/v1/recon.proto\x12\x0b\x66\x65\x64recon.v1\"T\n\x06Matrix\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.fedrecon.v1.DType\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"T\n\x0b\x43lassDeltas\x12\x11\n\tclass_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\"\n\x05means\x18\x03 \x01(\x0b\x32\x13.fedrecon.v1.Matrix\"f\n\x0bPushRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05space\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x06\x64\x65ltas\x18\x04 \x01(\x0b\x32\x18.fedrecon.v1.ClassDeltas\"M\n\tPushReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\r\x12\x11\n\tduplicate\x18\x04 \x01(\x08\":\n\x0fPushStreamReply\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.fedrecon.v1.PushReply\"{\n\x0bPullRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x04\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.fedrecon.v1.DType\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x17\n\x0fmax_reply_bytes\x18\x05 \x01(\x04\"o\n\tPullReply\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\x07\x63lasses\x18\x03 \x01(\x0b\x32\x18.fedrecon.v1.ClassDeltas\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"h\n\x0cWatchRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x04\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.fedrecon.v1.DType\x12\x17\n\x0fmax_reply_bytes\x18\x04 \x01(\x04\"\r\n\x0bInfoRequest\"[\n\tSpaceInfo\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\x04\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x05 \x01(\x04\"\xd1\x01\n\x06Limits\x12\x1c\n\x14max_classes_per_push\x18\x01 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12max_class_id_bytes\x18\x03 \x01(\r\x12\x0f\n\x07max_dim\x18\x04 \x01(\r\x12\x11\n\tmax_count\x18\x05 \x01(\x04\x12\x1a\n\x12max_space_examples\x18\x06 \x01(\x04\x12\x17\n\x0fmax_reply_bytes\x18\x07 \x01(\x04\x12\x19\n\x11max_stream_window\x18\x08 \x01(\r\"\xa4\x01\n\tInfoReply\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x10\n\x08store_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12&\n\x06spaces\x18\x04 \x03(\x0b\x32\x16.fedrecon.v1.SpaceInfo\x12#\n\x06limits\x18\x05 \x01(\x0b\x32\x13.fedrecon.v1.Limits\x12\x0f\n\x07\x63lients\x18\x06 \x01(\x04*S\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x0b\n\x07\x46LOAT64\x10\x04\x32\xc6\x02\n\x0eReconnaissance\x12\x38\n\x04Push\x12\x18.fedrecon.v1.PushRequest\x1a\x16.fedrecon.v1.PushReply\x12H\n\nPushStream\x12\x18.fedrecon.v1.PushRequest\x1a\x1c.fedrecon.v1.PushStreamReply(\x01\x30\x01\x12\x38\n\x04Pull\x12\x18.fedrecon.v1.PullRequest\x1a\x16.fedrecon.v1.PullReply\x12<\n\x05Watch\x12\x19.fedrecon.v1.WatchRequest\x1a\x16.fedrecon.v1.PullReply0\x01\x12\x38\n\x04Info\x12\x18.fedrecon.v1.InfoRequest\x1a\x16.fedrecon.v1.InfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64recon/v1/recon.proto\x12\x0b\x66\x65\x64recon.v1\"T\n\x06Matrix\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.fedrecon.v1.DType\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"T\n\x0b\x43lassDeltas\x12\x11\n\tclass_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\"\n\x05means\x18\x03 \x01(\x0b\x32\x13.fedrecon.v1.Matrix\"f\n\x0bPushRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05space\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x06\x64\x65ltas\x18\x04 \x01(\x0b\x32\x18.fedrecon.v1.ClassDeltas\"M\n\tPushReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\r\x12\x11\n\tduplicate\x18\x04 \x01(\x08\":\n\x0fPushStreamReply\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.fedrecon.v1.PushReply\"\x8a\x01\n\x0bPullRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x04\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.fedrecon.v1.DType\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x17\n\x0fmax_reply_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x65poch\x18\x06 \x01(\t\"~\n\tPullReply\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12)\n\x07\x63lasses\x18\x03 \x01(\x0b\x32\x18.fedrecon.v1.ClassDeltas\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\t\"w\n\x0cWatchRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x04\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.fedrecon.v1.DType\x12\x17\n\x0fmax_reply_bytes\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t\"\r\n\x0bInfoRequest\"[\n\tSpaceInfo\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0f\n\x07\x63lasses\x18\x03 \x01(\x04\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x05 \x01(\x04\"\xd1\x01\n\x06Limits\x12\x1c\n\x14max_classes_per_push\x18\x01 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12max_class_id_bytes\x18\x03 \x01(\r\x12\x0f\n\x07max_dim\x18\x04 \x01(\r\x12\x11\n\tmax_count\x18\x05 \x01(\x04\x12\x1a\n\x12max_space_examples\x18\x06 \x01(\x04\x12\x17\n\x0fmax_reply_bytes\x18\x07 \x01(\x04\x12\x19\n\x11max_stream_window\x18\x08 \x01(\r\"\xb3\x01\n\tInfoReply\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x10\n\x08store_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12&\n\x06spaces\x18\x04 \x03(\x0b\x32\x16.fedrecon.v1.SpaceInfo\x12#\n\x06limits\x18\x05 \x01(\x0b\x32\x13.fedrecon.v1.Limits\x12\x0f\n\x07\x63lients\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\t*S\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x0b\n\x07\x46LOAT64\x10\x04\x32\xc6\x02\n\x0eReconnaissance\x12\x38\n\x04Push\x12\x18.fedrecon.v1.PushRequest\x1a\x16.fedrecon.v1.PushReply\x12H\n\nPushStream\x12\x18.fedrecon.v1.PushRequest\x1a\x1c.fedrecon.v1.PushStreamReply(\x01\x30\x01\x12\x38\n\x04Pull\x12\x18.fedrecon.v1.PullRequest\x1a\x16.fedrecon.v1.PullReply\x12<\n\x05Watch\x12\x19.fedrecon.v1.WatchRequest\x1a\x16.fedrecon.v1.PullReply0\x01\x12\x38\n\x04Info\x12\x18.fedrecon.v1.InfoRequest\x1a\x16.fedrecon.v1.InfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedrecon.v1.recon_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1286
-  _globals['_DTYPE']._serialized_end=1369
+  _globals['_DTYPE']._serialized_start=1347
+  _globals['_DTYPE']._serialized_end=1430
   _globals['_MATRIX']._serialized_start=40
   _globals['_MATRIX']._serialized_end=124
   _globals['_CLASSDELTAS']._serialized_start=126
@@ -43,20 +43,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHREPLY']._serialized_end=393
   _globals['_PUSHSTREAMREPLY']._serialized_start=395
   _globals['_PUSHSTREAMREPLY']._serialized_end=453
-  _globals['_PULLREQUEST']._serialized_start=455
-  _globals['_PULLREQUEST']._serialized_end=578
-  _globals['_PULLREPLY']._serialized_start=580
-  _globals['_PULLREPLY']._serialized_end=691
-  _globals['_WATCHREQUEST']._serialized_start=693
-  _globals['_WATCHREQUEST']._serialized_end=797
-  _globals['_INFOREQUEST']._serialized_start=799
-  _globals['_INFOREQUEST']._serialized_end=812
-  _globals['_SPACEINFO']._serialized_start=814
-  _globals['_SPACEINFO']._serialized_end=905
-  _globals['_LIMITS']._serialized_start=908
-  _globals['_LIMITS']._serialized_end=1117
-  _globals['_INFOREPLY']._serialized_start=1120
-  _globals['_INFOREPLY']._serialized_end=1284
-  _globals['_RECONNAISSANCE']._serialized_start=1372
-  _globals['_RECONNAISSANCE']._serialized_end=1698
+  _globals['_PULLREQUEST']._serialized_start=456
+  _globals['_PULLREQUEST']._serialized_end=594
+  _globals['_PULLREPLY']._serialized_start=596
+  _globals['_PULLREPLY']._serialized_end=722
+  _globals['_WATCHREQUEST']._serialized_start=724
+  _globals['_WATCHREQUEST']._serialized_end=843
+  _globals['_INFOREQUEST']._serialized_start=845
+  _globals['_INFOREQUEST']._serialized_end=858
+  _globals['_SPACEINFO']._serialized_start=860
+  _globals['_SPACEINFO']._serialized_end=951
+  _globals['_LIMITS']._serialized_start=954
+  _globals['_LIMITS']._serialized_end=1163
+  _globals['_INFOREPLY']._serialized_start=1166
+  _globals['_INFOREPLY']._serialized_end=1345
+  _globals['_RECONNAISSANCE']._serialized_start=1433
+  _globals['_RECONNAISSANCE']._serialized_end=1759
 # @@protoc_insertion_point(module_scope)

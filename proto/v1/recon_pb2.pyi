@@ -73,42 +73,48 @@ class PushStreamReply(_message.Message):
     def __init__(self, replies: _Optional[_Iterable[_Union[PushReply, _Mapping]]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("space", "since", "dtype", "page_token", "max_reply_bytes")
+    __slots__ = ("space", "since", "dtype", "page_token", "max_reply_bytes", "epoch")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     space: str
     since: int
     dtype: DType
     page_token: str
     max_reply_bytes: int
-    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., page_token: _Optional[str] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
+    epoch: str
+    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., page_token: _Optional[str] = ..., max_reply_bytes: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("space", "version", "classes", "next_page_token")
+    __slots__ = ("space", "version", "classes", "next_page_token", "epoch")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     space: str
     version: int
     classes: ClassDeltas
     next_page_token: str
-    def __init__(self, space: _Optional[str] = ..., version: _Optional[int] = ..., classes: _Optional[_Union[ClassDeltas, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    epoch: str
+    def __init__(self, space: _Optional[str] = ..., version: _Optional[int] = ..., classes: _Optional[_Union[ClassDeltas, _Mapping]] = ..., next_page_token: _Optional[str] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("space", "since", "dtype", "max_reply_bytes")
+    __slots__ = ("space", "since", "dtype", "max_reply_bytes", "epoch")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     space: str
     since: int
     dtype: DType
     max_reply_bytes: int
-    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., max_reply_bytes: _Optional[int] = ...) -> None: ...
+    epoch: str
+    def __init__(self, space: _Optional[str] = ..., since: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., max_reply_bytes: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -149,17 +155,19 @@ class Limits(_message.Message):
     def __init__(self, max_classes_per_push: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_class_id_bytes: _Optional[int] = ..., max_dim: _Optional[int] = ..., max_count: _Optional[int] = ..., max_space_examples: _Optional[int] = ..., max_reply_bytes: _Optional[int] = ..., max_stream_window: _Optional[int] = ...) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("server_version", "store_id", "version", "spaces", "limits", "clients")
+    __slots__ = ("server_version", "store_id", "version", "spaces", "limits", "clients", "epoch")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPACES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     store_id: str
     version: int
     spaces: _containers.RepeatedCompositeFieldContainer[SpaceInfo]
     limits: Limits
     clients: int
-    def __init__(self, server_version: _Optional[str] = ..., store_id: _Optional[str] = ..., version: _Optional[int] = ..., spaces: _Optional[_Iterable[_Union[SpaceInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., clients: _Optional[int] = ...) -> None: ...
+    epoch: str
+    def __init__(self, server_version: _Optional[str] = ..., store_id: _Optional[str] = ..., version: _Optional[int] = ..., spaces: _Optional[_Iterable[_Union[SpaceInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., clients: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
