@@ -342,7 +342,7 @@ class PrototypeStore:
             except Exception as error:  # noqa: BLE001 - any damage becomes one clear start-up error
                 self._log.close()
                 raise DatabaseError(f"{self.path}: damaged contents ({type(error).__name__}: {error}); restore "
-                                    "the database from a backup") from error
+                                    "the database from a backup and start once with --repair") from error
             self._writer = threading.Thread(target=self._writer_loop, name="fedrecon-store-writer", daemon=True)
             self._writer.start()
 
