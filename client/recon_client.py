@@ -30,6 +30,7 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 # Refusals of the push's content: sending it again can never succeed, so the pending push is dropped.
 PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE}
 RETRY_AFTER_KEY = "fedrecon-retry-after-ms"
+MIN_VERSION_KEY = "fedrecon-min-version"  # a replica answers a pull only once it has applied what this client saw
 PUSH_OVERHEAD_BYTES = 256  # client id, space, seq and framing of one push beside its classes
 
 
@@ -130,6 +131,7 @@ class ReconClient:
         self.versions: dict[str, int] = {}
         self._info: dict | None = None
         self._connected = False
+        self.seen_version = 0  # the highest store version this client was answered (pushes and pulls, any replica)
         security = security or ChannelSecurity()
         self._metadata = security.metadata()
         self.channel = open_channel(address, security)
@@ -159,14 +161,21 @@ class ReconClient:
                                     "match?)") from None
         self._connected = True
 
-    def _call(self, method, request, retry: bool = True):  # noqa: ANN001, ANN202 - any unary stub method
+    def _read_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata of a pull or watch: whichever replica answers waits until it has what this client saw."""
+        return (*self._metadata, (MIN_VERSION_KEY, str(self.seen_version))) if self.seen_version else self._metadata
+
+    def _saw(self, version: int) -> None:
+        self.seen_version = max(self.seen_version, version)
+
+    def _call(self, method, request, retry: bool = True, metadata=None):  # noqa: ANN001, ANN202 - any unary method
         self._connect()
         delay = self.backoff
         give_up = None if self.deadline is None else time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
             timeout = self.timeout if give_up is None else max(0.05, min(self.timeout, give_up - time.monotonic()))
             try:
-                return method(request, timeout=timeout, metadata=self._metadata, wait_for_ready=retry)
+                return method(request, timeout=timeout, metadata=metadata or self._metadata, wait_for_ready=retry)
             except grpc.RpcError as error:
                 out_of_time = give_up is not None and time.monotonic() + delay >= give_up
                 if not retry or error.code() not in RETRYABLE or is_permanent(error) or attempt == self.retries \
@@ -215,6 +224,7 @@ class ReconClient:
                     from error
             raise
         self.state.acknowledge(reply.seq)
+        self._saw(reply.version)
         return PushAck(reply.seq, reply.version, reply.classes, reply.duplicate)
 
     def resume(self) -> PushAck | None:
@@ -273,6 +283,7 @@ class ReconClient:
                                                 metadata=self._metadata):
                 for reply in message.replies:
                     self.state.acknowledge(reply.seq)
+                    self._saw(reply.version)
                     acks.append(PushAck(reply.seq, reply.version, reply.classes, reply.duplicate))
         except grpc.RpcError as error:
             log.info("push stream ended after %d of %d pushes (%s); sending the rest one at a time", len(acks),
@@ -353,7 +364,7 @@ class ReconClient:
         """Merged prototypes changed since `since` (default: the version this client last pulled)."""
         since = self.versions.get(space, 0) if since is None else since
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
-        reply, pages = self._call(self.stub.Pull, request), []
+        reply, pages = self._call(self.stub.Pull, request, metadata=self._read_metadata()), []
         first_version = reply.version
         while True:  # follow the pages; the pull is current to the last one's version
             following = None
@@ -369,13 +380,14 @@ class ReconClient:
                 reply = self._call(self.stub.Pull, request)
         result = snapshot_of(space, reply.version, pages, first_version)
         self.versions[space] = result.version
+        self._saw(result.version)
         return result
 
     def watch(self, space: str, since: int = 0, dtype: str | None = None) -> Iterator[Snapshot]:
         """Stream changes of a space as they are merged (a server stream; cancel by closing the client)."""
         request = pb.WatchRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype))
         pages: list[pb.PullReply] = []
-        for reply in self.stub.Watch(request, metadata=self._metadata):
+        for reply in self.stub.Watch(request, metadata=self._read_metadata()):
             pages.append(reply)
             if reply.next_page_token:  # one pass of changes arrives in pages; yield it whole
                 continue
