@@ -22,6 +22,8 @@ from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.pglog import connection_params
+from fedrecon.server.store import PrototypeStore, StoreUnavailable
 
 SPACE = "s"
 DIM = 4
@@ -227,3 +229,50 @@ def test_a_revoke_on_one_replica_removes_the_contributions_on_another(pg_url: st
         assert wait_until(lambda: pull_all(servers[1].address)[0] == 3)  # followers apply it without being asked
     finally:
         stop_all(servers)
+
+
+def test_a_replica_behind_the_kept_log_loads_the_checkpoint_again(pg_url: str) -> None:
+    """In process: B stops following; A checkpoints and drops the log B still needed; B's next batch finds the
+    gap, refuses (UNAVAILABLE, nothing merged), loads the checkpoint, and the retry is merged once."""
+    a, b = PrototypeStore(pg_url, checkpoint_every=1), PrototypeStore(pg_url, checkpoint_every=10**6)
+    try:
+        assert b._follower is not None
+        b._follower.stop()  # as a replica cut off from the database would be
+        a._log.retain_seconds = 0.0
+        for seq in range(1, 6):
+            a.push("a", SPACE, seq, ["x"], [1], np.ones((1, DIM)))
+        assert wait_until(lambda: a._checkpoint_version == 5)
+        with pytest.raises(StoreUnavailable, match="the log kept starts at"):
+            b.push("b", SPACE, 1, ["x"], [2], np.ones((1, DIM)))
+        ack = b.push("b", SPACE, 1, ["x"], [2], np.ones((1, DIM)))
+        assert (ack.version, ack.duplicate) == (6, False) and b.pull(SPACE).counts.tolist() == [7]
+        assert a.await_version(6) and a.pull(SPACE).counts.tolist() == [7]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_replica_without_its_database_acknowledges_nothing_and_recovers(pg_url: str) -> None:
+    store = PrototypeStore(pg_url)
+    try:
+        store.push("a", SPACE, 1, ["x"], [1], np.ones((1, DIM)))
+        store._log._params = {**store._log._params, "port": "1"}  # as if the database went away
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (store._log.conn.info.backend_pid,))
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                store.push("a", SPACE, 2, ["y"], [1], np.ones((1, DIM)))
+        store._log._params = connection_params(pg_url)  # it is back
+        assert store.push("a", SPACE, 2, ["y"], [1], np.ones((1, DIM))).version == 2
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_cluster_faults_benchmark_small(pg_url: str) -> None:
+    from fedrecon.benchmarks.cluster_faults import run
+
+    result = run(pg_url, seconds=8, replicas=2, clients=2, kill_every=2.0)
+    assert result["kills"] >= 2 and result["acked"] > 0, result
+    assert (result["lost"], result["doubled"], result["mismatched"]) == (0, 0, 0), result
+    assert result["one_version_per_push"] and result["client_exit_codes"] == [0, 0], result
