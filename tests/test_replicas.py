@@ -276,3 +276,25 @@ def test_cluster_faults_benchmark_small(pg_url: str) -> None:
     assert result["kills"] >= 1 and result["acked"] > 0, result
     assert (result["lost"], result["doubled"], result["mismatched"]) == (0, 0, 0), result
     assert result["one_version_per_push"] and result["client_exit_codes"] == [0, 0], result
+
+
+def test_a_revoke_on_one_replica_ends_the_clients_streams_on_another(pg_url: str, tmp_path: Path) -> None:
+    from security_helpers import make_tokens
+
+    path = tmp_path / "tokens.json"  # every replica reads the same token file
+    tokens = make_tokens(path, clients=("bad",))
+    servers = [ServerProcess(pg_url, ["--tokens", str(path)], insecure=False).start() for _ in range(2)]
+    try:
+        bad = (("authorization", f"Bearer {tokens['bad']}"),)
+        with grpc.insecure_channel(servers[0].address) as a, grpc.insecure_channel(servers[1].address) as b:
+            rpc.ReconnaissanceStub(a).Push(request("", 1, ["x"], [1], np.ones((1, DIM))), metadata=bad, timeout=30)
+            watch = rpc.ReconnaissanceStub(b).Watch(pb.WatchRequest(space=SPACE), metadata=bad, timeout=60)
+            assert next(watch).classes.class_ids == ["x"]
+            arpc.AdminStub(a).RevokeClient(apb.RevokeClientRequest(client_id="bad"), timeout=30,
+                                           metadata=(("authorization", f"Bearer {tokens['root']}"),))
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in watch:  # the pass that removes its classes may come first; then the stream ends
+                    pass
+            assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED, ended.value
+    finally:
+        stop_all(servers)
