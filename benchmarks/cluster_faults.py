@@ -5,7 +5,8 @@ Run: python -m fedrecon.benchmarks.cluster_faults --db postgresql://USER:PASSWOR
 `--replicas` servers serve the database, each on a fixed port. Each client process (the crash_safety worker)
 is given every address: its client balances over them and, when one dies, goes on on another with the same
 push numbers. Every `--kill-every` seconds (jittered) a random replica is SIGKILLed and started again on its
-port (it loads the checkpoint and the log kept in the database). At the end a store opened on the database
+port (it loads the checkpoint and the log kept in the database). With `--pg-data` the database server itself is
+crash-stopped and started again half-way (`pg_ctl restart -m immediate`). At the end a store opened on the database
 (one more replica) is compared, exactly, with what the clients' acknowledged pushes add up to. Prints JSON:
 `acked`, `lost` (acknowledged, not stored), `doubled` (counted twice), `mismatched` (classes whose count or
 sum differ), `longest_stall_s` (the longest time one client went without an acknowledgement) and the kills.
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +84,9 @@ def verify(url: str, workdir: Path, clients: int, pool: int, dim: int) -> dict:
 
 
 def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_every: float = 3.0, pool: int = 40,
-        dim: int = 8, stream: int = 4, checkpoint_every: int = 50, seed: int = 0) -> dict:
-    """The whole experiment; returns the JSON-ready result."""
+        dim: int = 8, stream: int = 4, checkpoint_every: int = 50, seed: int = 0,
+        restart_db: Callable[[], None] | None = None) -> dict:
+    """The whole experiment (`restart_db`: crash-restarts the database half-way); returns the JSON-ready result."""
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="fedrecon-cluster-"))
     servers = [ServerProcess(url, ["--checkpoint-every", str(checkpoint_every)], port=free_port())
@@ -95,8 +98,12 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
             server.start()
         procs = start_clients(",".join(s.address for s in servers), workdir, clients, pool, dim, stream)
         next_kill = time.monotonic() + kill_every
+        db_restart_at = None if restart_db is None else time.monotonic() + seconds / 2
         while time.monotonic() - start < seconds:
             stalls.poll()
+            if db_restart_at is not None and time.monotonic() >= db_restart_at:
+                restart_db()
+                db_restart_at = None
             if time.monotonic() >= next_kill:
                 victim = rng.choice(servers)
                 victim.kill()
@@ -122,6 +129,7 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
                 p.wait()
         shutil.rmtree(workdir, ignore_errors=True)
     return {"replicas": replicas, "clients": clients, "stream": stream, "kills": kills,
+            "database_restarts": int(restart_db is not None),
             "seconds": round(time.monotonic() - start, 1), **result, "longest_stall_s": round(stalls.longest, 2),
             "client_exit_codes": [p.returncode for p in procs]}
 
@@ -139,10 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=40, help="distinct class ids")
     parser.add_argument("--dim", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pg-data", type=Path, help="the database server's data folder: crash-restart it half-way "
+                        "with pg_ctl (run as the user that owns it)")
+    parser.add_argument("--pg-ctl", default="pg_ctl", help="the pg_ctl to use with --pg-data")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args(argv)
+    restart = None
+    if args.pg_data is not None:
+        def restart() -> None:
+            subprocess.run([args.pg_ctl, "-D", str(args.pg_data), "restart", "-m", "immediate", "-w"], check=True,
+                           capture_output=True)
     result = run(args.db, args.seconds, args.replicas, args.clients, args.kill_every, args.pool, args.dim,
-                 args.stream, args.checkpoint_every, args.seed)
+                 args.stream, args.checkpoint_every, args.seed, restart)
     print_result(result, args.out)
     return 1 if result["lost"] or result["doubled"] or result["mismatched"] else 0
 

@@ -269,10 +269,18 @@ def test_a_replica_without_its_database_acknowledges_nothing_and_recovers(pg_url
 
 
 @pytest.mark.slow
-def test_cluster_faults_benchmark_small(pg_url: str) -> None:
+def test_cluster_faults_benchmark_small(pg_cluster) -> None:
+    """Replicas SIGKILLed and the database itself crash-restarted (its own throwaway cluster) mid-run."""
+    from pg_server import PgCluster
+
     from fedrecon.benchmarks.cluster_faults import run
 
-    result = run(pg_url, seconds=10, replicas=2, clients=2, kill_every=2.0)  # a restart takes a few seconds here
+    cluster = PgCluster(pg_cluster.bin_dir).start()
+    try:
+        result = run(cluster.create_database(), seconds=12, replicas=2, clients=2, kill_every=2.0,
+                     restart_db=cluster.restart_immediate)  # a replica's restart takes a few seconds here
+    finally:
+        cluster.stop()
     assert result["kills"] >= 1 and result["acked"] > 0, result
     assert (result["lost"], result["doubled"], result["mismatched"]) == (0, 0, 0), result
     assert result["one_version_per_push"] and result["client_exit_codes"] == [0, 0], result
