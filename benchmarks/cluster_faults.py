@@ -10,6 +10,7 @@ crash-stopped and started again half-way (`pg_ctl restart -m immediate`). At the
 (one more replica) is compared, exactly, with what the clients' acknowledged pushes add up to. Prints JSON:
 `acked`, `lost` (acknowledged, not stored), `doubled` (counted twice), `mismatched` (classes whose count or
 sum differ), `longest_stall_s` (the longest time one client went without an acknowledgement) and the kills.
+`--follow-latency N` instead measures how long after a commit on one replica another has applied it (N pushes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.benchmarks.crash_safety import SPACE, expected_tables, read_acks
-from fedrecon.benchmarks.harness import free_port, print_result
+from fedrecon.benchmarks.harness import free_port, percentiles_ms, print_result
 from fedrecon.server.process import ServerProcess
 
 
@@ -134,6 +135,28 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
             "client_exit_codes": [p.returncode for p in procs]}
 
 
+def follow_latency(url: str, pushes: int) -> dict:
+    """Two stores (replicas) in this process: push on one, time until the other has applied it (no pull asks)."""
+    from fedrecon.server.store import PrototypeStore
+
+    a, b = PrototypeStore(url), PrototypeStore(url)
+    samples = []
+    time.sleep(1.0)  # the followers' LISTEN connections open in the background
+    try:
+        for seq in range(1, pushes + 1):
+            start = time.perf_counter()
+            version = a.push("latency", "follow", seq, ["x"], [1], np.ones((1, 4))).version
+            committed = time.perf_counter()
+            while not b.wait_for_change(version - 1, timeout=5.0):
+                pass
+            samples.append(time.perf_counter() - committed)
+            time.sleep(max(0.0, 0.02 - (time.perf_counter() - start)))
+    finally:
+        a.close()
+        b.close()
+    return {"pushes": pushes, "applied_on_the_other_after_ms": percentiles_ms(samples)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print JSON; exit 1 if anything was lost, doubled or mismatched."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-data", type=Path, help="the database server's data folder: crash-restart it half-way "
                         "with pg_ctl (run as the user that owns it)")
     parser.add_argument("--pg-ctl", default="pg_ctl", help="the pg_ctl to use with --pg-data")
+    parser.add_argument("--follow-latency", type=int, default=0, metavar="N",
+                        help="only measure how soon another replica applies a commit (N pushes)")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args(argv)
+    if args.follow_latency:
+        print_result(follow_latency(args.db, args.follow_latency), args.out)
+        return 0
     restart = None
     if args.pg_data is not None:
         def restart() -> None:

@@ -49,7 +49,7 @@ class Follower:
                 if conn is None or conn.closed or conn.broken:
                     conn = self._listen()
                 latest = 0
-                for note in conn.notifies(timeout=self.interval, stop_after=64):
+                for note in conn.notifies(timeout=self.interval, stop_after=1):  # wake at the first
                     latest = max(latest, int(note.payload or 0))
                 self._wake(latest)
             except Exception as error:  # noqa: BLE001 - the database may be down: poll again, reconnect later
