@@ -22,8 +22,9 @@ from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.follow import token_version
 from fedrecon.server.pglog import connection_params
-from fedrecon.server.store import PrototypeStore, StoreUnavailable
+from fedrecon.server.store import PrototypeStore, StoreUnavailable, VersionAhead
 
 SPACE = "s"
 DIM = 4
@@ -306,3 +307,27 @@ def test_a_revoke_on_one_replica_ends_the_clients_streams_on_another(pg_url: str
             assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED, ended.value
     finally:
         stop_all(servers)
+
+
+def test_a_pull_ahead_of_a_replica_waits_for_it_instead_of_refusing(pg_url: str) -> None:
+    """In process: B does not follow on its own; a pull on B with `since` (or a page token) from A's later
+    version makes B catch up first, then answers; a `since` no replica reached is still refused."""
+    a, b = PrototypeStore(pg_url), PrototypeStore(pg_url)
+    try:
+        assert b._follower is not None
+        b._follower.stop()
+        for seq in range(1, 4):
+            a.push("a", SPACE, seq, [f"x{seq}"], [1], np.ones((1, DIM)))
+        assert b.version < 3
+        assert b.pull(SPACE, since=2).class_ids == ["x3"] and b.version == 3
+        for seq in (4, 5):
+            a.push("a", SPACE, seq, [f"x{seq}"], [1], np.ones((1, DIM)))
+        token = a.pull(SPACE, max_bytes=1100, itemsize=8).next_page_token  # one class a page, from version 5
+        assert token_version(token) == 5 and b.version == 3
+        page = b.pull(SPACE, page_token=token, max_bytes=1100, itemsize=8)  # B catches up first, then pages on
+        assert (page.class_ids, page.version) == (["x2"], 5)
+        with pytest.raises(VersionAhead):
+            b.pull(SPACE, since=99)
+    finally:
+        a.close()
+        b.close()
