@@ -93,11 +93,11 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
     servers = [ServerProcess(url, ["--checkpoint-every", str(checkpoint_every)], port=free_port())
                for _ in range(replicas)]
     procs, kills, stalls = [], 0, Stalls(workdir, clients)
-    start = time.monotonic()
     try:
         for server in servers:
             server.start()
         procs = start_clients(",".join(s.address for s in servers), workdir, clients, pool, dim, stream)
+        start = time.monotonic()  # the run, without the servers' start-up
         next_kill = time.monotonic() + kill_every
         db_restart_at = None if restart_db is None else time.monotonic() + seconds / 2
         while time.monotonic() - start < seconds:
@@ -119,6 +119,7 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
             while p.poll() is None:
                 stalls.poll()
                 time.sleep(0.05)
+        elapsed = time.monotonic() - start
         result = verify(url, workdir, clients, pool, dim)
     finally:
         (workdir / "stop").touch()
@@ -131,7 +132,8 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
         shutil.rmtree(workdir, ignore_errors=True)
     return {"replicas": replicas, "clients": clients, "stream": stream, "kills": kills,
             "database_restarts": int(restart_db is not None),
-            "seconds": round(time.monotonic() - start, 1), **result, "longest_stall_s": round(stalls.longest, 2),
+            "seconds": round(elapsed, 1), **result, "acked_per_second": round(result["acked"] / elapsed, 1),
+            "longest_stall_s": round(stalls.longest, 2),
             "client_exit_codes": [p.returncode for p in procs]}
 
 
