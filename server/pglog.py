@@ -99,6 +99,7 @@ ROWS_QUERY = {
 }
 AUDIT_QUERY = "SELECT version, kind, client_id, actor, at FROM audit ORDER BY version"
 LOG_QUERY = f"SELECT {LOG_COLUMNS} FROM log WHERE version > %s ORDER BY version"
+RANGE_QUERY = f"SELECT {LOG_COLUMNS} FROM log WHERE version > %s AND version <= %s ORDER BY version"  # up to a head
 
 
 class LogConflict(DatabaseError):
@@ -254,9 +255,9 @@ class PostgresLog:
         """The log rows version+1..head; LogBehind if a checkpoint dropped some, DatabaseError if they are lost."""
         if head <= version:
             return []
-        operations = [self._operation(row) for row in cur.execute(LOG_QUERY, (version,)).fetchall()]
+        operations = [self._operation(row) for row in cur.execute(RANGE_QUERY, (version, head)).fetchall()]
         first = operations[0].version if operations else head + 1
-        if first == version + 1 and operations[-1].version == head:
+        if first == version + 1 and len(operations) == head - version:  # versions are unique: none missing
             return operations
         checkpointed = int(self.meta("checkpoint_version") or 0)
         if first > version + 1 and checkpointed > version:
