@@ -143,6 +143,13 @@ def test_three_replicas_one_killed_mid_stream_merge_exactly(pg_url: str, tmp_pat
 
         _retry_on_another_replica_changes_nothing([servers[1].address, servers[2].address])
         _pull_on_a_third_replica_sees_a_push_on_the_first([s.address for s in servers], expected)
+        with ReconClient(",".join(s.address for s in servers), "roundrobin", state_path=tmp_path / "rr.db",
+                         dtype="float64") as client:  # the library: whichever replica answers the pull
+            for k in range(6):
+                ack = client.push(SPACE, [f"rr{k}"], [2], np.ones((1, DIM)))
+                pulled = client.pull(SPACE, since=0)
+                assert pulled.version >= ack.version
+                assert pulled.counts[pulled.class_ids.index(f"rr{k}")] == 2
     finally:
         stop_all(servers)
 
