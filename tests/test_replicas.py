@@ -338,3 +338,27 @@ def test_a_pull_ahead_of_a_replica_waits_for_it_instead_of_refusing(pg_url: str)
     finally:
         a.close()
         b.close()
+
+
+def test_replicas_hold_bit_identical_tables(pg_url: str) -> None:
+    """Random float32 means pushed alternately on two replicas: both serve the same float64 sums, bit for bit
+    (a follower applies others' operations in version order with the same math as their replica did)."""
+    servers = start_replicas(pg_url, 2)
+    rng = np.random.default_rng(7)
+    try:
+        stubs = [rpc.ReconnaissanceStub(grpc.insecure_channel(s.address)) for s in servers]
+        top = 0
+        for seq in range(1, 21):
+            for c in range(3):
+                ids = [f"k{int(i)}" for i in rng.choice(8, size=3, replace=False)]
+                push = pb.PushRequest(client_id=f"c{c}", space=SPACE, seq=seq, deltas=codec.encode_deltas(
+                    ids, rng.integers(1, 9, 3), rng.normal(size=(3, DIM)).astype(np.float32), "float32"))
+                top = max(top, stubs[(seq + c) % 2].Push(push, timeout=30).version)
+        tables = [pull_all(s.address, min_version=top) for s in servers]
+        assert tables[0][0] == tables[1][0] == top == 60
+        assert sorted(tables[0][1]) == sorted(tables[1][1])
+        for cid, (count, mean) in tables[0][1].items():
+            assert tables[1][1][cid][0] == count
+            assert tables[1][1][cid][1].tobytes() == mean.tobytes(), cid
+    finally:
+        stop_all(servers)
