@@ -362,3 +362,25 @@ def test_replicas_hold_bit_identical_tables(pg_url: str) -> None:
             assert tables[1][1][cid][1].tobytes() == mean.tobytes(), cid
     finally:
         stop_all(servers)
+
+
+def test_a_server_without_its_database_answers_unavailable_with_a_retry_hint(pg_url: str) -> None:
+    from fedrecon.server.assemble import build_server
+
+    store = PrototypeStore(pg_url)
+    server = build_server(store, insecure=True).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            assert stub.Push(request("a", 1, ["x"], [1], np.ones((1, DIM))), timeout=30).version == 1
+            store._log._params = {**store._log._params, "port": "1"}  # as if the database went away
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (store._log.conn.info.backend_pid,))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Push(request("a", 2, ["y"], [1], np.ones((1, DIM))), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert dict(refused.value.trailing_metadata())["fedrecon-retry-after-ms"] == "500"
+            store._log._params = connection_params(pg_url)
+            assert stub.Push(request("a", 2, ["y"], [1], np.ones((1, DIM))), timeout=30).version == 2
+    finally:
+        server.stop(grace=1)
