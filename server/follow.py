@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from fedrecon.server.durable import LogBehind, Operation
+
 log = logging.getLogger("fedrecon.store")
 
 CATCH_UP_WAIT = 5.0  # seconds a pull or watch ahead of this replica waits for it to catch up
@@ -61,6 +63,54 @@ class Follower:
                 self._stop.wait(self.interval)
         if conn is not None:
             conn.close()
+
+
+class Following:
+    """The replica half of `PrototypeStore`: catching up with what other replicas commit, on its writer thread.
+
+    Uses the store's writer queue (`_queue_cond`, `_catch_up_wanted`), its state lock (`_changed`), `version`,
+    `_log`, `_follower`, `_apply_all` and `_report_failure`."""
+
+    def request_catch_up(self: Any, version: int = 0) -> None:
+        """Ask the writer to read what other replicas committed (`version`: a notified head, 0: just check)."""
+        if self._follower is None or (version and version <= self.version):
+            return
+        with self._queue_cond:
+            self._catch_up_wanted = True
+            self._queue_cond.notify()
+
+    def await_version(self: Any, version: int, timeout: float = CATCH_UP_WAIT) -> bool:
+        """Whether this store has applied `version`, waiting up to `timeout` s for a replica to catch up with
+        what others committed (a client that pushed on one replica and pulls from another sees its push)."""
+        if version <= self.version or self._follower is None:
+            return version <= self.version
+        self.request_catch_up(version)
+        with self._changed:
+            self._changed.wait_for(lambda: self.version >= version or self._closing, timeout)
+            return self.version >= version
+
+    def _catch_up(self: Any, operations: list[Operation]) -> None:
+        """Apply operations other replicas committed (and wake watches and pulls waiting for them)."""
+        if operations:
+            with self._changed:
+                self._apply_all(operations)
+                self._changed.notify_all()
+
+    def _follow(self: Any) -> None:
+        """Catch up with the shared log between batches (asked by the follower or a waiting pull)."""
+        try:
+            self._catch_up(self._log.read_after(self.version))
+        except LogBehind:
+            self._reload()
+        except Exception as error:  # noqa: BLE001 - the database may be down: the next check tries again
+            self._report_failure("catching up with the log", error)
+
+    def _reload(self: Any) -> None:
+        """Load the checkpoint again (`reload`); a failure is reported and tried again later."""
+        try:
+            reload(self)
+        except Exception as error:  # noqa: BLE001
+            self._report_failure("loading the checkpoint again", error)
 
 
 def reload(store: Any) -> None:

@@ -35,7 +35,7 @@ from fedrecon.server.durable import (
     pack_operation,
     same_content,
 )
-from fedrecon.server.follow import CATCH_UP_WAIT, Follower, reload, token_version
+from fedrecon.server.follow import Follower, Following, token_version
 from fedrecon.server.log import Log, location, open_log
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
@@ -280,8 +280,9 @@ def check_values(requests: list[Pending]) -> None:
         start += len(request.class_ids)
 
 
-class PrototypeStore:
-    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory."""
+class PrototypeStore(Following):
+    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory; on a
+    shared log it follows what the other replicas commit (`Following`)."""
 
     def __init__(
         self,
@@ -419,24 +420,6 @@ class PrototypeStore:
         else:
             class_ids = [table.class_ids[r] for r in rows.tolist()]
         return Snapshot(space, self.version, class_ids, table.counts[rows].copy(), table.means(rows, dtype), token)
-
-    def request_catch_up(self, version: int = 0) -> None:
-        """Ask the writer to read what other replicas committed (`version`: a notified head, 0: just check)."""
-        if self._follower is None or (version and version <= self.version):
-            return
-        with self._queue_cond:
-            self._catch_up_wanted = True
-            self._queue_cond.notify()
-
-    def await_version(self, version: int, timeout: float = CATCH_UP_WAIT) -> bool:
-        """Whether this store has applied `version`, waiting up to `timeout` s for a replica to catch up with
-        what others committed (a client that pushed on one replica and pulls from another sees its push)."""
-        if version <= self.version or self._follower is None:
-            return version <= self.version
-        self.request_catch_up(version)
-        with self._changed:
-            self._changed.wait_for(lambda: self.version >= version or self._closing, timeout)
-            return self.version >= version
 
     def wait_for_change(self, since: int, timeout: float) -> bool:
         """Block until the version passes `since` (True) or the timeout or close (False)."""
@@ -672,30 +655,6 @@ class PrototypeStore:
                 staged.append(request)  # its answer stands or falls with this commit (a retry: its original's)
         self._keep_digests(stage)
         return stage, staged
-
-    def _catch_up(self, operations: list[Operation]) -> None:
-        """Apply operations other replicas committed (and wake watches and pulls waiting for them)."""
-        if operations:
-            with self._changed:
-                self._apply_all(operations)
-                self._changed.notify_all()
-
-    def _follow(self) -> None:
-        """Catch up with the shared log between batches (asked by the follower or a waiting pull)."""
-        assert self._log is not None
-        try:
-            self._catch_up(self._log.read_after(self.version))
-        except LogBehind:
-            self._reload()
-        except Exception as error:  # noqa: BLE001 - the database may be down: the next check tries again
-            self._report_failure("catching up with the log", error)
-
-    def _reload(self) -> None:
-        """Load the checkpoint again (`follow.reload`); a failure is reported and tried again later."""
-        try:
-            reload(self)
-        except Exception as error:  # noqa: BLE001
-            self._report_failure("loading the checkpoint again", error)
 
     def _stage(self, request: Pending, stage: _Stage) -> PushAck:
         """Check one request against the state plus the batch so far; record its operation."""
