@@ -74,7 +74,7 @@ class Log(Protocol):
         acknowledged, or with `repair` log it and go on."""
 
     def close(self) -> None:
-        """Close the storage and release the one-writer lock."""
+        """Close the storage (SQLite: and release its one-writer lock)."""
 
 
 def is_url(target: str | Path) -> bool:
