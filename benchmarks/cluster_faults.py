@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,8 @@ def start_clients(addresses: str, workdir: Path, clients: int, pool: int, dim: i
 
 
 class Stalls:
-    """The longest time any client's ack file did not grow (polled)."""
+    """The longest time any client's ack file did not grow, polled every 20 ms by a thread of its own (the main
+    loop blocks while a replica restarts)."""
 
     def __init__(self, workdir: Path, clients: int) -> None:
         self.paths = [workdir / f"acks{c}.txt" for c in range(clients)]
@@ -50,6 +52,21 @@ class Stalls:
         self.since = [time.monotonic()] * clients
         self.longest = 0.0
         self.started = [False] * clients
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Stalls:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.poll()
 
     def poll(self) -> None:
         now = time.monotonic()
@@ -98,10 +115,10 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
             server.start()
         procs = start_clients(",".join(s.address for s in servers), workdir, clients, pool, dim, stream)
         start = time.monotonic()  # the run, without the servers' start-up
+        stalls.start()
         next_kill = time.monotonic() + kill_every
         db_restart_at = None if restart_db is None else time.monotonic() + seconds / 2
         while time.monotonic() - start < seconds:
-            stalls.poll()
             if db_restart_at is not None and time.monotonic() >= db_restart_at:
                 restart_db()
                 db_restart_at = None
@@ -116,13 +133,12 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
             time.sleep(0.05)
         (workdir / "stop").touch()
         for p in procs:
-            while p.poll() is None:
-                stalls.poll()
-                time.sleep(0.05)
+            p.wait(300)
         elapsed = time.monotonic() - start
         result = verify(url, workdir, clients, pool, dim)
     finally:
         (workdir / "stop").touch()
+        stalls.stop()
         for server in servers:
             server.kill()
         for p in procs:
