@@ -101,7 +101,6 @@ def assert_equal_tables(got: dict, expected: dict) -> None:
         np.testing.assert_array_equal(got[c][1], mean)
 
 
-@pytest.mark.slow
 def test_three_replicas_one_killed_mid_stream_merge_exactly(pg_url: str, tmp_path: Path) -> None:
     servers = start_replicas(pg_url)
     addresses = [s.address for s in servers]
