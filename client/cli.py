@@ -39,7 +39,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", required=True, help="host:port of the merge server")
+        p.add_argument("--server", required=True,
+                       help="host:port of the merge server; several replicas on one database as host1:port1,"
+                       "host2:port2 (or a DNS name with several records): calls are balanced over them and go on "
+                       "on another when one dies, with the same push numbers")
         p.add_argument("--timeout", type=float, default=30.0,
                        help="seconds one operation may take, retries of transient failures included")
         p.add_argument("--connect-timeout", type=float, default=5.0,

@@ -135,6 +135,7 @@ class ReconClient:
         self.epochs: dict[str, str] = {}  # the server epoch of each space's version
         self._info: dict | None = None
         self._connected = False
+        self.seen_version = 0  # the highest store version this client was answered (pushes and pulls, any replica)
         security = security or ChannelSecurity()
         self._metadata = security.metadata()
         self.channel = open_channel(address, security)
@@ -164,14 +165,24 @@ class ReconClient:
                                     "match?)") from None
         self._connected = True
 
-    def _call(self, method, request, retry: bool = True):  # noqa: ANN001, ANN202 - any unary stub method
+    def _read_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata of a pull or watch: whichever replica answers waits until it has what this client saw."""
+        if not self.seen_version:
+            return self._metadata
+        return (*self._metadata, (trailers.MIN_VERSION, str(self.seen_version)))
+
+    def _saw(self, version: int) -> None:
+        """Remember the highest store version this client has seen (an acknowledgement or a pull)."""
+        self.seen_version = max(self.seen_version, version)
+
+    def _call(self, method, request, retry: bool = True, metadata=None):  # noqa: ANN001, ANN202 - any unary method
         self._connect()
         delay = self.backoff
         give_up = None if self.deadline is None else time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
             timeout = self.timeout if give_up is None else max(0.05, min(self.timeout, give_up - time.monotonic()))
             try:
-                return method(request, timeout=timeout, metadata=self._metadata, wait_for_ready=retry)
+                return method(request, timeout=timeout, metadata=metadata or self._metadata, wait_for_ready=retry)
             except grpc.RpcError as error:
                 out_of_time = give_up is not None and time.monotonic() + delay >= give_up
                 if not retry or error.code() not in RETRYABLE or is_permanent(error) or attempt == self.retries \
@@ -223,6 +234,7 @@ class ReconClient:
                                   f"{error.details()} (dropped; a copy is kept in the client state)") from error
             raise
         self.state.acknowledge(reply.seq, reply.version)
+        self._saw(reply.version)
         return PushAck(reply.seq, reply.version, reply.classes, reply.duplicate)
 
     def resume(self, memory: PrototypeMemory | None = None, space: str = "") -> PushAck | None:
@@ -277,6 +289,7 @@ class ReconClient:
                                                 metadata=self._metadata):
                 for reply in message.replies:
                     self.state.acknowledge(reply.seq, reply.version)
+                    self._saw(reply.version)
                     acks.append(PushAck(reply.seq, reply.version, reply.classes, reply.duplicate))
         except grpc.RpcError as error:
             log.info("push stream ended after %d of %d pushes (%s); sending the rest one at a time", len(acks),
@@ -369,11 +382,12 @@ class ReconClient:
                         error.details())
             result = replace(self._pull_pages(space, 0, dtype, ""), reset=True)
         self.versions[space], self.epochs[space] = result.version, result.epoch
+        self._saw(result.version)
         return result
 
     def _pull_pages(self, space: str, since: int, dtype: str | None, epoch: str) -> Snapshot:
         request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype), epoch=epoch)
-        reply, pages = self._call(self.stub.Pull, request), []
+        reply, pages = self._call(self.stub.Pull, request, metadata=self._read_metadata()), []
         first_version = reply.version
         while True:  # follow the pages; the pull is current to the last one's version
             following = None
@@ -402,13 +416,14 @@ class ReconClient:
     def _watch(self, space: str, since: int, dtype: str | None, epoch: str, reset: bool = False) -> Iterator[Snapshot]:
         request = pb.WatchRequest(space=space, since=since, dtype=codec.dtype_code(dtype or self.dtype), epoch=epoch)
         pages: list[pb.PullReply] = []
-        for reply in self.stub.Watch(request, metadata=self._metadata):
+        for reply in self.stub.Watch(request, metadata=self._read_metadata()):
             pages.append(reply)
             if reply.next_page_token:  # one pass of changes arrives in pages; yield it whole
                 continue
             result = replace(pulled_from_reply(*pages), reset=reset)
             pages, reset = [], False
             self.versions[space], self.epochs[space] = result.version, result.epoch
+            self._saw(result.version)
             yield result
 
     def info(self) -> dict:

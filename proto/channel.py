@@ -7,6 +7,7 @@ package (data flows client -> proto -> server, never server -> client).
 from __future__ import annotations
 
 import argparse
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +29,53 @@ class ChannelSecurity:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
+def _resolve(part: str) -> list[tuple[int, str]]:
+    """(family, "ip:port") of every address one "host:port" resolves to (ValueError naming it if none)."""
+    host, sep, port = part.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"server address {part!r} is not host:port")
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ValueError(f"server address {part!r} does not resolve ({error})") from None
+    out = []
+    for family, *_, sockaddr in found:
+        text = f"[{sockaddr[0]}]:{port}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{port}"
+        if (family, text) not in out:
+            out.append((family, text))
+    return out
+
+
+def channel_target(address: str) -> str:
+    """The gRPC target of a server address: one "host:port" (or any gRPC target, e.g. `dns:///name:port`) as it
+    is; several comma-separated ones as one `ipv4:` (or `ipv6:`) list of what they resolve to now."""
+    parts = [p.strip() for p in address.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return address.strip()
+    resolved = [r for part in parts for r in _resolve(part)]
+    v4 = [text for family, text in resolved if family == socket.AF_INET]
+    v6 = [text for family, text in resolved if family == socket.AF_INET6]
+    return f"ipv4:{','.join(v4)}" if v4 else f"ipv6:{','.join(v6)}"
+
+
 def open_channel(address: str, security: ChannelSecurity | None = None) -> grpc.Channel:
-    """An insecure channel, or a TLS channel (optionally mutual); the token travels as per-call metadata."""
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    """An insecure channel, or a TLS channel (optionally mutual); the token travels as per-call metadata.
+
+    `address` may name several servers (replicas on one database): "h1:p1,h2:p2", or a DNS name with several
+    records. Calls are balanced over every one that answers (gRPC's round_robin), so when one dies, the next
+    calls (and the client's retries, with the same push numbers) go to the others."""
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+               ("grpc.lb_policy_name", "round_robin")]
     security = security or ChannelSecurity()
+    target = channel_target(address)
+    if target != address.strip():  # a list of addresses: TLS checks the name of the first
+        options.append(("grpc.default_authority", address.split(",")[0].strip()))
     if security.root_certificates is None:
-        return grpc.insecure_channel(address, options=options)
+        return grpc.insecure_channel(target, options=options)
     if security.server_name:
         options.append(("grpc.ssl_target_name_override", security.server_name))
     credentials = grpc.ssl_channel_credentials(security.root_certificates, security.client_key, security.client_cert)
-    return grpc.secure_channel(address, credentials, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def add_tls_arguments(parser: argparse.ArgumentParser) -> None:

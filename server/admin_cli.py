@@ -26,7 +26,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def remote(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", required=True, help="host:port of the merge server")
+        p.add_argument("--server", required=True, help="host:port of the merge server (replicas: several, comma-sep.)")
         p.add_argument("--token", default=os.environ.get("FEDRECON_ADMIN_TOKEN"),
                        help="admin bearer token ($FEDRECON_ADMIN_TOKEN)")
         p.add_argument("--timeout", type=float, default=30.0)

@@ -20,6 +20,7 @@ import urllib.parse
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,10 @@ class DatabaseDamaged(DatabaseError):
     """What the database holds contradicts itself or what this server committed: refused, never served."""
 
 
+class LogBehind(DatabaseError):
+    """A replica's version is older than the oldest log row kept: it must load the checkpoint again."""
+
+
 class DatabaseLocked(DatabaseError):
     """Another process (a second server) already writes this database."""
 
@@ -169,6 +174,8 @@ def unpack_means(blob: bytes, rows: int, dim: int) -> np.ndarray:
 
 class SqliteLog:
     """The on-disk half of the store: schema, log appends (group commits), checkpoints, loading."""
+
+    replicated = False  # one server per file (the flock): nobody else appends, nothing to follow
 
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -243,6 +250,20 @@ class SqliteLog:
                 [(op.version, op.kind, op.client_id, op.actor, op.at) for op in operations if op.kind != "push"])
         if operations:
             self.mark.write(self.store_id, operations[-1].version)
+
+    @contextmanager
+    def batch(self, version: int) -> Iterator[list[Operation]]:
+        """A writer's turn: no other writer, so nothing to catch up (`append` commits on its own)."""
+        yield []
+
+    def read_after(self, version: int) -> list[Operation]:
+        """Operations others committed after `version`: none (one writer)."""
+        return []
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A load needs no snapshot: nobody else writes the file."""
+        yield
 
     def checkpoint(
         self, version: int, classes: list[TableRow], contributions: list[TableRow],

@@ -3,13 +3,16 @@
 The store keeps its state in memory and makes it durable through a Log: one group commit per batch
 (`append`), checkpoints of the changed table rows (`checkpoint`), and the loading of both at start-up.
 `SqliteLog` (a file, the embedded default) and `PostgresLog` (a `postgresql://` libpq URL) implement it.
-A replicated backend follows the same seam: its `append` checks the version counter row and each client's
-row inside the transaction, so exactly-once and commit-ordered versions are decided by the database.
+A replicated backend (`replicated` True: PostgreSQL) has every batch open with `batch(version)`, which locks
+the version counter row and returns what other replicas committed meanwhile; the store applies that, then
+stages and appends inside the same transaction, so exactly-once and commit-ordered versions are decided on
+the database's state. `read_after` is the followers' catch-up read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -27,8 +30,20 @@ class Log(Protocol):
     """Durable storage of one store: an operation log group-committed before any acknowledgement, plus
     checkpointed tables; a restart loads the tables and replays the log after `meta("checkpoint_version")`."""
 
+    replicated: bool  # other servers may append to the same storage (the store then follows the log)
+
     def meta(self, key: str) -> str | None:
         """A metadata value (`store_id`, `checkpoint_version`, `schema`), or None."""
+
+    def batch(self, version: int) -> AbstractContextManager[list[Operation]]:
+        """A writer's turn, yielding the operations others committed after `version`; an `append` inside it
+        commits when it ends (raises, writing nothing, if it cannot)."""
+
+    def read_after(self, version: int) -> list[Operation]:
+        """Operations committed after `version` (by other replicas), in version order."""
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Around a load: everything read inside it is as of one moment."""
 
     def append(self, operations: Iterable[Operation], new_spaces: dict[str, int]) -> None:
         """Durably append operations (versions consecutive, after every earlier one) and new spaces, in one
@@ -62,7 +77,7 @@ class Log(Protocol):
         """The store's epochs (start version, id), a new one starting at `version` when `fork` or there is none."""
 
     def close(self) -> None:
-        """Close the storage and release the one-writer lock."""
+        """Close the storage (SQLite: and release its one-writer lock)."""
 
 
 def is_url(target: str | Path) -> bool:

@@ -1,9 +1,10 @@
 """PostgreSQL persistence for the prototype store (psycopg 3): the same log and tables as `SqliteLog`.
 
-One writer per database: the server holds a session advisory lock on its connection (PostgreSQL releases it
-when that connection or the process ends). Every append also moves the one-row `head` counter from the
-version before its first operation to its last (compare and set, in the same transaction), so two writers
-can never interleave their logs: the counter row a replicated backend will assign versions from.
+Any number of servers (replicas) share one database. Each batch is one transaction that first locks the
+one-row `head` counter (`batch`), reads the operations other replicas committed since this one's version,
+and only then is staged and appended: exactly-once decisions are made on the database's exact state, and
+versions are commit-ordered and gap-free (the next batch cannot take the row before this one commits).
+Every append moves `head` and sends a NOTIFY on `fedrecon_log`; followers (`server.follow`) listen for it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from fedrecon.server.durable import (
     TABLES,
     DatabaseError,
-    DatabaseLocked,
+    LogBehind,
     Operation,
     TableRow,
     content_digest,
@@ -35,10 +36,11 @@ from fedrecon.server.log import AuditRow, ClientRow, redact
 from fedrecon.server.pgerrors import explain
 
 PG_SCHEMA_VERSION = "1"  # of this schema, apart from SQLite's: each backend's schema changes on its own
-LOCK_KEY = int.from_bytes(b"fedrecon", "big")  # the advisory lock of "this database has a writer"
+LOCK_KEY = int.from_bytes(b"fedrecon", "big")  # advisory lock held while a replica creates or checks the schema
 PG_TABLES = TABLES | {"head"}
 CONNECT_TIMEOUT = "10"  # seconds, unless the URL says otherwise
-LOCK_WAIT = "2s"  # how long a new writer waits for the lock before it says another server holds it
+CHANNEL = "fedrecon_log"  # NOTIFY channel: the payload is the head version after a commit
+RETAIN_SECONDS = 60.0  # a checkpoint keeps log rows younger than this, for replicas still catching up
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,13 +99,12 @@ ROWS_QUERY = {
     "contributions": "SELECT client_id, space, class_id, count, sum, version FROM contributions ORDER BY pos",
 }
 AUDIT_QUERY = "SELECT version, kind, client_id, actor, at FROM audit ORDER BY version"
-HOLDER_QUERY = """SELECT a.application_name, a.client_addr, a.pid FROM pg_locks l JOIN pg_stat_activity a
-  ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = %s
-  AND l.objid = %s AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+LOG_QUERY = f"SELECT {LOG_COLUMNS} FROM log WHERE version > %s ORDER BY version"
+RANGE_QUERY = f"SELECT {LOG_COLUMNS} FROM log WHERE version > %s AND version <= %s ORDER BY version"  # up to a head
 
 
 class LogConflict(DatabaseError):
-    """The log's head is not where this server left it: another writer, or a commit whose answer was lost."""
+    """The log's head is not where the append expected it (an append outside `batch` raced another writer)."""
 
 
 def connection_params(url: str) -> dict[str, str]:
@@ -128,6 +129,8 @@ class PostgresLog:
         self.location = redact(url)
         self._params = connection_params(url)
         self._synchronous = synchronous.upper()
+        self.retain_seconds = RETAIN_SECONDS
+        self._batch: psycopg.Cursor | None = None  # the cursor of the open `batch`, which `append` joins
         self.conn = self._connect()
         try:
             self._open()
@@ -138,8 +141,10 @@ class PostgresLog:
             self.conn.close()
             raise
 
+    replicated = True  # several servers may share the database (the store then follows the log)
+
     def _connect(self) -> psycopg.Connection:
-        """A new autocommit connection that holds the writer's advisory lock (DatabaseLocked if another does)."""
+        """A new autocommit connection (with `synchronous_commit = off` when asked)."""
         try:
             conn = psycopg.connect(**self._params, autocommit=True)
         except psycopg.Error as error:
@@ -147,35 +152,36 @@ class PostgresLog:
         try:
             if self._synchronous == "OFF":
                 conn.execute("SET synchronous_commit = off")
-            conn.execute(f"SET lock_timeout = '{LOCK_WAIT}'")  # a crashed writer's backend may still be exiting
-            try:
-                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-            except psycopg.errors.LockNotAvailable:
-                holder = conn.execute(HOLDER_QUERY, (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)).fetchone()
-                who = f" ({holder[0] or 'pid ' + str(holder[2])} holds its lock)" if holder else ""
-                raise DatabaseLocked(f"{self.location} is in use by another fedrecon server{who}; stop that server "
-                                     "or give another --db") from None
-            conn.execute("RESET lock_timeout")
         except BaseException:
             conn.close()
             raise
         return conn
 
+    def listener(self) -> psycopg.Connection:
+        """A connection of its own that LISTENs on the log's channel (for a follower thread)."""
+        conn = self._connect()
+        conn.execute(f"LISTEN {CHANNEL}")
+        return conn
+
     def _live(self) -> psycopg.Connection:
-        """The writer's connection, reconnected (and the lock taken again) if it was lost."""
+        """The writer's connection, reconnected if it was lost."""
         if self.conn.closed or self.conn.broken:
             self.conn.close()
             self.conn = self._connect()
         return self.conn
 
     def _open(self) -> None:
-        """Check the database is fedrecon's (or empty), then create the schema in one transaction."""
+        """Check the database is fedrecon's (or empty), then create the schema in one transaction (replicas
+        starting together take turns: an advisory lock for the transaction)."""
         conn = self.conn
-        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-        if tables - PG_TABLES:
-            raise DatabaseError(f"{self.location} is a PostgreSQL database of something else (tables: "
-                                f"{', '.join(sorted(tables)[:5])}); fedrecon leaves it untouched. Give another --db")
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = "
+                                                 "current_schema()")}
+            if tables - PG_TABLES:
+                raise DatabaseError(f"{self.location} is a PostgreSQL database of something else (tables: "
+                                    f"{', '.join(sorted(tables)[:5])}); fedrecon leaves it untouched. Give another "
+                                    "--db")
             if not tables:
                 conn.execute(SCHEMA)
             found = self.meta("schema")
@@ -200,23 +206,88 @@ class PostgresLog:
             cur.executemany(UPSERT["meta"], items)
 
     def append(self, operations: Iterable[Operation], new_spaces: dict[str, int]) -> None:
-        """Durably append operations (and register new spaces) in one transaction, after the head moved."""
+        """Durably append operations (and register new spaces): inside `batch`, in its transaction (committed when
+        the batch ends); otherwise in a transaction of its own, after the head moved from where they follow."""
         operations = list(operations)
+        if self._batch is not None:
+            self._append(self._batch, operations, new_spaces)
+            return
+        with self._writing() as cur:
+            self._append(cur, operations, new_spaces)
+
+    def _append(self, cur: psycopg.Cursor, operations: list[Operation], new_spaces: dict[str, int]) -> None:
         rows = [(op.version, op.kind, op.client_id, op.space, op.seq,
                  *(op.packed or pack_operation(op.class_ids, op.counts, op.means)),
                  op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at) for op in operations]
         audit = [(op.version, op.kind, op.client_id, op.actor, op.at) for op in operations if op.kind != "push"]
+        if operations:
+            self._advance(cur, operations[0].version - 1, operations[-1].version)
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(operations[-1].version)))  # sent at commit
+        if new_spaces:
+            cur.executemany("INSERT INTO spaces VALUES (%s, %s) ON CONFLICT DO NOTHING", list(new_spaces.items()))
+        with cur.copy(f"COPY log ({LOG_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(LOG_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        if audit:
+            cur.executemany("INSERT INTO audit VALUES (%s, %s, %s, %s, %s)", audit)
+
+    @contextmanager
+    def batch(self, version: int) -> Iterator[list[Operation]]:
+        """One writer's turn: a transaction that holds the `head` row (other replicas' batches wait for its
+        commit), yielding the operations committed after `version` by others; `append` inside it joins it."""
         with self._writing() as cur:
-            if operations:
-                self._advance(cur, operations[0].version - 1, operations[-1].version)
-            if new_spaces:
-                cur.executemany("INSERT INTO spaces VALUES (%s, %s) ON CONFLICT DO NOTHING", list(new_spaces.items()))
-            with cur.copy(f"COPY log ({LOG_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(LOG_TYPES)
-                for row in rows:
-                    copy.write_row(row)
-            if audit:
-                cur.executemany("INSERT INTO audit VALUES (%s, %s, %s, %s, %s)", audit)
+            head = cur.execute("SELECT version FROM head FOR UPDATE").fetchone()[0]
+            others = self._read_after(cur, version, head)
+            self._batch = cur
+            try:
+                yield others
+            finally:
+                self._batch = None
+
+    def read_after(self, version: int) -> list[Operation]:
+        """Operations committed after `version` (a catch-up read, no lock: commits are in version order, so
+        every snapshot holds a prefix of the log)."""
+        with self._writing() as cur:
+            head = cur.execute("SELECT version FROM head").fetchone()[0]
+            return self._read_after(cur, version, head)
+
+    def _read_after(self, cur: psycopg.Cursor, version: int, head: int) -> list[Operation]:
+        """The log rows version+1..head; LogBehind if a checkpoint dropped some, DatabaseError if they are lost."""
+        if head <= version:
+            return []
+        operations = [self._operation(row) for row in cur.execute(RANGE_QUERY, (version, head)).fetchall()]
+        first = operations[0].version if operations else head + 1
+        if first == version + 1 and len(operations) == head - version:  # versions are unique: none missing
+            return operations
+        checkpointed = int(self.meta("checkpoint_version") or 0)
+        if first > version + 1 and checkpointed > version:
+            raise LogBehind(f"{self.location}: this server is at version {version}, the log kept starts at {first} "
+                            f"(checkpoint {checkpointed}): loading the checkpoint again")
+        missing = f"{version + 1}..{first - 1}" if first > version + 1 else f"after {operations[-1].version}"
+        raise DatabaseError(f"{self.location}: the log is at version {head} but operations {missing} are missing; "
+                            "nothing is acknowledged until they are restored")
+
+    @staticmethod
+    def _operation(row: tuple) -> Operation:
+        """An operation from its log row (the push's digest recomputed from the stored content)."""
+        version, kind, client_id, space, seq, ids, counts, means, dim, actor, at = row
+        class_ids = json.loads(ids)
+        counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
+        digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
+        return Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
+                         digest)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One REPEATABLE READ transaction around a load: tables, clients and log as of one moment, whatever
+        other replicas commit or checkpoint meanwhile."""
+        try:
+            with self._live().transaction():
+                self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                yield
+        except psycopg.Error as error:
+            raise self._error(error) from error
 
     @contextmanager
     def _writing(self) -> Iterator[psycopg.Cursor]:
@@ -239,8 +310,13 @@ class PostgresLog:
 
     def checkpoint(self, version: int, classes: list[TableRow], contributions: list[TableRow],
                    clients: list[ClientRow]) -> None:
-        """Write changed table rows and drop the log up to `version`, atomically."""
+        """Write changed table rows as the state at `version`, unless another replica already checkpointed at
+        `version` or later (checkpoints take turns on the meta row); drop the log up to `version` except the
+        rows younger than `retain_seconds`, which replicas still catching up read."""
         with self._writing() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'checkpoint_version' FOR UPDATE").fetchone()
+            if row is not None and int(row[0]) >= version:
+                return
             cur.execute(STAGE)  # rows go in by COPY, then one upsert per table: several times executemany's speed
             with cur.copy("COPY staged FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(STAGE_TYPES)
@@ -250,7 +326,8 @@ class PostgresLog:
             cur.execute(FROM_STAGE["classes"])
             cur.execute(FROM_STAGE["contributions"])
             cur.executemany(UPSERT["clients"], clients)
-            cur.execute("DELETE FROM log WHERE version <= %s", (version,))
+            cur.execute("DELETE FROM log WHERE version <= (SELECT coalesce(max(version), 0) FROM log WHERE "
+                        "version <= %s AND at < %s)", (version, time.time() - self.retain_seconds))
             cur.execute(UPSERT["meta"], ("checkpoint_version", str(version)))
 
     def load_spaces(self) -> dict[str, int]:
@@ -279,14 +356,10 @@ class PostgresLog:
 
     def load_log(self, after: int) -> Iterator[Operation]:
         """Logged operations after a version, in order."""
-        query = f"SELECT {LOG_COLUMNS} FROM log WHERE version > %s ORDER BY version"
-        for version, kind, client_id, space, seq, ids, counts, means, dim, actor, at in self._stream(query, (after,)):
-            class_ids = json.loads(ids)
-            counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
-            digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
-            yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
-                            digest)
-            after = version
+        for row in self._stream(LOG_QUERY, (after,)):
+            operation = self._operation(row)
+            yield operation
+            after = operation.version
         head = self.conn.execute("SELECT version FROM head").fetchone()[0]
         if head != after:  # every commit moves the head with its log rows: a difference means rows went missing
             raise DatabaseError(f"{self.location}: the log ends at version {after} but its head says {head}")
@@ -299,8 +372,11 @@ class PostgresLog:
         """The store's epochs (`next_epochs`), kept in `meta` as SQLite keeps them."""
         epochs, changed = next_epochs(self.meta("epochs"), version, fork)
         if changed:
-            with self.conn.transaction():
-                self._set_meta([("epochs", changed)])
+            with self.conn.transaction():  # under the head row's lock: replicas starting together agree
+                self.conn.execute("SELECT version FROM head FOR UPDATE")
+                epochs, changed = next_epochs(self.meta("epochs"), version, fork)
+                if changed:
+                    self._set_meta([("epochs", changed)])
         return epochs
 
     def read_audit(self) -> list[AuditRow]:
@@ -318,11 +394,5 @@ class PostgresLog:
         return DatabaseError(text.replace(password, "***") if password else text)
 
     def close(self) -> None:
-        """Release the advisory lock (at once, not when the backend gets round to exiting), close the connection."""
-        try:
-            if not (self.conn.closed or self.conn.broken):
-                self.conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-        except psycopg.Error:
-            pass  # the lock goes with the connection anyway
-        finally:
-            self.conn.close()
+        """Close the connection."""
+        self.conn.close()

@@ -41,6 +41,8 @@ from fedrecon.server.stream import EMPTY, END, StreamWindow
 
 log = logging.getLogger("fedrecon.service")
 
+UNAVAILABLE_RETRY_MS = "500"  # the retry hint of an UNAVAILABLE refusal (the database unreachable, a replica behind)
+
 
 def limits_message(limits: Limits) -> pb.Limits:
     """The limits as the wire message that Info returns."""
@@ -120,7 +122,20 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         log.info("%s refused: %s", rpc_name, error, extra={"status": code.name})
         if isinstance(error, StoreBusy):  # transient: the trailer says when to retry
             refuse_for_now(context, error.retry_after, str(error))
+        if isinstance(error, StoreUnavailable):
+            context.set_trailing_metadata(((trailers.RETRY_AFTER_MS, UNAVAILABLE_RETRY_MS),))
         context.abort(code, str(error))
+
+    def _await_caller(self, context: grpc.ServicerContext, since: int = 0) -> None:
+        """Wait (bounded) until this replica has applied the version the caller last saw (`fedrecon-min-version`,
+        e.g. its own push on another replica) and `since`; UNAVAILABLE (retry, maybe on another replica) if not."""
+        wanted = since
+        for key, value in context.invocation_metadata() or ():
+            if key == trailers.MIN_VERSION and value.isdigit():
+                wanted = max(wanted, int(value))
+        if wanted and not self.store.await_version(wanted) and wanted > since:
+            raise StoreUnavailable(f"this server has applied version {self.store.version}, the caller has seen "
+                                   f"{wanted}; it did not catch up in time (retry)")
 
     def _submit(self, request: pb.PushRequest, context: grpc.ServicerContext, after: Pending | None = None) -> Pending:
         """Identify, decode and queue one push (the store checks the rules); `after`: the stream's previous push."""
@@ -211,6 +226,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802
         """Merged prototypes of a space changed since a version, one page at a time."""
         try:
+            self._await_caller(context, request.since)
             self.store.check_since(request.since, request.epoch)
             return self._page(request.space, request.since, request.page_token, request.dtype,
                               request.max_reply_bytes)
@@ -233,6 +249,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         try:
             self.limits.check_text("space", request.space)
             codec.dtype_code(request.dtype or pb.FLOAT32)
+            self._await_caller(context, request.since)
             self.store.check_since(request.since, request.epoch)
             caller = self.identify(request, context)
             revoked = self.store.revoked_at(caller) if caller else 0

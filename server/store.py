@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,11 +28,13 @@ from fedrecon.proto.prototypes import PrototypeTable, sums_of
 from fedrecon.server.durable import (
     DatabaseDamaged,
     DatabaseError,
+    LogBehind,
     Operation,
     TableRow,
     content_digest,
     pack_operation,
 )
+from fedrecon.server.follow import Follower, Following, token_version
 from fedrecon.server.log import Log, location, open_log
 from fedrecon.server.paging import REPLY_OVERHEAD, ROW_OVERHEAD, BadPageToken, Cursor, page_rows
 
@@ -288,8 +291,9 @@ def check_values(requests: list[Pending]) -> None:
         start += len(request.class_ids)
 
 
-class PrototypeStore:
-    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory."""
+class PrototypeStore(Following):
+    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory; on a
+    shared log it follows what the other replicas commit (`Following`)."""
 
     def __init__(
         self,
@@ -332,6 +336,8 @@ class PrototypeStore:
         self._failing = ""  # the durability error being reported, so a full disk is logged once, not per batch
         self._writer: threading.Thread | None = None
         self.epochs: list[tuple[int, str]] = [(0, uuid.uuid4().hex)]  # (start version, id): one where history forks
+        self._follower: Follower | None = None
+        self._catch_up_wanted = False  # a follower (or a pull ahead of this replica) asks the writer to catch up
         if self.path is not None:
             self._log = open_log(path, synchronous)  # SqliteLog, or PostgresLog for a postgresql:// URL
             try:
@@ -345,6 +351,8 @@ class PrototypeStore:
                                     "the database from a backup and start once with --repair") from error
             self._writer = threading.Thread(target=self._writer_loop, name="fedrecon-store-writer", daemon=True)
             self._writer.start()
+            if self._log.replicated:  # other servers append to the same log: follow it
+                self._follower = Follower(self._log.listener, self.request_catch_up).start()
 
     # ----------------------------------------------------------------------------- public API
     def push(
@@ -406,8 +414,10 @@ class PrototypeStore:
         """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes).
 
         With `max_bytes` the answer is one page of at most that many wire bytes (means of `itemsize`
-        bytes); pass its `next_page_token` back as `page_token` for the next (see `paging`).
+        bytes); pass its `next_page_token` back as `page_token` for the next (see `paging`). A replica behind
+        `since` (or the token) first waits for it to catch up (`await_version`).
         """
+        self.await_version(max(since, token_version(page_token) if page_token else 0))
         with self._lock:
             self.check_since(since)
             try:
@@ -532,6 +542,8 @@ class PrototypeStore:
                 return
             self._closing = True
             self._queue_cond.notify_all()
+        if self._follower is not None:
+            self._follower.stop()
         with self._changed:
             self._changed.notify_all()
         if self._writer is not None:
@@ -572,10 +584,11 @@ class PrototypeStore:
     def _writer_loop(self) -> None:
         while True:
             with self._queue_cond:
-                if not self._queue and not self._closing:
+                if not self._queue and not self._closing and not self._catch_up_wanted:
                     self._queue_cond.wait(timeout=self.checkpoint_seconds)
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
                 closing = self._closing and not self._queue
+                follow, self._catch_up_wanted = self._catch_up_wanted, False
             if batch:
                 try:
                     self._process(batch)
@@ -587,6 +600,8 @@ class PrototypeStore:
                             request.done.set()
                 with self._queue_cond:
                     self._queued_bytes -= sum(request.nbytes for request in batch)
+            elif follow:  # a batch catches up anyway
+                self._follow()
             if closing or self._checkpoint_due():
                 try:
                     self._checkpoint()
@@ -617,10 +632,46 @@ class PrototypeStore:
                     request.packed = pack_operation(request.class_ids, request.counts, request.means)
 
     def _process(self, batch: list[Pending]) -> None:
-        """Validate a batch, make it durable in one commit, then apply and acknowledge it."""
+        """Validate a batch, make it durable in one commit, then apply and acknowledge it. On a shared log the
+        batch first catches up with what others committed, under the database's lock (`Log.batch`), so it is
+        validated against the database's exact state; if that cannot be done, nothing is answered but UNAVAILABLE."""
+        self._check_contents(batch)
+        stage, staged = _Stage(self.version), None
+        try:
+            with self._batch() as others:
+                self._catch_up(others)
+                stage, staged = self._stage_all(batch)
+                if stage.ops and self._log is not None:
+                    self._log.append(stage.ops, stage.new_spaces)
+        except Exception as error:  # noqa: BLE001 - refuse the batch, change nothing
+            self._report_failure("commit", error)
+            for request in staged if staged is not None else [r for r in batch if r.error is None]:
+                request.result = None
+                request.error = StoreUnavailable(f"could not make the push durable: {error}")
+            stage.ops = []
+            if isinstance(error, LogBehind):
+                self._reload()
+        else:
+            if stage.ops and self._log is not None:
+                self.commits += 1
+                self.committed_operations += len(stage.ops)
+                self._report_recovery()
+        with self._changed:
+            self._apply_all(stage.ops)
+            if stage.ops:
+                self._changed.notify_all()
+        for request in batch:
+            request.after = request.counts = request.means = request.sums = request.packed = None  # answered:
+            request.done.set()  # keep nothing the caller does not need (a long stream's pushes would add up)
+
+    def _batch(self) -> AbstractContextManager[list[Operation]]:
+        """The log's batch (what others committed since this store's version), or none for an in-memory store."""
+        return nullcontext([]) if self._log is None else self._log.batch(self.version)
+
+    def _stage_all(self, batch: list[Pending]) -> tuple[_Stage, list[Pending]]:
+        """Stage a batch's requests against the current state; also returns those whose answers need the commit."""
         stage = _Stage(self.version)
         staged: list[Pending] = []
-        self._check_contents(batch)
         for request in batch:
             if request.error is not None:  # refused by the content checks
                 continue
@@ -632,26 +683,7 @@ class PrototypeStore:
             if len(stage.ops) > before or (request.result is not None and request.client_id in stage.clients):
                 staged.append(request)  # its answer stands or falls with this commit (a retry: its original's)
         self._keep_digests(stage)
-        if stage.ops and self._log is not None:
-            try:
-                self._log.append(stage.ops, stage.new_spaces)
-                self.commits += 1
-                self.committed_operations += len(stage.ops)
-            except Exception as error:  # noqa: BLE001 - refuse the batch, change nothing
-                self._report_failure("commit", error)
-                for request in staged:
-                    request.result = None
-                    request.error = StoreUnavailable(f"could not make the push durable: {error}")
-                stage.ops = []
-            else:
-                self._report_recovery()
-        with self._changed:
-            self._apply_all(stage.ops)
-            if stage.ops:
-                self._changed.notify_all()
-        for request in batch:
-            request.after = request.counts = request.means = request.sums = request.packed = None  # answered:
-            request.done.set()  # keep nothing the caller does not need (a long stream's pushes would add up)
+        return stage, staged
 
     def _stage(self, request: Pending, stage: _Stage) -> PushAck:
         """Check one request against the state plus the batch so far; record its operation."""
@@ -846,6 +878,16 @@ class PrototypeStore:
         what is loaded (checksums, the log's continuity, counts against contributions, the high-water mark):
         a mismatch refuses to start (DatabaseDamaged), or with `repair` is mended where it can be and logged."""
         assert self._log is not None
+        with self._log.snapshot():  # other replicas may commit and checkpoint meanwhile
+            replayed = self._load_snapshot(repair)
+        continuous = self._log.check_high_water(self.version, repair)
+        self.epochs = self._log.epochs(self.version, fork=not continuous)
+        log.info("store %s loaded: version %d (%d operations replayed from the log)", self.path, self.version,
+                 replayed)
+
+    def _load_snapshot(self, repair: bool) -> int:
+        """The load itself, inside one snapshot of the database; returns how many logged operations it replayed."""
+        assert self._log is not None
         self.store_id = self._log.meta("store_id") or "unknown"
         self.dims = self._log.load_spaces()
         damaged: list[TableRow] | None = [] if repair else None
@@ -876,10 +918,7 @@ class PrototypeStore:
                                       f"operations {self.version + 1}..{op.version - 1} are missing")
             self._apply(op)
             replayed += 1
-        continuous = self._log.check_high_water(self.version, repair)
-        self.epochs = self._log.epochs(self.version, fork=not continuous)
-        log.info("store %s loaded: version %d (%d operations replayed from the log)", self.path, self.version,
-                 replayed)
+        return replayed
 
     def _verify_counts(self, repair: bool) -> None:
         """Each checkpointed class's count equals the sum of its contributors' counts; with `repair`, a class

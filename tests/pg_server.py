@@ -69,6 +69,19 @@ class PgCluster:
                         f"--pwfile={self.root / 'pw'}", "--no-sync"],
                        check=True, capture_output=True, **self._run_as())
         self.log = open(self.root / "server.log", "w")  # noqa: SIM115 - closed in stop()
+        self._spawn(timeout)
+        return self
+
+    def restart_immediate(self, timeout: float = 60.0) -> None:
+        """Crash-stop the server as `pg_ctl stop -m immediate` does (SIGQUIT to the postmaster: no shutdown
+        checkpoint, recovery at the next start) and start it again on the same folder and port."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGQUIT)
+        self.process.wait(timeout)
+        self._spawn(timeout)
+
+    def _spawn(self, timeout: float) -> None:
+        """Start the postmaster and wait until it accepts logins."""
         self.process = subprocess.Popen(
             [str(self.bin_dir / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
@@ -80,7 +93,6 @@ class PgCluster:
                 self.stop()
                 raise RuntimeError(f"PostgreSQL did not start: {self.log_tail()}")
             time.sleep(0.1)
-        return self
 
     def _ready(self) -> bool:
         import psycopg

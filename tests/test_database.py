@@ -1,4 +1,4 @@
-"""The database: one writer at a time (SQLite and PostgreSQL), clean start-up errors for damaged, read-only
+"""The database: one writer at a time (SQLite; PostgreSQL takes replicas), clean start-up errors for damaged, read-only
 or foreign files, disk full."""
 
 import logging
@@ -21,8 +21,9 @@ def _server_argv(db: Path | str) -> list[str]:
     return [*FEDRECON, "server", "--host", "127.0.0.1", "--port", "0", "--db", str(db), "--insecure"]
 
 
-def test_second_store_on_the_same_database_is_refused(db_target) -> None:
-    db = db_target
+def test_second_store_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    """SQLite has one writer (PostgreSQL takes replicas: tests/test_replicas.py)."""
+    db = tmp_path / "store.db"
     first = PrototypeStore(db)
     first.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
     with pytest.raises(DatabaseLocked, match="in use by another fedrecon server"):
@@ -32,8 +33,8 @@ def test_second_store_on_the_same_database_is_refused(db_target) -> None:
         assert again.version == 1
 
 
-def test_second_server_process_refuses_to_start_and_a_killed_one_leaves_no_lock(db_target) -> None:
-    db = db_target
+def test_second_server_process_refuses_to_start_and_a_killed_one_leaves_no_lock(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
     process, _ = start_server(db)
     try:
         second = subprocess.run(_server_argv(db), capture_output=True, text=True, timeout=60)
