@@ -2,7 +2,8 @@
 
 `flwr run .` reads `[tool.flwr.app.config]` from pyproject.toml (override with `--run-config`):
 dataset (`glyphs` | `omniglot`), data-dir, encoder, clients, missions, ways, shots, queries, seed,
-dtype, db (SQLite path for a durable store; empty: in memory), out (write results JSON there),
+dtype, db (SQLite path or postgresql:// URL of a durable store, shared with `fedrecon server` replicas; empty:
+in memory), out (write results JSON there),
 timeout (seconds a round waits for replies), wait-nodes (seconds to wait for `clients` nodes at the
 start), min-nodes (the fewest nodes a round may go on with; 0: any). The results are also logged as
 one JSON line. A run that cannot finish (fewer nodes than min-nodes answer) raises, so the ServerApp

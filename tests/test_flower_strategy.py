@@ -126,3 +126,31 @@ def test_a_rerun_on_the_same_db_merges_nothing_twice(tmp_path: Path) -> None:
     assert sum(r["merged_classes"] for r in first) == 18 and sum(r["already_merged"] for r in first) == 0
     assert sum(r["merged_classes"] for r in again) == 0 and sum(r["already_merged"] for r in again) == 9
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]
+
+
+def _counts(store: PrototypeStore) -> dict[str, int]:
+    pulled = store.pull(SPACE)
+    return dict(zip(pulled.class_ids, pulled.counts.tolist(), strict=True))
+
+
+def test_flower_rounds_and_grpc_clients_merge_into_one_federation_on_postgresql(pg_url: str) -> None:
+    """Issue #23 item 4: the ServerApp's store takes the same `postgresql://` URL as `fedrecon server`, so Flower
+    rounds and gRPC clients of a replica merge into one table, and each side sees the other's classes."""
+    from helpers import ServerProcess, wait_until
+
+    from fedrecon.client.recon_client import ReconClient
+
+    with PrototypeStore(pg_url) as store:
+        run(store, ScriptedGrid())
+        flower = _counts(store)
+        assert sum(flower.values()) == 18 * 3
+        server = ServerProcess(pg_url).start()
+        try:
+            with ReconClient(server.address, "grpc-client", state_path=None) as client:
+                client.push(SPACE, ["c0", "g0"], [2, 5], np.full((2, 4), 7.0))
+                pulled = client.pull(SPACE)
+            merged = dict(zip(pulled.class_ids, pulled.counts.tolist(), strict=True))
+            assert merged == {**flower, "c0": flower.get("c0", 0) + 2, "g0": 5}
+            assert wait_until(lambda: _counts(store) == merged, timeout=10)  # the ServerApp's store follows
+        finally:
+            server.stop()
