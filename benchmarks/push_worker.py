@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from fedrecon.proto import codec
+from fedrecon.proto.channel import open_channel
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.auth import PUSH_STREAM_METHOD
@@ -42,7 +43,7 @@ def run_worker(address: str, client_id: str, space: str, dim: int, batch: int, u
     `window` 0: one unary Push at a time; N > 0: one PushStream call with up to N pushes unanswered.
     """
     requests = requests_for(client_id, space, dim, batch, universe, seed=seed)
-    channel = grpc.insecure_channel(address)
+    channel = open_channel(address)  # one server, or replicas: "h1:p1,h2:p2" (round robin)
     stub = rpc.ReconnaissanceStub(channel)
     grpc.channel_ready_future(channel).result(timeout=30)
     ready.set()

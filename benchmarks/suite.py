@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from fedrecon.benchmarks.common import machine
 
-BENCHMARKS = ("wire", "merge", "pull", "client", "classify", "scale", "fedavg")
+BENCHMARKS = ("wire", "merge", "pull", "client", "classify", "scale", "fedavg", "cluster")
 MODULES = {"wire": "wire", "merge": "merge", "pull": "sync", "client": "client_cost", "classify": "classify",
-           "scale": "scale", "fedavg": "fedavg"}
+           "scale": "scale", "fedavg": "fedavg", "cluster": "cluster"}
 
 # (figure, reference figure or None, target text, check on the value or None, unit)
 HEADLINES: list[tuple[str, str | None, str, Callable[[float], bool] | None, str]] = [
@@ -78,6 +78,16 @@ HEADLINES: list[tuple[str, str | None, str, Callable[[float], bool] | None, str]
     ("scale.flower.wall_s", None, "", None, "s"),
     ("scale.flower.peak_rss_mb", None, "", None, "MiB"),
     ("fedavg.bytes_ratio", None, "", None, "x (FedAvg / prototypes)"),
+    ("cluster.sqlite.updates_per_s", None, "", None, "updates/s"),
+    ("cluster.postgres_1_replicas.updates_per_s", "cluster.sqlite.updates_per_s", "", None, "updates/s"),
+    ("cluster.postgres_2_replicas.updates_per_s", "cluster.sqlite.updates_per_s", "", None, "updates/s"),
+    ("cluster.postgres_3_replicas.updates_per_s", "cluster.sqlite.updates_per_s", "", None, "updates/s"),
+    ("cluster.postgres_3_replicas.server_cpu_us_per_push", "cluster.postgres_1_replicas.server_cpu_us_per_push", "",
+     None, "us CPU (replicas)"),
+    ("cluster.postgres_3_replicas.postgres_cpu_us_per_push", "cluster.postgres_1_replicas.postgres_cpu_us_per_push",
+     "", None, "us CPU (PostgreSQL)"),
+    ("cluster.postgres_3_replicas.idle_2core_estimate_updates_per_s", None, "", None, "updates/s (estimate)"),
+    ("cluster.cross_replica_pull.p50_ms", None, "", None, "ms"),
 ]
 
 

@@ -35,7 +35,7 @@ def _required() -> bool:
 @pytest.fixture(scope="session")
 def pg_cluster():
     """One throwaway PostgreSQL cluster for the session (started on first use, stopped by its own handle)."""
-    from pg_server import PgCluster, find_bin_dir
+    from fedrecon.benchmarks.pg_cluster import PgCluster, find_bin_dir
 
     bin_dir = find_bin_dir()
     if bin_dir is None:

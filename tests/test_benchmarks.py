@@ -180,3 +180,17 @@ def test_thread_cpu_reads_each_thread_of_a_process() -> None:
     worker.join()
     assert native[0] in cpu and threading.get_native_id() in cpu
     assert cpu[native[0]] >= 0.1 and all(value >= 0 for value in cpu.values())
+
+
+def test_cluster_bench_tiny(tmp_path) -> None:
+    """`fedrecon bench --only cluster`: the same clients against SQLite and 1-3 replicas, CPU per part, and a pull
+    from a replica that did not take the push (it must see it)."""
+    from fedrecon.benchmarks import cluster
+
+    r = cluster.run(quick=True, workdir=tmp_path, clients=2)
+    for name in ("sqlite", "postgres_1_replicas", "postgres_2_replicas", "postgres_3_replicas"):
+        assert r[name]["pushes"] > 0 and positive(r[name]["updates_per_s"]), name
+        assert positive(r[name]["server_cpu_us_per_push"]) and positive(r[name]["client_cpu_us_per_push"]), name
+    for n in (1, 2, 3):
+        assert positive(r[f"postgres_{n}_replicas"]["postgres_cpu_us_per_push"])
+    assert r["cross_replica_pull"]["pulls_that_saw_the_push"] == r["cross_replica_pull"]["n"] == 20

@@ -110,7 +110,7 @@ def test_a_lost_connection_is_opened_again_and_the_retry_is_exactly_once(pg_url:
 
 
 def test_a_url_without_password_takes_it_from_the_environment(pg_url: str, monkeypatch) -> None:
-    from pg_server import PASSWORD
+    from fedrecon.benchmarks.pg_cluster import PASSWORD
 
     monkeypatch.setenv("PGPASSWORD", PASSWORD)  # libpq's own ways (PGPASSWORD, ~/.pgpass) keep it off the command line
     with PrototypeStore(pg_url.replace(f":{PASSWORD}@", "@")) as store:

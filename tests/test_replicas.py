@@ -279,9 +279,8 @@ def test_a_replica_without_its_database_acknowledges_nothing_and_recovers(pg_url
 @pytest.mark.slow
 def test_cluster_faults_benchmark_small(pg_cluster) -> None:
     """Replicas SIGKILLed and the database itself crash-restarted (its own throwaway cluster) mid-run."""
-    from pg_server import PgCluster
-
     from fedrecon.benchmarks.cluster_faults import run
+    from fedrecon.benchmarks.pg_cluster import PgCluster
 
     cluster = PgCluster(pg_cluster.bin_dir).start()
     try:

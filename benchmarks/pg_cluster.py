@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb in a temporary folder, `postgres` on a free loopback port.
+"""A throwaway PostgreSQL cluster for tests and benchmarks: initdb in a temporary folder, `postgres` on a free
+loopback port.
 
 PostgreSQL refuses to run as root, and CI runs as root: then the folder belongs to the `postgres` system user
 and initdb and the server run as that user (Popen's `user=`, so the handle is the postmaster itself). Logins
