@@ -67,7 +67,7 @@ def push_request_size(client_id: str, space: str, seq: int, class_ids: Sequence[
 def pull_reply_size(pulled: Snapshot, dtype: str) -> int:
     """Serialized size of the PullReply that carried `pulled` (re-encoding gives the same bytes)."""
     classes = codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means, dtype)
-    return pb.PullReply(space=pulled.space, version=pulled.version, classes=classes).ByteSize()
+    return pb.PullReply(space=pulled.space, version=pulled.version, classes=classes, epoch=pulled.epoch).ByteSize()
 
 
 class _DirectContext:
@@ -81,6 +81,9 @@ class _DirectContext:
 
     def is_active(self) -> bool:
         return True
+
+    def invocation_metadata(self) -> tuple:
+        return ()
 
 
 class InprocTransport(Transport):
