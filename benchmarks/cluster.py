@@ -22,7 +22,7 @@ from fedrecon.benchmarks.common import percentiles
 from fedrecon.benchmarks.merge import grpc_rate
 from fedrecon.benchmarks.pg_cluster import PgCluster, find_bin_dir
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.server.process import ServerProcess
+from fedrecon.experiments.process import ServerProcess
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -30,7 +30,7 @@ import numpy as np
 
 from fedrecon.benchmarks.crash_safety import SPACE, expected_tables, read_acks
 from fedrecon.benchmarks.harness import free_port, percentiles_ms, print_result
-from fedrecon.server.process import ServerProcess
+from fedrecon.experiments.process import ServerProcess
 
 
 def start_clients(addresses: str, workdir: Path, clients: int, pool: int, dim: int, stream: int) -> list:

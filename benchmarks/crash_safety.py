@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fedrecon.benchmarks.harness import free_port, print_result
-from fedrecon.server.process import FEDRECON, ServerProcess
+from fedrecon.experiments.process import FEDRECON, ServerProcess
 
 SPACE = "crash"
 

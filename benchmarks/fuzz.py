@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from fedrecon.benchmarks.harness import free_port, print_result
 from fedrecon.benchmarks.hostile import Outcome, Target, actions
+from fedrecon.experiments.process import ServerProcess
 from fedrecon.proto.v1 import recon_pb2 as pb
-from fedrecon.server.process import ServerProcess
 
 
 def run(requests: int, seed: int = 0, millions: int = 2, bound_pushes: int = 66) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrecon.server.process import FEDRECON, free_port  # noqa: F401 - re-exported for the scripts
+from fedrecon.experiments.process import FEDRECON, free_port  # noqa: F401 - re-exported for the scripts
 
 
 def percentiles_ms(samples_s: list[float]) -> dict[str, float | None]:

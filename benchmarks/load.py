@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.benchmarks.harness import free_port, percentiles_ms, print_result
-from fedrecon.server.process import ServerProcess
+from fedrecon.experiments.process import ServerProcess
 
 SPACE = "load"
 

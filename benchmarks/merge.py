@@ -20,9 +20,9 @@ from pathlib import Path
 
 from fedrecon.benchmarks.common import percentiles, ratio
 from fedrecon.benchmarks.push_worker import requests_for, run_worker
+from fedrecon.experiments.process import ServerProcess
 from fedrecon.proto import codec
 from fedrecon.proto.prototypes import PrototypeTable
-from fedrecon.server.process import ServerProcess
 from fedrecon.server.store import PrototypeStore
 
 SPACE = "bench-space"

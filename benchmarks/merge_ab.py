@@ -20,8 +20,8 @@ from pathlib import Path
 
 from fedrecon.benchmarks.harness import print_result
 from fedrecon.benchmarks.merge import grpc_rate
+from fedrecon.experiments.process import FEDRECON, ServerProcess
 from fedrecon.layout import checkout_runner
-from fedrecon.server.process import FEDRECON, ServerProcess
 
 SERVER_ARGS = ["--port", "0", "--insecure", "--synchronous", "FULL", "--db"]
 

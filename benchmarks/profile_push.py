@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fedrecon.benchmarks.harness import print_result
 from fedrecon.benchmarks.merge import grpc_rate
-from fedrecon.server.process import ServerProcess
+from fedrecon.experiments.process import ServerProcess
 
 # (layer, substrings of a frame `function (file)`), tried from the innermost frame outwards; first match wins
 LAYERS: list[tuple[str, tuple[str, ...]]] = [

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from fedrecon.benchmarks.common import percentiles, ratio
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.server.process import ServerProcess
+from fedrecon.experiments.process import ServerProcess
 from fedrecon.server.store import PrototypeStore
 
 PUSH_CHUNK = 4096

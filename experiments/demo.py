@@ -21,8 +21,8 @@ import numpy as np
 from fedrecon.client.data import load_dataset
 from fedrecon.client.encoder import load_encoder_spec
 from fedrecon.experiments.datasets import class_counts
+from fedrecon.experiments.process import ServerProcess
 from fedrecon.experiments.protocols import federated
-from fedrecon.server.process import ServerProcess
 
 
 class ClientProcess:

@@ -15,10 +15,10 @@ import grpc
 import numpy as np
 
 from fedrecon.client.recon_client import ReconClient, pulled_from_reply
+from fedrecon.experiments.process import ServerProcess
 from fedrecon.proto import codec
 from fedrecon.proto.payloads import Snapshot
 from fedrecon.proto.v1 import recon_pb2 as pb
-from fedrecon.server.process import ServerProcess
 from fedrecon.server.service import ReconnaissanceService
 from fedrecon.server.store import PrototypeStore
 

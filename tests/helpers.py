@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fedrecon.server.process import FEDRECON, ServerProcess, free_port  # noqa: F401 - for the tests
+from fedrecon.experiments.process import FEDRECON, ServerProcess, free_port  # noqa: F401 - for the tests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
