@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_DIR ?= $(abspath ../shared/data)
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint stubs clean encoder
+.PHONY: venv demo test lint stubs clean encoder encoder-proxy
 
 $(BIN)/fedrecon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ PRETRAIN = $(BIN)/fedrecon pretrain --dataset omniglot --data-dir $(DATA_DIR)/om
 encoder: venv
 	$(PRETRAIN) --out $(ENCODER_OUT)/long.pt --episodes 20000 --stop-after 7800 --lr 1e-3 --seed 0
 	$(PRETRAIN) --out $(ENCODER_OUT)/omniglot.pt --init $(ENCODER_OUT)/long.last.pt --episodes 2000 --lr 6.7e-4 --seed 1
+
+# Issue #26's candidate: supervised proxy pretraining (5,000 steps), then 15,000 episodic 100-way steps from it,
+# the same 20,000-step budget (docs/experiments.md, "Proxy, then episodic, at full length"). Resumable.
+PROXY_OUT ?= runs/encoder-proxy
+PROXY_COMMON = $(BIN)/fedrecon pretrain --dataset omniglot --data-dir $(DATA_DIR)/omniglot --val-alphabets 5 \
+	--val-every 500 --val-episodes 1000 --save-every 50 --keep best --augment --device $(DEVICE) --resume
+encoder-proxy: venv
+	$(PROXY_COMMON) --out $(PROXY_OUT)/proxy.pt --method proxy --batch-size 600 --episodes 5000 --lr 1e-3 --seed 0
+	$(PROXY_COMMON) --out $(PROXY_OUT)/episodic.pt --init $(PROXY_OUT)/proxy.last.pt --method proto --ways 100 \
+		--shots 1 --queries 5 --episodes 15000 --lr 1e-3 --seed 1
 
 stubs: venv
 	$(BIN)/python -m fedrecon.proto.generate
