@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_suite(args.quick, args.out, only, args.data_dir, args.flower_clients, args.flower_timeout,
                             command, args.wire_encoder)
     except ValueError as error:
-        raise SystemExit(f"fedrecon bench: {error}") from error
+        raise SystemExit(str(error)) from error
     print(json.dumps(results, indent=2, default=str))
     failed = [k for k in only if "error" in results.get(k, {})]
     return 1 if failed else 0

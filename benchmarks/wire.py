@@ -102,11 +102,11 @@ def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str =
 
     `gzip` turns on gRPC message compression for the channel (it mostly shrinks the class ids).
     """
-    from fedrecon.server.app import ReconServer
+    from fedrecon.server.serve import ServerConfig, serve
     from fedrecon.server.store import PrototypeStore
 
     store = PrototypeStore(None)
-    server = ReconServer(store, "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), store)
     proxy = CountingProxy(server.address)
     try:
         import grpc

@@ -37,46 +37,59 @@ class CommandError(Exception):
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the client subcommands."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _learner_parsers(sub)
+    _status_parser(sub)
+    _push_parser(sub)
+    _pull_watch_info_parsers(sub)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", required=True,
-                       help="host:port of the merge server; several replicas on one database as host1:port1,"
-                       "host2:port2 (or a DNS name with several records): calls are balanced over them and go on "
-                       "on another when one dies, with the same push numbers")
-        p.add_argument("--timeout", type=float, default=30.0,
-                       help="seconds one operation may take, retries of transient failures included")
-        p.add_argument("--connect-timeout", type=float, default=5.0,
-                       help="seconds to wait for the server to accept a connection")
-        p.add_argument("--token", default=os.environ.get("FEDRECON_TOKEN"), help="bearer token ($FEDRECON_TOKEN)")
-        add_tls_arguments(p)
 
-    def learner_options(p: argparse.ArgumentParser) -> None:
-        common(p)
-        p.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
-        p.add_argument("--encoder", required=True,
-                       help="shipped encoder (omniglot, omniglot-paper, glyphs: handwriting), an imported encoder's "
-                       "name (fedrecon encoder import), an exported .onnx file or a checkpoint path")
-        p.add_argument("--state-dir", type=Path, default=default_state_dir(),
-                       help="where client state lives ($FEDRECON_STATE_DIR)")
-        p.add_argument("--device", default="cpu", help="torch device for embedding: cpu, cuda, auto")
+def _common(p: argparse.ArgumentParser) -> None:
+    """--server, --timeout, --connect-timeout, --token and TLS: how every action reaches the server."""
+    p.add_argument("--server", required=True,
+                   help="host:port of the merge server; several replicas on one database as host1:port1,"
+                   "host2:port2 (or a DNS name with several records): calls are balanced over them and go on "
+                   "on another when one dies, with the same push numbers")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds one operation may take, retries of transient failures included")
+    p.add_argument("--connect-timeout", type=float, default=5.0,
+                   help="seconds to wait for the server to accept a connection")
+    p.add_argument("--token", default=os.environ.get("FEDRECON_TOKEN"), help="bearer token ($FEDRECON_TOKEN)")
+    add_tls_arguments(p)
 
+
+def _learner_options(p: argparse.ArgumentParser) -> None:
+    """The common options plus who the client is: --client-id, --encoder, --state-dir, --device."""
+    _common(p)
+    p.add_argument("--client-id", required=True, help="this client's name (its state is <state-dir>/<id>.db)")
+    p.add_argument("--encoder", required=True,
+                   help="shipped encoder (omniglot, omniglot-paper, glyphs: handwriting), an imported encoder's "
+                   "name (fedrecon encoder import), an exported .onnx file or a checkpoint path")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                   help="where client state lives ($FEDRECON_STATE_DIR)")
+    p.add_argument("--device", default="cpu", help="torch device for embedding: cpu, cuda, auto")
+
+
+def _learner_parsers(sub: Any) -> None:
+    """`learn`, `sync` and `classify`: the actions that keep a client's memory in its state."""
     learn = sub.add_parser("learn", help="learn classes from images and push them (exactly once)")
-    learner_options(learn)
+    _learner_options(learn)
     learn.add_argument("--label", help="class of every image given (files or folders); default: PATH is an "
                        "ImageFolder root, ROOT/<class>/<images>")
     _learn_options(learn)
     learn.add_argument("paths", nargs="+", metavar="PATH", type=Path)
 
     sync = sub.add_parser("sync", help="push what is pending, pull what other clients merged")
-    learner_options(sync)
+    _learner_options(sync)
 
     classify = sub.add_parser("classify", help="pull what changed, then print each image's nearest class")
-    learner_options(classify)
+    _learner_options(classify)
     _classify_options(classify)
 
-    _status_parser(sub)
+
+def _push_parser(sub: Any) -> None:
+    """`push`: per-class deltas from an .npz, numbered by a client state."""
     push = sub.add_parser("push", help="push per-class deltas from an .npz (class_ids, counts, means)")
-    common(push)
+    _common(push)
     push.add_argument("--client-id", required=True)
     push.add_argument("--space", required=True, help="embedding space (encoder fingerprint)")
     push.add_argument("--npz", type=Path, required=True, help="arrays class_ids (str), counts (int), means (N x d)")
@@ -85,21 +98,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--again", action="store_true", help="push the file even if this client state already "
                       "pushed the same contents (a re-run after a kill never pushes it twice without this)")
 
+
+def _pull_watch_info_parsers(sub: Any) -> None:
+    """`pull`, `watch` and `info`: the read-only calls for scripts."""
     pull = sub.add_parser("pull", help="pull merged prototypes into an .npz (class_ids, counts, means, version)")
-    common(pull)
+    _common(pull)
     pull.add_argument("--space", required=True)
     pull.add_argument("--since", type=int, default=0, help="only classes changed after this version")
     pull.add_argument("--out", type=Path, required=True)
     pull.add_argument("--dtype", default="float32", choices=DTYPES)
 
     watch = sub.add_parser("watch", help="print one JSON line per merged change of a space")
-    common(watch)
+    _common(watch)
     watch.add_argument("--space", required=True)
     watch.add_argument("--since", type=int, default=0)
     watch.add_argument("--updates", type=int, default=0, help="stop after this many updates (0: forever)")
 
     info = sub.add_parser("info", help="print the server's version, spaces and limits as JSON")
-    common(info)
+    _common(info)
 
 
 def _learn_options(learn: argparse.ArgumentParser) -> None:

@@ -86,14 +86,14 @@ def run_demo(dataset: str = "glyphs", data_dir: str | None = None, out: str | Pa
                 "cache_dir": str(out / "cache")}
     elif dataset == "omniglot":
         if not data_dir:
-            raise SystemExit("fedrecon demo: --dataset omniglot needs --data-dir (folder with images_evaluation.zip)")
+            raise SystemExit("--dataset omniglot needs --data-dir (folder with images_evaluation.zip)")
         spec = {"name": "omniglot", "background": False, "cache_dir": str(out / "cache")}
     else:
-        raise SystemExit(f"fedrecon demo: unknown dataset {dataset!r} (glyphs or omniglot)")
+        raise SystemExit(f"unknown dataset {dataset!r} (glyphs or omniglot)")
     try:
         enc = load_encoder_spec(encoder_spec, dataset)
     except FileNotFoundError as error:
-        raise SystemExit(f"fedrecon demo: {error}; pass --encoder PATH (or --encoder random)") from error
+        raise SystemExit(f"{error}; pass --encoder PATH (or --encoder random)") from error
     data = load_dataset(spec, data_dir, enc.config["image_size"])  # also fills the cache the clients read
     schedule = federated(data.class_ids, class_counts(data), np.random.default_rng(seed), classes=classes,
                          clients=clients, classes_per_mission=classes_per_mission, train_shots=train_shots,

@@ -72,7 +72,7 @@ def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: in
         from fedrecon.client.data.omniglot import load_omniglot
 
         if not data_dir:
-            raise SystemExit("fewshot: --data-dir is required for omniglot")
+            raise SystemExit("--data-dir is required for omniglot")
         if download:
             from fedrecon.client.data.omniglot import download_omniglot
 
@@ -86,9 +86,9 @@ def load_eval_data(dataset: str, data_dir: str | None, image_size: int, seed: in
         from fedrecon.client.data.folder import load_folder
 
         if not data_dir or preprocessing is None:
-            raise SystemExit("fewshot: --data-dir ROOT (ROOT/<class name>/<image files>) is required for folder")
+            raise SystemExit("--data-dir ROOT (ROOT/<class name>/<image files>) is required for folder")
         return load_folder(data_dir, preprocessing)
-    raise SystemExit(f"fewshot: unknown --dataset {dataset!r} (omniglot, glyphs or folder)")
+    raise SystemExit(f"unknown --dataset {dataset!r} (omniglot, glyphs or folder)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:

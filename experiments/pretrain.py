@@ -86,7 +86,7 @@ def load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]
         train_ids = [c for c in data.class_ids if c not in set(val_ids)]
         val = data.subset(val_ids) if val_ids else None
         return data.subset(train_ids), val, f"{n_val} held-out classes of the folder (seeded)" if val else "none"
-    raise SystemExit(f"pretrain: unknown --dataset {args.dataset!r}")
+    raise SystemExit(f"unknown --dataset {args.dataset!r}")
 
 
 def folder_preprocessing(args: argparse.Namespace) -> Preprocessing:
@@ -431,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     if args.dataset != "glyphs" and not args.data_dir:
-        raise SystemExit(f"pretrain: --data-dir is required for {args.dataset}")
+        raise SystemExit(f"--data-dir is required for {args.dataset}")
     args.command_line = "fedrecon " + " ".join(sys.argv[1:])
     print(json.dumps(train(args)))
     return 0

@@ -5,28 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sqlite3
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
-from fedrecon.server.app import TlsConfig
-from fedrecon.server.assemble import build_server
-from fedrecon.server.auth import TokenStore
-from fedrecon.server.durable import DatabaseError
-from fedrecon.server.log import location
 from fedrecon.server.logs import setup_logging
-from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.robust import RobustConfig
-from fedrecon.server.service import Limits
-from fedrecon.server.store import PrototypeStore
+from fedrecon.server.serve import ServerConfig, TlsConfig, serve
+from fedrecon.server.store import Limits
 
 log = logging.getLogger("fedrecon.server")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the server's options."""
+    _address_and_store(parser)
+    _limits(parser)
+    _security(parser)
+    _robust(parser)
+    _operations(parser)
+
+
+def _address_and_store(parser: argparse.ArgumentParser) -> None:
+    """Where the server listens and the database it serves."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
     parser.add_argument("--db", default="fedrecon.db", help="SQLite database file, or a PostgreSQL URL "
@@ -40,6 +43,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "(PostgreSQL: OFF sets synchronous_commit off, the others keep it on)")
     parser.add_argument("--workers", type=int, default=16,
                         help="gRPC threads for unary calls (open streams get threads of their own)")
+
+
+def _limits(parser: argparse.ArgumentParser) -> None:
+    """The --max-* limits of one request, stream and space."""
     parser.add_argument("--max-classes-per-push", type=int, default=Limits.max_classes_per_push,
                         help="classes one push may carry (more: INVALID_ARGUMENT)")
     parser.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes,
@@ -61,6 +68,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="classes one space may hold (0: no quota)")
     parser.add_argument("--max-client-classes", type=int, default=Limits.max_client_classes,
                         help="classes one client may contribute to in one space (0: no quota)")
+
+
+def _security(parser: argparse.ArgumentParser) -> None:
+    """TLS, tokens or open mode, checkpoints (listed here in --help) and per-client rate limits."""
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates (mutual TLS)")
@@ -75,6 +86,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--push-burst", type=int, default=0, help="pushes a client may save up (default: the rate)")
     parser.add_argument("--max-streams-per-client", type=int, default=0,
                         help="concurrent watch streams per client (0: off)")
+
+
+def _robust(parser: argparse.ArgumentParser) -> None:
+    """The robust merge of chosen spaces."""
     parser.add_argument("--robust", action="append", default=[], metavar="SPACE",
                         help="merge this space robustly (repeatable; '*' for every space)")
     parser.add_argument("--robust-estimator", default="trimmed", choices=["trimmed", "median", "mean"],
@@ -85,6 +100,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="drop client means whose norm is this many times off the median norm")
     parser.add_argument("--robust-outlier", type=float, default=3.0,
                         help="drop client means farther than this many median distances from the median")
+
+
+def _operations(parser: argparse.ArgumentParser) -> None:
+    """Metrics, shutdown grace and logging."""
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default off)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
@@ -106,40 +125,28 @@ def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
     return TlsConfig(args.tls_cert.read_bytes(), args.tls_key.read_bytes(), client_ca)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Start the server, print its address, serve until SIGTERM/SIGINT, then shut down cleanly."""
-    setup_logging(args.log_level, args.log_format)
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The `ServerConfig` that the options describe."""
     limits = Limits(args.max_classes_per_push, args.max_message_bytes, args.max_class_id_bytes, args.max_dim,
                     args.max_watch_streams, max_push_streams=args.max_push_streams,
                     max_stream_window_bytes=args.max_stream_window_bytes,
                     stream_idle_seconds=args.stream_idle_seconds, max_queued_bytes=args.max_queued_bytes,
                     max_space_classes=args.max_space_classes, max_client_classes=args.max_client_classes)
-    if args.tokens is None and not args.insecure:
-        raise SystemExit("give --tokens FILE (see `fedrecon admin token add`) or, for local "
-                         "experiments only, --insecure")
-    if args.tokens is not None and args.insecure:
-        raise SystemExit("--tokens and --insecure exclude each other")
+    config = ServerConfig(  # checks --tokens/--insecure first; the robust and TLS options after that
+        host=args.host, port=args.port, db=None if args.memory else args.db, synchronous=args.synchronous,
+        checkpoint_every=args.checkpoint_every, repair=args.repair, limits=limits, tokens=args.tokens,
+        insecure=args.insecure,
+        rate_limits=RateLimits(args.max_pushes_per_second, args.push_burst, args.max_streams_per_client),
+        workers=args.workers, metrics_port=args.metrics_port, grace=args.grace)
     robust = RobustConfig(args.robust_estimator, args.robust_trim, args.robust_count_cap, args.robust_norm_ratio,
                           args.robust_outlier)
-    rate_limits = RateLimits(args.max_pushes_per_second, args.push_burst, args.max_streams_per_client)
-    tls = tls_from_args(args)
-    tokens = TokenStore(args.tokens) if args.tokens is not None else None
-    try:
-        store = PrototypeStore(None if args.memory else args.db, synchronous=args.synchronous,
-                               checkpoint_every=args.checkpoint_every, limits=limits, repair=args.repair)
-    except (OSError, sqlite3.Error, DatabaseError) as error:
-        raise SystemExit(f"cannot open database {location(args.db)}: {error}") from None
-    metrics = ServerMetrics(store) if args.metrics_port is not None else None
-    try:
-        server = build_server(store, args.host, args.port, tokens=tokens, insecure=args.insecure, tls=tls,
-                              limits=limits, rate_limits=rate_limits, robust={s: robust for s in args.robust},
-                              max_workers=args.workers, metrics=metrics).start()
-        if metrics is not None:
-            log.info("metrics", extra={"url": f"http://{args.host}:{metrics.serve(args.host, args.metrics_port)}"
-                                              "/metrics"})
-    except Exception:
-        store.close()
-        raise
+    return replace(config, robust={space: robust for space in args.robust}, tls=tls_from_args(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server, print its address, serve until SIGTERM/SIGINT, then shut down cleanly."""
+    setup_logging(args.log_level, args.log_format)
+    server = serve(config_from_args(args))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -151,9 +158,6 @@ def run(args: argparse.Namespace) -> int:
     print(server.address, flush=True)
     while not stop.wait(1.0):
         pass
-    server.stop(args.grace)
-    if metrics is not None:
-        metrics.stop()
+    server.stop()
     sys.stdout.flush()
     return 0
-

@@ -97,13 +97,10 @@ def status_of(error: Exception) -> grpc.StatusCode:
 class ReconnaissanceService(rpc.ReconnaissanceServicer):
     """Push / Pull / Watch / Info over a `PrototypeStore`."""
 
-    def __init__(self, store: PrototypeStore, limits: Limits | None = None,
-                 identify: Identify = identify_from_message,
+    def __init__(self, store: PrototypeStore, identify: Identify = identify_from_message,
                  pull: Callable[..., Snapshot] | None = None) -> None:
         self.store = store
-        if limits is not None:  # the store enforces the push limits, so every caller gets the same rules
-            store.limits = limits
-        self.limits = store.limits
+        self.limits = store.limits  # the store's own: it enforces the push limits, so every caller gets its rules
         self.identify = identify
         self.pull = pull or store.pull  # e.g. `RobustMerge.pull` for robust spaces
         self.stopping = threading.Event()

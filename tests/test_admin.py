@@ -14,7 +14,7 @@ from fedrecon.client.recon_client import ChannelSecurity, ReconClient
 from fedrecon.proto import codec
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
-from fedrecon.server.assemble import build_server
+from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
 
 
@@ -23,7 +23,7 @@ def secured(tmp_path: Path, db_target):
     """A server with tokens on a durable store of each backend (SQLite, PostgreSQL)."""
     path = tmp_path / "tokens.json"
     tokens = make_tokens(path)
-    server = build_server(PrototypeStore(db_target), tokens=path).start()
+    server = serve(ServerConfig(tokens=path), PrototypeStore(db_target))
     channel = grpc.insecure_channel(server.address)
     yield server, arpc.AdminStub(channel), tokens
     channel.close()

@@ -18,8 +18,8 @@ from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
-from fedrecon.server.assemble import build_server
 from fedrecon.server.auth import TokenFileError, TokenStore, hash_token, read_entries, remove_tokens
+from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
 
 
@@ -27,7 +27,7 @@ from fedrecon.server.store import PrototypeStore
 def secured(tmp_path: Path):
     path = tmp_path / "tokens.json"
     tokens = make_tokens(path)
-    server = build_server(PrototypeStore(None), tokens=path).start()
+    server = serve(ServerConfig(tokens=path), PrototypeStore(None))
     channel = grpc.insecure_channel(server.address)
     yield server, channel, tokens, path
     channel.close()
@@ -128,9 +128,9 @@ def test_client_library_sends_its_token(secured) -> None:
         assert _code(lambda: c.push("s", ["a"], [1], np.zeros((1, 3)))) == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_build_server_needs_tokens_or_insecure() -> None:
+def test_a_server_needs_tokens_or_insecure() -> None:
     with pytest.raises(ValueError, match="--insecure"):
-        build_server(PrototypeStore(None))
+        ServerConfig()
 
 
 def test_cli_server_requires_a_mode_and_warns_when_insecure(tmp_path: Path) -> None:

@@ -83,6 +83,10 @@ def test_errors_carry_their_command_prefix_once(tmp_path) -> None:
         "server": [*FEDRECON, "server", "--tls-cert", str(cert), "--insecure", "--port", "0"],
         "admin": [*FEDRECON, "admin", "stats", "--server", "127.0.0.1:1", "--token", "t", "--timeout", "0.5"],
         "experiment": [*FEDRECON, "experiment"],
+        "demo": [*FEDRECON, "demo", "--dataset", "omniglot", "--out", str(tmp_path / "demo")],
+        "bench": [*FEDRECON, "bench", "--only", "bogus", "--out", str(tmp_path / "bench")],
+        "fewshot": [*FEDRECON, "fewshot", "--dataset", "omniglot"],
+        "pretrain": [*FEDRECON, "pretrain", "--dataset", "omniglot", "--out", str(tmp_path / "pretrain")],
     }
     for command, argv in runs.items():
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -90,3 +94,4 @@ def test_errors_carry_their_command_prefix_once(tmp_path) -> None:
         assert out.returncode == 2 and len(lines) == 1, (command, out.stderr)
         assert lines[0].startswith(f"fedrecon {command}: error: ") and lines[0].count(f"fedrecon {command}") == 1, \
             lines[0]
+        assert not lines[0].removeprefix(f"fedrecon {command}: error: ").startswith(f"{command}: "), lines[0]

@@ -455,10 +455,10 @@ def test_a_backlog_refused_for_its_token_on_a_stream_goes_back_whole(tmp_path: P
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_the_client_computes_the_digest_the_store_keeps(tmp_path: Path, dtype: str) -> None:
     from fedrecon.client.state import request_digest
-    from fedrecon.server.app import ReconServer
+    from fedrecon.server.serve import ServerConfig, serve
     from fedrecon.server.store import PrototypeStore
 
-    server = ReconServer(PrototypeStore(tmp_path / "s.db"), "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(tmp_path / "s.db"))
     try:
         with ReconClient(server.address, "dora", state_path=tmp_path / "d.db", dtype=dtype) as client:
             means = np.random.default_rng(0).standard_normal((3, 5)) / 3
@@ -476,10 +476,10 @@ def test_the_client_computes_the_digest_the_store_keeps(tmp_path: Path, dtype: s
 
 
 def test_the_history_keeps_the_last_pushes_only(tmp_path: Path) -> None:
-    from fedrecon.server.app import ReconServer
+    from fedrecon.server.serve import ServerConfig, serve
     from fedrecon.server.store import PrototypeStore
 
-    server = ReconServer(PrototypeStore(None), "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     try:
         with ClientState(tmp_path / "h.db", "hal", history_keep=3) as st, \
                 ReconClient(server.address, "hal", state=st) as client:
@@ -494,7 +494,7 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
     """An older server names the expected seq only: the pending push of that number, answered as a retry, confirms
     it and the pending pushes before it (the logic kept from before digests)."""
     from fedrecon.client import reconcile
-    from fedrecon.server.app import ReconServer
+    from fedrecon.server.serve import ServerConfig, serve
     from fedrecon.server.store import PrototypeStore
 
     real = reconcile.sequence_error
@@ -506,7 +506,7 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
         return found
 
     monkeypatch.setattr(reconcile, "sequence_error", without_digest)
-    server = ReconServer(PrototypeStore(None), "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     try:
         with ReconClient(server.address, "olly", state_path=tmp_path / "o.db") as client:
             requests = [client._request(SPACE, [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 4)]
@@ -557,10 +557,10 @@ def test_epochs_tell_a_restored_history_from_the_lost_one(tmp_path: Path) -> Non
 def test_a_new_state_confirms_only_the_push_whose_content_the_store_has(tmp_path: Path) -> None:
     """A deleted state, then new learning and the store's last push again in one backlog: the latter is confirmed
     by its digest, the new learning is numbered after the store's pushes and merged once."""
-    from fedrecon.server.app import ReconServer
+    from fedrecon.server.serve import ServerConfig, serve
     from fedrecon.server.store import PrototypeStore
 
-    server = ReconServer(PrototypeStore(None), "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     y = (["y"], [4], np.full((1, 2), 0.5))
     try:
         with ReconClient(server.address, "zed", state_path=tmp_path / "old.db") as client:

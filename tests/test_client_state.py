@@ -16,13 +16,12 @@ from fedrecon.client.encoder import Encoder
 from fedrecon.client.learner import Learner
 from fedrecon.client.recon_client import PushRefused, ReconClient
 from fedrecon.client.state import ClientState, StateError, StoreMismatch
-from fedrecon.server.app import ReconServer
-from fedrecon.server.service import Limits
-from fedrecon.server.store import PrototypeStore
+from fedrecon.server.serve import ReconServer, ServerConfig, serve
+from fedrecon.server.store import Limits, PrototypeStore
 
 
 def _server(path: Path, **limits: int) -> ReconServer:
-    return ReconServer(PrototypeStore(path), "127.0.0.1", 0, limits=Limits(**limits) if limits else None).start()
+    return serve(ServerConfig(insecure=True), PrototypeStore(path, limits=Limits(**limits)))
 
 
 def _counts(server: ReconServer, space: str = "s") -> dict[str, int]:
@@ -260,11 +259,10 @@ def test_an_oversized_push_never_wedges_the_client(tmp_path: Path) -> None:
 
 
 def test_rate_limited_pushes_are_retried_with_the_same_number(tmp_path: Path) -> None:
-    from fedrecon.server.assemble import build_server
     from fedrecon.server.ratelimit import RateLimits
 
-    server = build_server(PrototypeStore(tmp_path / "s.db"), insecure=True,
-                          rate_limits=RateLimits(pushes_per_second=5, push_burst=1)).start()
+    rate_limits = RateLimits(pushes_per_second=5, push_burst=1)
+    server = serve(ServerConfig(insecure=True, rate_limits=rate_limits), PrototypeStore(tmp_path / "s.db"))
     try:
         with ReconClient(server.address, "rita", state_path=tmp_path / "r.db", retries=50, backoff=0.01) as client:
             acks = [client.push("s", [f"c{i}"], [1], np.ones((1, 2))) for i in range(4)]
@@ -342,12 +340,9 @@ def _record(client: ReconClient, requests: list, memory=None) -> None:  # noqa: 
 
 
 def test_a_backlog_goes_on_one_push_stream_exactly_once(tmp_path: Path) -> None:
-    from fedrecon.server.assemble import build_server
-    from fedrecon.server.metrics import ServerMetrics
-
-    store = PrototypeStore(tmp_path / "s.db")
-    metrics = ServerMetrics(store)
-    server = build_server(store, insecure=True, limits=Limits(max_classes_per_push=100), metrics=metrics).start()
+    store = PrototypeStore(tmp_path / "s.db", limits=Limits(max_classes_per_push=100))
+    server = serve(ServerConfig(insecure=True, metrics_port=0), store)
+    metrics = server.metrics
     try:
         memory, expected = _memory(250)
         with ReconClient(server.address, "alice", state_path=tmp_path / "alice.db") as client:

@@ -13,7 +13,7 @@ from fedrecon.benchmarks.hostile import (
     socket_actions,
     stream_actions,
 )
-from fedrecon.server.assemble import build_server
+from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -21,7 +21,7 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(Healt
 
 @pytest.fixture(scope="module")
 def target():
-    server = build_server(PrototypeStore(None), insecure=True).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     t = Target(server.address, timeout=30)
     yield t
     t.close()

@@ -9,10 +9,9 @@ import pytest
 from fedrecon.proto import codec
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
-from fedrecon.server.assemble import build_server
 from fedrecon.server.ratelimit import RateLimits, StreamSlots, TokenBuckets
-from fedrecon.server.service import Limits
-from fedrecon.server.store import PrototypeStore
+from fedrecon.server.serve import ServerConfig, serve
+from fedrecon.server.store import Limits, PrototypeStore
 
 
 def _push(stub, client: str, seq: int, n: int = 1, dim: int = 2, class_len: int = 1) -> grpc.StatusCode:
@@ -28,10 +27,9 @@ def _push(stub, client: str, seq: int, n: int = 1, dim: int = 2, class_len: int 
 
 @pytest.fixture
 def limited():
-    store = PrototypeStore(None)
-    server = build_server(store, insecure=True,
-                          limits=Limits(max_classes_per_push=10, max_message_bytes=4096, max_class_id_bytes=8),
-                          rate_limits=RateLimits(pushes_per_second=0.2, push_burst=2, max_streams_per_client=1)).start()
+    store = PrototypeStore(None, limits=Limits(max_classes_per_push=10, max_message_bytes=4096, max_class_id_bytes=8))
+    rate_limits = RateLimits(pushes_per_second=0.2, push_burst=2, max_streams_per_client=1)
+    server = serve(ServerConfig(insecure=True, rate_limits=rate_limits), store)
     channel = grpc.insecure_channel(server.address)
     yield store, rpc.ReconnaissanceStub(channel)
     channel.close()
@@ -126,7 +124,7 @@ def test_totals_never_overflow_info_or_stats() -> None:
     from fedrecon.server.store import MAX_SPACE_EXAMPLES
 
     n = 65_536
-    server = build_server(PrototypeStore(None), insecure=True).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     deltas = codec.encode_deltas([f"c{i}" for i in range(n)], [2**40] * n, np.zeros((n, 1)))
     try:
         with grpc.insecure_channel(server.address) as channel:
@@ -163,12 +161,45 @@ def test_info_and_stats_answer_on_a_database_whose_totals_overflowed_before_the_
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE classes SET count = ?, crc = -1", (2**62,))  # an older server: no checksums
         conn.execute("UPDATE contributions SET count = ?, crc = -1", (2**62,))
-    server = build_server(PrototypeStore(db), insecure=True).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(db))
     try:
         with grpc.insecure_channel(server.address) as channel:
             info = rpc.ReconnaissanceStub(channel).Info(pb.InfoRequest(), timeout=10)
             stats = arpc.AdminStub(channel).Stats(apb.StatsRequest(), timeout=10)
         assert info.spaces[0].examples == stats.spaces[0].examples == 2**62  # clamped, never out of range
         assert stats.clients[0].examples == 2**64 - 1
+    finally:
+        server.stop(grace=1)
+
+
+def test_a_served_store_keeps_its_own_limits() -> None:
+    """The store owns its limits: serving it never swaps them for defaults, and a config that names others is
+    refused rather than silently applied."""
+    limits = Limits(max_classes_per_push=3, max_class_id_bytes=16, max_dim=4, max_reply_bytes=2048)
+    store = PrototypeStore(None, limits=limits)
+    with pytest.raises(ValueError, match="owns its limits"):
+        serve(ServerConfig(insecure=True, limits=Limits()), store)
+    server = serve(ServerConfig(insecure=True, limits=limits), store)  # the same limits: no conflict
+    try:
+        assert server.store.limits is limits and server.service.limits is limits
+        with grpc.insecure_channel(server.address) as channel:
+            stub = rpc.ReconnaissanceStub(channel)
+            info = stub.Info(pb.InfoRequest(), timeout=10)
+            assert (info.limits.max_classes_per_push, info.limits.max_class_id_bytes, info.limits.max_dim,
+                    info.limits.max_reply_bytes) == (3, 16, 4, 2048)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Push(pb.PushRequest(client_id="a", space="s", seq=1, deltas=codec.encode_deltas(
+                    ["a", "b", "c", "d"], [1] * 4, np.zeros((4, 2)))), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(grace=1)
+
+
+def test_a_server_opened_from_its_config_gets_the_config_limits(tmp_path) -> None:
+    """Without a store handed in, `serve` opens the one `db` names with the config's limits (as the CLI does)."""
+    limits = Limits(max_classes_per_push=7)
+    server = serve(ServerConfig(insecure=True, db=tmp_path / "s.db", limits=limits))
+    try:
+        assert server.store.limits is limits and server.store.path == tmp_path / "s.db"
     finally:
         server.stop(grace=1)

@@ -78,17 +78,14 @@ def test_metrics_move_as_pushes_arrive(tmp_path: Path) -> None:
 
 def test_authentication_refusals_are_counted(tmp_path: Path) -> None:
     """The metrics interceptor runs before authentication, so a push without a token is counted as refused."""
-    from fedrecon.server.assemble import build_server
     from fedrecon.server.auth import add_token
-    from fedrecon.server.metrics import ServerMetrics
+    from fedrecon.server.serve import ServerConfig, serve
     from fedrecon.server.store import PrototypeStore
 
     tokens = tmp_path / "tokens.json"
     token = add_token(tokens, "alice")
-    store = PrototypeStore()
-    metrics = ServerMetrics(store)
-    server = build_server(store, tokens=tokens, metrics=metrics).start()
-    port = metrics.serve("127.0.0.1", 0)
+    server = serve(ServerConfig(tokens=tokens, metrics_port=0), PrototypeStore())
+    port = server.metrics_port
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
@@ -105,4 +102,3 @@ def test_authentication_refusals_are_counted(tmp_path: Path) -> None:
         assert values["fedrecon_pushes_merged_total"] == 1
     finally:
         server.stop(1.0)
-        metrics.stop()

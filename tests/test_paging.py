@@ -10,7 +10,7 @@ from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
-from fedrecon.server.app import ReconServer
+from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import InvalidRequest, Limits, PrototypeStore
 
 
@@ -82,7 +82,7 @@ def test_100k_classes_through_a_plain_stub_with_default_limits() -> None:
     rng = np.random.default_rng(0)
     means = rng.normal(size=(n, dim)).astype(np.float32)
     ids = [f"class-{i:06d}" for i in range(n)]
-    server = ReconServer(PrototypeStore(), "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore())
     try:
         with grpc.insecure_channel(server.address) as channel:  # default 4 MiB receive limit
             stub = rpc.ReconnaissanceStub(channel)
@@ -117,7 +117,7 @@ def test_100k_classes_through_a_plain_stub_with_default_limits() -> None:
 def test_watch_pages_a_large_pass_and_the_client_yields_it_whole() -> None:
     store = PrototypeStore()
     store.push("a", "s", 1, [f"k{i}" for i in range(500)], [1] * 500, np.ones((500, 8)))
-    server = ReconServer(store, "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stream = rpc.ReconnaissanceStub(channel).Watch(pb.WatchRequest(space="s", max_reply_bytes=4096),
@@ -132,7 +132,7 @@ def test_watch_pages_a_large_pass_and_the_client_yields_it_whole() -> None:
         assert sum(len(r.classes.class_ids) for r in pages) == 500
     finally:
         server.stop(grace=1)
-    small = ReconServer(PrototypeStore(), "127.0.0.1", 0, limits=Limits(max_reply_bytes=4096)).start()
+    small = serve(ServerConfig(insecure=True), PrototypeStore(limits=Limits(max_reply_bytes=4096)))
     try:
         small.store.push("a", "s", 1, [f"k{i}" for i in range(500)], [1] * 500, np.ones((500, 8)))
         with ReconClient(small.address, dtype="float64") as client:
@@ -149,7 +149,7 @@ def test_watch_pages_a_large_pass_and_the_client_yields_it_whole() -> None:
 def test_watch_with_since_ahead_is_failed_precondition() -> None:
     store = PrototypeStore()
     store.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
-    server = ReconServer(store, "127.0.0.1", 0).start()
+    server = serve(ServerConfig(insecure=True), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
@@ -168,12 +168,11 @@ def test_watch_ends_the_stream_of_a_revoked_or_removed_client(tmp_path) -> None:
 
     from fedrecon.proto.v1 import admin_pb2 as apb
     from fedrecon.proto.v1 import admin_pb2_grpc as arpc
-    from fedrecon.server.assemble import build_server
     from fedrecon.server.auth import remove_tokens
 
     path = tmp_path / "tokens.json"
     tokens = make_tokens(path, clients=("alice", "bob", "carol", "dave"))
-    server = build_server(PrototypeStore(None), tokens=path).start()
+    server = serve(ServerConfig(tokens=path), PrototypeStore(None))
 
     def bearer(name: str) -> tuple:
         return (("authorization", f"Bearer {tokens[name]}"),)
@@ -240,8 +239,8 @@ def test_a_page_asked_ahead_and_lost_is_asked_again() -> None:
     """The client asks for the next page while it decodes one; a failed ask is retried the usual way."""
 
     dropper = _DropSecondPage()
-    server = ReconServer(PrototypeStore(), "127.0.0.1", 0, limits=Limits(max_reply_bytes=4096),
-                         interceptors=(dropper,)).start()
+    server = serve(ServerConfig(insecure=True, interceptors=(dropper,)),
+                   PrototypeStore(limits=Limits(max_reply_bytes=4096)))
     try:
         ids = [f"c{i:03d}" for i in range(300)]
         server.store.push("a", "s", 1, ids, np.arange(300) % 5 + 1, np.ones((300, 8)))

@@ -17,9 +17,8 @@ from fedrecon.proto import codec
 from fedrecon.proto.trailers import RETRY_AFTER_MS
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
-from fedrecon.server.assemble import build_server
-from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimits
+from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import EarlierPushRefused, PrototypeStore, SeqReused
 
 DIM = 4
@@ -43,7 +42,7 @@ def _answers(messages: Iterator[pb.PushStreamReply]) -> Iterator[pb.PushReply]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[PrototypeStore, rpc.ReconnaissanceStub]]:
     store = PrototypeStore(tmp_path / "s.db")
-    server = build_server(store, insecure=True).start()
+    server = serve(ServerConfig(insecure=True), store)
     channel = grpc.insecure_channel(server.address)
     yield store, rpc.ReconnaissanceStub(channel)
     channel.close()
@@ -70,7 +69,7 @@ def test_answers_that_are_ready_together_share_one_message(tmp_path: Path) -> No
     """A backlog costs a send per commit, not one per push: the pushes that queued up while the writer was
     busy are answered together once their commit is done, still one answer per push and in order."""
     store = PrototypeStore(tmp_path / "s.db")
-    server = build_server(store, insecure=True).start()
+    server = serve(ServerConfig(insecure=True), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
@@ -159,7 +158,7 @@ def test_a_client_that_keeps_a_window_is_answered_while_it_sends(served) -> None
 
 def test_stream_pushes_are_rate_limited_one_token_each(tmp_path: Path) -> None:
     store = PrototypeStore(tmp_path / "s.db")
-    server = build_server(store, insecure=True, rate_limits=RateLimits(pushes_per_second=0.5, push_burst=3)).start()
+    server = serve(ServerConfig(insecure=True, rate_limits=RateLimits(pushes_per_second=0.5, push_burst=3)), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
@@ -177,7 +176,7 @@ def test_stream_pushes_are_rate_limited_one_token_each(tmp_path: Path) -> None:
 def test_stream_pushes_need_a_client_token_of_their_own(tmp_path: Path) -> None:
     tokens = make_tokens(tmp_path / "tokens.json")
     store = PrototypeStore(tmp_path / "s.db")
-    server = build_server(store, tokens=tmp_path / "tokens.json").start()
+    server = serve(ServerConfig(tokens=tmp_path / "tokens.json"), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
@@ -201,8 +200,8 @@ def test_stream_pushes_need_a_client_token_of_their_own(tmp_path: Path) -> None:
 
 def test_metrics_count_each_push_of_a_stream(tmp_path: Path) -> None:
     store = PrototypeStore(tmp_path / "s.db")
-    metrics = ServerMetrics(store)
-    server = build_server(store, insecure=True, metrics=metrics).start()
+    server = serve(ServerConfig(insecure=True, metrics_port=0), store)
+    metrics = server.metrics
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)

@@ -364,10 +364,10 @@ def test_replicas_hold_bit_identical_tables(pg_url: str) -> None:
 
 
 def test_a_server_without_its_database_answers_unavailable_with_a_retry_hint(pg_url: str) -> None:
-    from fedrecon.server.assemble import build_server
+    from fedrecon.server.serve import ServerConfig, serve
 
     store = PrototypeStore(pg_url)
-    server = build_server(store, insecure=True).start()
+    server = serve(ServerConfig(insecure=True), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)

@@ -7,8 +7,8 @@ import pytest
 from helpers import start_server
 
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.server.assemble import build_server
 from fedrecon.server.robust import RobustConfig, RobustMerge, keep_mask, robust_class
+from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
 
 RNG = np.random.default_rng(3)
@@ -81,7 +81,7 @@ def test_pull_is_robust_only_for_configured_spaces() -> None:
 def test_server_serves_robust_means() -> None:
     store = PrototypeStore(None)
     _fill(store, "s")
-    server = build_server(store, insecure=True, robust={"*": RobustConfig(estimator="median", count_cap=3)}).start()
+    server = serve(ServerConfig(insecure=True, robust={"*": RobustConfig(estimator="median", count_cap=3)}), store)
     try:
         with ReconClient(server.address, "reader", timeout=5) as client:
             pulled = client.pull("s", dtype="float64")

@@ -15,15 +15,14 @@ from fedrecon.client.recon_client import ReconClient, SequenceError
 from fedrecon.proto import codec
 from fedrecon.proto.trailers import EXPECTED_SEQ
 from fedrecon.proto.v1 import recon_pb2 as pb
-from fedrecon.server.app import ReconServer
-from fedrecon.server.service import Limits
-from fedrecon.server.store import PrototypeStore
+from fedrecon.server.serve import ServerConfig, serve
+from fedrecon.server.store import Limits, PrototypeStore
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    srv = ReconServer(PrototypeStore(tmp_path / "s.db"), "127.0.0.1", 0,
-                      limits=Limits(max_classes_per_push=100, max_class_id_bytes=32, max_dim=128)).start()
+    srv = serve(ServerConfig(insecure=True), PrototypeStore(
+        tmp_path / "s.db", limits=Limits(max_classes_per_push=100, max_class_id_bytes=32, max_dim=128)))
     yield srv
     srv.stop(grace=1)
 
@@ -125,9 +124,8 @@ def test_health_and_reflection(server) -> None:
 
 
 def test_reflection_v1_and_v1alpha_and_health_of_every_service() -> None:
-    from fedrecon.server.assemble import build_server
 
-    server = build_server(PrototypeStore(None), insecure=True).start()
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     try:
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -235,7 +233,7 @@ def test_client_retries_until_server_is_up(tmp_path: Path) -> None:
     patient.start()
     threading.Event().wait(1.5)
     impatient.join(5)
-    srv = ReconServer(store, "127.0.0.1", port).start()
+    srv = serve(ServerConfig(port=port, insecure=True), store)
     patient.join(30)
     srv.stop(1)
     assert result[0] == grpc.StatusCode.DEADLINE_EXCEEDED  # without retries the same client gives up

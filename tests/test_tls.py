@@ -9,8 +9,7 @@ from helpers import start_server
 from security_helpers import make_ca, make_leaf, make_tokens
 
 from fedrecon.client.recon_client import ChannelSecurity, ReconClient, ServerUnreachable
-from fedrecon.server.app import TlsConfig
-from fedrecon.server.assemble import build_server
+from fedrecon.server.serve import ServerConfig, TlsConfig, serve
 from fedrecon.server.store import PrototypeStore
 
 
@@ -29,7 +28,7 @@ def pki():
 
 def _server(pki, mutual: bool, tokens: Path | None = None):
     tls = TlsConfig(pki["server"].cert, pki["server"].key, pki["ca"].cert if mutual else None)
-    return build_server(PrototypeStore(None), tokens=tokens, insecure=tokens is None, tls=tls).start()
+    return serve(ServerConfig(tokens=tokens, insecure=tokens is None, tls=tls), PrototypeStore(None))
 
 
 def _push(address: str, security: ChannelSecurity | None, client_id: str = "alice") -> int:
