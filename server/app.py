@@ -11,10 +11,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
-from fedrecon.server.service import Identify, Limits, ReconnaissanceService, identify_from_message
-from fedrecon.server.store import PrototypeStore, Snapshot
+from fedrecon.server.service import Identify, ReconnaissanceService, identify_from_message
+from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.server")
 
@@ -62,12 +63,11 @@ class ReconServer:
         tls: TlsConfig | None = None,
         identify: Identify = identify_from_message,
         interceptors: tuple[grpc.ServerInterceptor, ...] = (),
-        pull: Callable[..., Snapshot] | None = None,
         services: tuple[tuple[str, Callable[[grpc.Server], None]], ...] = (),
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
-        self.service = ReconnaissanceService(store, self.limits, identify, pull)
+        self.service = ReconnaissanceService(store, self.limits, identify)
         options = [
             ("grpc.max_receive_message_length", self.limits.max_message_bytes),
             ("grpc.max_send_message_length", -1),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.server.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from fedrecon.server.admin import AdminService
@@ -20,7 +21,7 @@ from fedrecon.server.auth import AuthInterceptor, TokenIdentity, TokenStore
 from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimitInterceptor, RateLimits
 from fedrecon.server.robust import RobustConfig, RobustMerge
-from fedrecon.server.service import Limits, identify_from_message
+from fedrecon.server.service import identify_from_message
 from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.server")
@@ -60,10 +61,11 @@ def build_server(
         interceptors.append(RateLimitInterceptor(rate_limits, token_store))
     if metrics is not None:  # outermost, so refusals by auth and rate limits are counted too
         interceptors.insert(0, metrics.interceptor)
-    merge = RobustMerge(store, robust) if robust else None
-    admin = AdminService(store, token_store, merge)
+    if robust:
+        store.merge_rule = RobustMerge(robust)
+    admin = AdminService(store, token_store)
     server = ReconServer(
         store, host, port, limits=limits, max_workers=max_workers, tls=tls, identify=identify,
-        interceptors=tuple(interceptors), pull=merge.pull if merge is not None else None,
+        interceptors=tuple(interceptors),
         services=((ADMIN_SERVICE_NAME, lambda s: arpc.add_AdminServicer_to_server(admin, s)),))
     return server

@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from fedrecon.proto.limits import Limits
 from fedrecon.server.app import TlsConfig
 from fedrecon.server.assemble import build_server
 from fedrecon.server.auth import TokenStore
@@ -19,7 +20,6 @@ from fedrecon.server.logs import setup_logging
 from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.robust import RobustConfig
-from fedrecon.server.service import Limits
 from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.server")

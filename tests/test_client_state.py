@@ -16,8 +16,8 @@ from fedrecon.client.encoder import Encoder
 from fedrecon.client.learner import Learner
 from fedrecon.client.recon_client import PushRefused, ReconClient
 from fedrecon.client.state import ClientState, StateError, StoreMismatch
+from fedrecon.proto.limits import Limits
 from fedrecon.server.app import ReconServer
-from fedrecon.server.service import Limits
 from fedrecon.server.store import PrototypeStore
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from fedrecon.proto import codec
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.assemble import build_server
 from fedrecon.server.ratelimit import RateLimits, StreamSlots, TokenBuckets
-from fedrecon.server.service import Limits
 from fedrecon.server.store import PrototypeStore
 
 
@@ -121,9 +121,9 @@ def test_stream_slots() -> None:
 
 def test_totals_never_overflow_info_or_stats() -> None:
     """128 valid pushes of 65,536 classes with count 2**40: the space stops at its bound; Info and Stats answer."""
+    from fedrecon.proto.limits import MAX_SPACE_EXAMPLES
     from fedrecon.proto.v1 import admin_pb2 as apb
     from fedrecon.proto.v1 import admin_pb2_grpc as arpc
-    from fedrecon.server.store import MAX_SPACE_EXAMPLES
 
     n = 65_536
     server = build_server(PrototypeStore(None), insecure=True).start()

@@ -13,9 +13,10 @@ import pytest
 from helpers import FEDRECON, free_port, wait_until
 
 from fedrecon.server.durable import DatabaseError, Operation
+from fedrecon.server.errors import StoreUnavailable
 from fedrecon.server.log import is_url, location, redact
 from fedrecon.server.pglog import PostgresLog
-from fedrecon.server.store import PrototypeStore, StoreUnavailable
+from fedrecon.server.store import PrototypeStore
 
 SECRET = "sekrit-xyz"
 

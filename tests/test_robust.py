@@ -63,18 +63,19 @@ def _fill(store: PrototypeStore, space: str, seq: int = 1) -> None:
 
 
 def test_pull_is_robust_only_for_configured_spaces() -> None:
-    with PrototypeStore(None) as store:
+    with PrototypeStore(None, merge_rule=RobustMerge({"robust": RobustConfig(count_cap=3)})) as store, \
+            PrototypeStore(None) as reference:
         _fill(store, "robust")
         _fill(store, "plain", seq=2)
-        merge = RobustMerge(store, {"robust": RobustConfig(count_cap=3)})
-        robust, plain = merge.pull("robust"), merge.pull("plain")
+        _fill(reference, "plain")
+        robust, plain = store.pull("robust"), store.pull("plain")
         assert robust.counts.tolist() == [18, 18]
         assert np.linalg.norm(robust.means[0] - HONEST.mean(axis=0)) < 0.1
         assert np.linalg.norm(plain.means[0] - HONEST.mean(axis=0)) > 10
-        np.testing.assert_array_equal(plain.means, store.pull("plain").means)
+        np.testing.assert_array_equal(plain.means, reference.pull("plain").means)
         version = store.version
         store.revoke("evil")
-        changed = merge.pull("robust", since=version)
+        changed = store.pull("robust", since=version)
         assert changed.class_ids == ["a", "b"] and changed.counts.tolist() == [18, 18]
 
 

@@ -13,10 +13,10 @@ from helpers import free_port
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.recon_client import ReconClient, SequenceError
 from fedrecon.proto import codec
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.trailers import EXPECTED_SEQ
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.app import ReconServer
-from fedrecon.server.service import Limits
 from fedrecon.server.store import PrototypeStore
 
 
