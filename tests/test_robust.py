@@ -106,3 +106,21 @@ def test_cli_server_robust_options(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def test_flower_rounds_get_the_robust_merge_through_the_store() -> None:
+    """The Flower strategy pulls through the store, so a store's robust rule reaches Flower clients too."""
+    from fedrecon.proto.flower_records import read_prototypes
+    from fedrecon.server.flower import PrototypeAveraging
+    from fedrecon.server.flower_plan import plan_missions
+
+    rule = RobustMerge({"*": RobustConfig(estimator="median", count_cap=3)})
+    with PrototypeStore(None, merge_rule=rule) as store:
+        _fill(store, "s")
+        plan = plan_missions([f"c{i}" for i in range(6)], [6] * 6, clients=1, rounds=1, ways=2, shots=3, queries=2,
+                             seed=0)
+        config: dict = {}
+        record = PrototypeAveraging(store, plan, "s", dtype="float64")._sync(0, config)
+        ids, counts, means = read_prototypes(record, config["global-classes"])
+    assert ids == ["a", "b"] and counts.tolist() == [18, 18]
+    np.testing.assert_allclose(means[0], np.median(HONEST, axis=0))
