@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedrecon.proto.limits import MAX_SPACE_EXAMPLES, Limits
-from fedrecon.proto.payloads import PushAck
+from fedrecon.proto.payloads import Deltas, PushAck
 from fedrecon.proto.validate import check_text
 from fedrecon.server.durable import Operation
 from fedrecon.server.errors import (
@@ -73,8 +73,9 @@ def _stage_revoke(request: Pending, record: ClientRecord, stage: Stage, tables: 
     if request.client_id not in tables.contributions and request.client_id not in stage.clients:
         raise UnknownClient(f"client {request.client_id!r} has no contributions")
     stage.version += 1
-    stage.ops.append(Operation(stage.version, "revoke", request.client_id, "", record.last_seq, [],
-                               np.zeros(0, np.int64), np.zeros((0, 0)), request.actor, time.time()))
+    nothing = Deltas([], np.zeros(0, np.int64), np.zeros((0, 0)))
+    stage.ops.append(Operation(stage.version, "revoke", request.client_id, "", record.last_seq, nothing,
+                               request.actor, time.time()))
     return PushAck(record.last_seq, stage.version, 0)
 
 
@@ -101,13 +102,13 @@ def stage_one(request: Pending, stage: Stage, tables: Tables, limits: Limits) ->
         return PushAck(request.seq, record.last_version, record.last_classes, duplicate=True)
     _check_space(request, stage, tables, limits)
     assert request.deltas is not None
-    class_ids, counts, means = request.deltas
+    classes = len(request.deltas.class_ids)
     stage.version += 1
-    stage.ops.append(Operation(stage.version, "push", request.client_id, request.space, request.seq, class_ids,
-                               counts, means, at=time.time(), packed=request.packed, sums=request.sums))
-    stage.clients[request.client_id] = ClientRecord(request.seq, stage.version, len(class_ids))
+    stage.ops.append(Operation(stage.version, "push", request.client_id, request.space, request.seq, request.deltas,
+                               at=time.time(), packed=request.packed, sums=request.sums))
+    stage.clients[request.client_id] = ClientRecord(request.seq, stage.version, classes)
     stage.pushes[request.client_id] = request
-    return PushAck(request.seq, stage.version, len(class_ids))
+    return PushAck(request.seq, stage.version, classes)
 
 
 def _keep_digests(stage: Stage) -> None:

@@ -82,19 +82,20 @@ class Tables:
             groups.setdefault(("", op.space), []).append(op)
             groups.setdefault((op.client_id, op.space), []).append(op)
         for (client_id, space), group in groups.items():
-            dim = group[0].means.shape[1]
+            dim = group[0].deltas.dim
             table = self._table(client_id, space, dim)
             self.dims.setdefault(space, dim)
-            sums = [op.sums if op.sums is not None else sums_of(op.counts, op.means) for op in group]
+            sums = [op.sums if op.sums is not None else sums_of(op.deltas.counts, op.deltas.means) for op in group]
             if len(group) == 1:  # one push: its ids are unique, one version for all its rows
-                table.add_sums(group[0].class_ids, group[0].counts, sums[0], group[0].version, unique=True)
+                first = group[0]
+                table.add_sums(first.deltas.class_ids, first.deltas.counts, sums[0], first.version, unique=True)
                 continue
-            ids = [class_id for op in group for class_id in op.class_ids]
-            versions = np.repeat([op.version for op in group], [len(op.class_ids) for op in group])
-            table.add_sums(ids, np.concatenate([op.counts for op in group]), np.concatenate(sums), versions)
+            ids = [class_id for op in group for class_id in op.deltas.class_ids]
+            versions = np.repeat([op.version for op in group], [len(op.deltas.class_ids) for op in group])
+            table.add_sums(ids, np.concatenate([op.deltas.counts for op in group]), np.concatenate(sums), versions)
         for op in ops:
-            self.examples[op.space] = self.examples.get(op.space, 0) + int(op.counts.sum())
-            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.class_ids), op.digest)
+            self.examples[op.space] = self.examples.get(op.space, 0) + int(op.deltas.counts.sum())
+            self.clients[op.client_id] = ClientRecord(op.seq, op.version, len(op.deltas.class_ids), op.digest)
             self.dirty_clients.add(op.client_id)
         self.version = ops[-1].version
 
