@@ -13,6 +13,8 @@ from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import numpy as np
+
 from fedrecon.proto.prototypes import sums_of
 from fedrecon.proto.validate import problems
 from fedrecon.server.durable import LogBehind, Operation, pack_operation
@@ -107,16 +109,23 @@ class Writer:
             self._queued_bytes -= sum(request.nbytes for request in batch)
 
     def _check_contents(self: Any, batch: list[Pending]) -> None:
-        """Validate a batch's pushes at once (`validate.problems`: refusals set on the push); then each valid
-        push's sums and log encoding, here on the writer thread rather than on the callers'."""
+        """Validate a batch's pushes at once (`validate.problems`: refusals set on the push); then the valid
+        pushes' sums (one multiply per dim) and log encodings, on the writer thread rather than the callers'."""
         pushes = [request for request in batch if request.deltas is not None]
+        by_dim: dict[int, list[Pending]] = {}
         for request, problem in zip(pushes, problems([r.deltas for r in pushes], self.limits), strict=True):
             if problem is not None:
                 request.error = InvalidPush(problem)
                 continue
-            class_ids, counts, means = request.deltas
-            request.sums = sums_of(counts, means)
-            request.packed = pack_operation(class_ids, counts, means)
+            by_dim.setdefault(request.deltas.dim, []).append(request)
+            request.packed = pack_operation(*request.deltas)
+        for group in by_dim.values():
+            sums = sums_of(np.concatenate([r.deltas.counts for r in group]),
+                           np.concatenate([r.deltas.means for r in group]))
+            start = 0
+            for request in group:
+                request.sums = sums[start:start + len(request.deltas.class_ids)]
+                start += len(request.deltas.class_ids)
 
     def _process(self: Any, batch: list[Pending]) -> None:
         """Validate a batch, make it durable in one commit, then apply and acknowledge it. On a shared log the
