@@ -1,7 +1,7 @@
 """numpy <-> message codec: packed little-endian matrices and per-class deltas, validated on decode.
 
 Decoding never loops over elements: the bytes become a numpy view (`np.frombuffer`), checked as a
-whole (length, finiteness). Every problem raises `InvalidMessage` naming the field and what was
+whole (length; values with `validate`). Every problem raises `InvalidMessage` naming the field and what was
 expected, so the server can answer INVALID_ARGUMENT and change nothing.
 """
 
@@ -83,8 +83,9 @@ def encode_matrix_into(target: pb.Matrix, array: np.ndarray, dtype: str | int = 
     return target
 
 
-def decode_matrix(message: pb.Matrix, field: str = "means", check_finite: bool = True) -> np.ndarray:
-    """A read-only numpy view (rows x dim) of a packed matrix; checks dtype, dim, length, finiteness."""
+def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
+    """A read-only numpy view (rows x dim) of a packed matrix; checks dtype, dim and length (its values are
+    checked with the deltas they belong to, `validate`)."""
     if message.dtype not in DTYPES:
         raise InvalidMessage(f"{field}.dtype {message.dtype} is not one of FLOAT32, FLOAT16, BFLOAT16, FLOAT64")
     dtype = DTYPES[message.dtype]
@@ -95,10 +96,7 @@ def decode_matrix(message: pb.Matrix, field: str = "means", check_finite: bool =
         raise InvalidMessage(
             f"{field}.data has {len(message.data)} bytes; expected rows*dim*{dtype.itemsize} = {expected}"
         )
-    array = np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
-    if check_finite and array.size and not np.isfinite(array).all():
-        raise InvalidMessage(f"{field} holds NaN or Inf")
-    return array
+    return np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
 
 
 def encode_deltas(
@@ -136,7 +134,7 @@ def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False, floa
     `float64=False` keeps the means a read-only view in the wire dtype (no copy). `wire_only` (the
     server's pushes) checks only the wire format and leaves the rest to the store, which validates every
     caller's pushes (a count of 2**63 or more reads as negative there and is refused)."""
-    means = decode_matrix(message.means, check_finite=False)
+    means = decode_matrix(message.means)
     deltas = Deltas(list(message.class_ids), np.array(message.counts, dtype=np.uint64).astype(np.int64),
                     means.astype(np.float64) if float64 else means)
     if wire_only:

@@ -96,9 +96,10 @@ def _count_problem(deltas: Deltas, floor: int) -> str | None:
 
 def _value_problem(top: float, bound: bool) -> str | None:
     """The refusal for the largest |count * mean| (`bound`) or |mean| of some deltas."""
-    if top <= (MAX_ABS_SUM if bound else np.inf):
+    finite = bool(np.isfinite(top))
+    if (top <= MAX_ABS_SUM) if bound else finite:
         return None
-    if bound and np.isfinite(top):
+    if finite:
         return f"|count * mean| must be <= {MAX_ABS_SUM:g} (means must be finite and bounded)"
     return "means hold NaN or Inf; every mean must be finite"
 

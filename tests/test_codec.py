@@ -57,7 +57,7 @@ def test_malformed_deltas_are_refused(message: pb.ClassDeltas, expected: str) ->
 def test_non_finite_values_are_refused(bad: float) -> None:
     matrix = pb.Matrix(dtype=pb.FLOAT32, dim=2, rows=1, data=np.array([1.0, bad], dtype="<f4").tobytes())
     with pytest.raises(codec.InvalidMessage, match="NaN or Inf"):
-        codec.decode_matrix(matrix)
+        codec.decode_deltas(pb.ClassDeltas(class_ids=["a"], counts=[1], means=matrix))
     with pytest.raises(codec.InvalidMessage, match="not finite"):
         codec.encode_matrix(np.array([[1.0, bad]]))
 
