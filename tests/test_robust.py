@@ -124,3 +124,14 @@ def test_flower_rounds_get_the_robust_merge_through_the_store() -> None:
         ids, counts, means = read_prototypes(record, config["global-classes"])
     assert ids == ["a", "b"] and counts.tolist() == [18, 18]
     np.testing.assert_allclose(means[0], np.median(HONEST, axis=0))
+
+
+def test_flower_run_config_chooses_the_merge_rule() -> None:
+    """`robust` in the Flower run config gives the run's store the robust rule; without it the plain one."""
+    from fedrecon.server.flower_app import FlowerSettings
+    from fedrecon.server.merge import MergeRule
+
+    rule = FlowerSettings(robust="a, b", robust_estimator="median", robust_count_cap=3).merge_rule()
+    assert isinstance(rule, RobustMerge) and sorted(rule.spaces) == ["a", "b"]
+    assert rule.spaces["a"] == RobustConfig("median", count_cap=3)
+    assert type(FlowerSettings().merge_rule()) is MergeRule
