@@ -20,7 +20,7 @@ DISTANCE_BLOCK_BYTES = 16 * 2**20  # the most distance matrix `nearest_prototype
 
 def sums_of(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Per-class float64 sums `count * mean` of deltas (the one place means become sums)."""
-    return np.asarray(means, dtype=np.float64) * np.asarray(counts, dtype=np.int64)[:, None]
+    return np.multiply(means, np.asarray(counts, dtype=np.int64)[:, None], dtype=np.float64)  # no float64 copy
 
 
 def _partial_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
