@@ -87,7 +87,7 @@ def verify(url: str, workdir: Path, clients: int, pool: int, dim: int) -> dict:
         stored = {c: store.client_record(f"client{c}").last_seq for c in range(clients)}
         per_client, merged = expected_tables(stored, pool, dim)
         doubled = mismatched = 0
-        table = store.spaces.get(SPACE)
+        table = store.tables.spaces.get(SPACE)
         for cid, (count, total) in merged.items():
             row = table.index.get(cid) if table is not None else None
             got_count, got_sum = (int(table.counts[row]), table.sums[row]) if row is not None else (0, np.zeros(dim))

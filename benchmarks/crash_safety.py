@@ -134,7 +134,7 @@ def verify(db: Path, workdir: Path, clients: int, pool: int, dim: int, final: bo
             got_count, got_sum = got.get(cid, (0, np.zeros(dim)))
             doubled += got_count > count
             mismatched += got_count != count or not np.allclose(got_sum, total, rtol=0, atol=1e-9)
-        table = store.spaces.get(SPACE)
+        table = store.tables.spaces.get(SPACE)
         if table is not None:  # the merged sums themselves, exactly
             for cid, (_, total) in merged.items():
                 mismatched += cid not in table or not np.array_equal(table.sums[table.index[cid]], total)

@@ -21,6 +21,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from fedrecon.proto import codec
+from fedrecon.proto.limits import MAX_COUNT
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
@@ -263,7 +264,7 @@ class Target:
     def _bound(self, action: dict) -> None:
         """A valid push of 65,536 classes at the largest count: a space reaches its total bound after 64."""
         n = 65_536
-        deltas = pb.ClassDeltas(class_ids=[f"b{i}" for i in range(n)], counts=[codec.MAX_COUNT] * n,
+        deltas = pb.ClassDeltas(class_ids=[f"b{i}" for i in range(n)], counts=[MAX_COUNT] * n,
                                 means=pb.Matrix(dtype=pb.FLOAT32, dim=1, rows=n, data=bytes(4 * n)))
         self._push_message(pb.PushRequest(client_id=action.get("client", "bounder"), space=action["space"],
                                           seq=self._seq(action.get("client", "bounder"), "next"), deltas=deltas))

@@ -115,7 +115,9 @@ def merge(class_ids: list[str], deltas: list[dict[int, tuple[int, np.ndarray]]],
             keys = sorted(table)
             store.push(f"client{client}", SPACE, 1, [class_ids[c] for c in keys],
                        np.array([table[c][0] for c in keys]), np.stack([table[c][1] for c in keys]))
-        return store.pull(SPACE), RobustMerge(store, {SPACE: robust}).pull(SPACE)
+        plain = store.pull(SPACE)
+        store.merge_rule = RobustMerge({SPACE: robust})  # the same contributions, merged robustly
+        return plain, store.pull(SPACE)
 
 
 def run(data_dir: str, encoder_name: str, classes: int = 0, clients: int = 10, per_class: int = 5,

@@ -60,11 +60,11 @@ def inproc(clients: int = 10_000, classes_per_client: int = 5, universe: int = 1
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     traced.close()
-    table = store.spaces["space"]
+    table = store.tables.spaces["space"]
     expected = np.zeros(universe, np.int64)
     np.add.at(expected, np.concatenate(plan), counts.reshape(-1))
     got = np.array([table.get(c)[1] if c in table else 0 for c in ids_all])
-    if not np.array_equal(got, expected) or len(store.contributions) != clients:
+    if not np.array_equal(got, expected) or len(store.tables.contributions) != clients:
         raise RuntimeError("scale: merged counts do not match the pushed deltas")
     store.close()
 

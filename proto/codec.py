@@ -1,7 +1,7 @@
 """numpy <-> message codec: packed little-endian matrices and per-class deltas, validated on decode.
 
 Decoding never loops over elements: the bytes become a numpy view (`np.frombuffer`), checked as a
-whole (length, finiteness). Every problem raises `InvalidMessage` naming the field and what was
+whole (length; values with `validate`). Every problem raises `InvalidMessage` naming the field and what was
 expected, so the server can answer INVALID_ARGUMENT and change nothing.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
+from fedrecon.proto.validate import InvalidDeltas, shape_problem, validate
 
 
 class _Dtypes(dict):
@@ -40,11 +41,10 @@ class _Dtypes(dict):
 DTYPES: dict[int, np.dtype] = _Dtypes({pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"),
                                        pb.FLOAT64: np.dtype("<f8")})
 DTYPE_NAMES: dict[str, int] = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16,
-                               "float64": pb.FLOAT64}
-MAX_COUNT = 2**40  # per delta; keeps int64 totals and float64 sums exact for any realistic fleet
+                               "float64": pb.FLOAT64}  # the wire dtype names, once for every encoding
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(InvalidDeltas):
     """A message that does not follow the wire contract; the text says which field and why."""
 
 
@@ -83,8 +83,9 @@ def encode_matrix_into(target: pb.Matrix, array: np.ndarray, dtype: str | int = 
     return target
 
 
-def decode_matrix(message: pb.Matrix, field: str = "means", check_finite: bool = True) -> np.ndarray:
-    """A read-only numpy view (rows x dim) of a packed matrix; checks dtype, dim, length, finiteness."""
+def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
+    """A read-only numpy view (rows x dim) of a packed matrix; checks dtype, dim and length (its values are
+    checked with the deltas they belong to, `validate`)."""
     if message.dtype not in DTYPES:
         raise InvalidMessage(f"{field}.dtype {message.dtype} is not one of FLOAT32, FLOAT16, BFLOAT16, FLOAT64")
     dtype = DTYPES[message.dtype]
@@ -95,10 +96,7 @@ def decode_matrix(message: pb.Matrix, field: str = "means", check_finite: bool =
         raise InvalidMessage(
             f"{field}.data has {len(message.data)} bytes; expected rows*dim*{dtype.itemsize} = {expected}"
         )
-    array = np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
-    if check_finite and array.size and not np.isfinite(array).all():
-        raise InvalidMessage(f"{field} holds NaN or Inf")
-    return array
+    return np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
 
 
 def encode_deltas(
@@ -114,17 +112,12 @@ def encode_deltas_into(
 ) -> pb.ClassDeltas:
     """Like `encode_deltas`, but fills `target` (e.g. `reply.classes`) in place: a large pull is not copied
     from a temporary message into the reply (each copy of megabytes costs milliseconds)."""
-    class_ids = list(class_ids)
-    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
-    means = np.asarray(means)
-    if means.ndim != 2:
-        raise InvalidMessage(f"means must be 2-D (classes x dim), got shape {means.shape}")
-    if not (len(class_ids) == len(counts) == len(means)):
-        raise InvalidMessage(
-            f"class_ids ({len(class_ids)}), counts ({len(counts)}) and means ({len(means)}) differ in length"
-        )
-    if len(counts) and counts.min() < 0:
+    deltas = Deltas(list(class_ids), np.asarray(counts, dtype=np.int64).reshape(-1), np.asarray(means))
+    if problem := shape_problem(deltas):
+        raise InvalidMessage(problem)
+    if len(deltas.counts) and deltas.counts.min() < 0:
         raise InvalidMessage("counts must be >= 0")
+    class_ids, counts, means = deltas
     code = dtype_code(dtype)
     target.Clear()
     encode_matrix_into(target.means, means, code)  # validates the values before anything else is filled
@@ -135,28 +128,15 @@ def encode_deltas_into(
 
 def decode_deltas(message: pb.ClassDeltas, allow_zero_counts: bool = False, float64: bool = True,
                   wire_only: bool = False) -> Deltas:
-    """Decode and validate deltas: matching lengths, counts in 1..2**40, finite means, unique ids.
+    """Decode and validate deltas (`validate.validate`: matching lengths, counts in 1..MAX_COUNT, finite means,
+    unique ids).
 
     `float64=False` keeps the means a read-only view in the wire dtype (no copy). `wire_only` (the
-    server's pushes) checks only the wire format and leaves counts, ids and finiteness to the store,
-    which checks them for every caller (a count of 2**63 or more reads as negative there and is refused)."""
-    means = decode_matrix(message.means, check_finite=not wire_only)
-    n = len(message.class_ids)
-    if len(message.counts) != n or means.shape[0] != n:
-        raise InvalidMessage(
-            f"class_ids ({n}), counts ({len(message.counts)}) and means rows ({means.shape[0]}) differ in length"
-        )
+    server's pushes) checks only the wire format and leaves the rest to the store, which validates every
+    caller's pushes (a count of 2**63 or more reads as negative there and is refused)."""
+    means = decode_matrix(message.means)
+    deltas = Deltas(list(message.class_ids), np.array(message.counts, dtype=np.uint64).astype(np.int64),
+                    means.astype(np.float64) if float64 else means)
     if wire_only:
-        return Deltas(list(message.class_ids), np.array(message.counts, dtype=np.uint64).astype(np.int64),
-                      means.astype(np.float64) if float64 else means)
-    counts = np.fromiter(message.counts, dtype=np.uint64, count=n)
-    if n and counts.max() > MAX_COUNT:
-        raise InvalidMessage(f"counts must be <= {MAX_COUNT}")
-    counts = counts.astype(np.int64)
-    if not allow_zero_counts and n and counts.min() == 0:
-        bad = message.class_ids[int(np.argmin(counts))]
-        raise InvalidMessage(f"count of class {bad!r} is 0; a delta needs at least one example")
-    class_ids = list(message.class_ids)
-    if len(set(class_ids)) != n:
-        raise InvalidMessage("a class_id appears more than once in one message")
-    return Deltas(class_ids, counts, means.astype(np.float64) if float64 else means)
+        return deltas
+    return validate(deltas, zero_counts=allow_zero_counts, error=InvalidMessage)

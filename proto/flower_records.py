@@ -14,13 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-WIRE_DTYPES = ("float32", "float64", "float16")
+from fedrecon.proto.codec import DTYPE_NAMES
+from fedrecon.proto.payloads import Deltas
+from fedrecon.proto.validate import validate
+
+UNCARRIED_DTYPES = {"bfloat16": "a Flower Array holds numpy's own dtypes only"}  # wire dtypes records refuse
 
 
 def prototypes_record(counts: np.ndarray, means: np.ndarray, dtype: str = "float32", dim: int = 0) -> ArrayRecord:
-    """Pack (counts, means) into an ArrayRecord; means cast to the wire dtype."""
-    if dtype not in WIRE_DTYPES:
-        raise ValueError(f"wire dtype {dtype!r} not supported; expected one of {WIRE_DTYPES}")
+    """Pack (counts, means) into an ArrayRecord; means cast to the wire dtype (one of `codec.DTYPE_NAMES`)."""
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"wire dtype {dtype!r} not supported; expected one of {sorted(DTYPE_NAMES)}")
+    if dtype in UNCARRIED_DTYPES:
+        raise ValueError(f"wire dtype {dtype!r} cannot travel in a Flower record ({UNCARRIED_DTYPES[dtype]}); "
+                         f"use one of {sorted(set(DTYPE_NAMES) - set(UNCARRIED_DTYPES))}")
     means = np.asarray(means, dtype=np.float64)
     if means.size == 0:
         means = means.reshape(0, dim or (means.shape[1] if means.ndim == 2 else 0))
@@ -30,7 +37,7 @@ def prototypes_record(counts: np.ndarray, means: np.ndarray, dtype: str = "float
 
 def read_prototypes(
     record: ArrayRecord, class_ids: Sequence[str], allow_empty: bool = False
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+) -> Deltas:
     """Unpack (class_ids, int64 counts, float64 means) and check them; `allow_empty`: counts may be 0
     (a pulled class whose every contribution was revoked)."""
     try:
@@ -38,14 +45,8 @@ def read_prototypes(
         means = record["means"].numpy().astype(np.float64)
     except KeyError as exc:
         raise ValueError(f"prototype record lacks array {exc}; expected 'counts' and 'means'") from None
-    ids = [str(c) for c in class_ids]
-    if means.ndim != 2 or len(counts) != len(ids) or len(means) != len(ids):
-        raise ValueError(f"prototype record: {len(ids)} class ids, {len(counts)} counts, means {means.shape}")
-    if (counts < 0).any() or (not allow_empty and (counts == 0).any()):
-        raise ValueError(f"prototype record: every count must be {'>= 0' if allow_empty else 'positive'}")
-    if not np.isfinite(means).all():
-        raise ValueError("prototype record: means must be finite")
-    return ids, counts, means
+    deltas = Deltas([str(c) for c in class_ids], counts, means)
+    return validate(deltas, zero_counts=allow_empty, error=lambda problem: ValueError(f"prototype record: {problem}"))
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from fedrecon.proto.payloads import Deltas
+from fedrecon.proto.validate import shape_problem
+
 DISTANCE_BLOCK_BYTES = 16 * 2**20  # the most distance matrix `nearest_prototype` holds at a time
 
 
 def sums_of(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Per-class float64 sums `count * mean` of deltas (the one place means become sums)."""
-    return np.asarray(means, dtype=np.float64) * np.asarray(counts, dtype=np.int64)[:, None]
+    return np.multiply(means, np.asarray(counts, dtype=np.int64)[:, None], dtype=np.float64)  # no float64 copy
 
 
 def _partial_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
@@ -169,8 +172,8 @@ class PrototypeTable:
         """
         sums = np.asarray(sums, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.int64)
-        if sums.ndim != 2 or len(sums) != len(class_ids) or len(counts) != len(class_ids):
-            raise ValueError("add_sums: class_ids, counts and sums must have the same length")
+        if problem := shape_problem(Deltas(class_ids, counts, sums)):  # type: ignore[arg-type]
+            raise ValueError(f"add_sums: {problem}")
         self._check_dim(sums.shape[1])
         rows = self.rows(class_ids)
         rounds = [slice(None)] if unique else occurrence_rounds(rows)

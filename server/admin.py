@@ -16,9 +16,9 @@ from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.auth import TokenIdentity, TokenStore
-from fedrecon.server.robust import RobustMerge
+from fedrecon.server.errors import StoreError, UnknownClient
 from fedrecon.server.service import status_of
-from fedrecon.server.store import PrototypeStore, StoreError, UnknownClient
+from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.admin")
 
@@ -29,11 +29,9 @@ SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
 class AdminService(arpc.AdminServicer):
     """RevokeClient / Stats / Export over a store; `tokens` lets a revocation also disable the client's tokens."""
 
-    def __init__(self, store: PrototypeStore, tokens: TokenStore | None = None,
-                 robust: RobustMerge | None = None) -> None:
+    def __init__(self, store: PrototypeStore, tokens: TokenStore | None = None) -> None:
         self.store = store
         self.tokens = tokens
-        self.robust = robust
         self.identity = TokenIdentity(tokens) if tokens is not None else None
 
     def _actor(self, context: grpc.ServicerContext) -> str:
@@ -75,7 +73,7 @@ class AdminService(arpc.AdminServicer):
         clients = [apb.ClientStats(client_id=c.client_id, last_seq=c.last_seq, classes=c.classes,
                                    examples=min(c.examples, UINT64_MAX)) for c in self.store.client_stats()]
         audit = self.store.audit()
-        robust = sorted(self.robust.spaces) if self.robust is not None else []
+        robust = sorted(self.store.merge_rule.spaces)
         return apb.StatsReply(
             store_id=info["store_id"], version=info["version"], spaces=[pb.SpaceInfo(**s) for s in info["spaces"]],
             clients=clients, robust_spaces=robust,
@@ -102,7 +100,7 @@ class AdminService(arpc.AdminServicer):
                     tables.append(apb.ExportTable(client_id=client_id, classes=codec.encode_deltas(
                         [table.class_ids[r] for r in rows], table.counts[rows], table.means(rows), dtype)))
         else:
-            pulled = self.robust.pull(request.space, 0) if self.robust is not None else self.store.pull(request.space)
+            pulled = self.store.pull(request.space)  # as the store's merge rule answers it
             version = pulled.version
             tables.append(apb.ExportTable(classes=codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means,
                                                                       dtype)))

@@ -10,11 +10,11 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from fedrecon.proto.limits import Limits
 from fedrecon.server.logs import setup_logging
 from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.robust import RobustConfig
 from fedrecon.server.serve import ServerConfig, TlsConfig, serve
-from fedrecon.server.store import Limits
 
 log = logging.getLogger("fedrecon.server")
 

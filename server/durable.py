@@ -31,6 +31,7 @@ from fedrecon.proto.digest import (  # noqa: F401 - the contract's digest, re-ex
     pack_means,
     pack_operation,
 )
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.highwater import HighWaterMark
 
 log = logging.getLogger("fedrecon.store")
@@ -73,9 +74,8 @@ class Operation:
     client_id: str
     space: str
     seq: int
-    class_ids: list[str]
-    counts: np.ndarray  # int64
-    means: np.ndarray  # n x dim floats (float64 from the log; a push's wire float32 or float64)
+    deltas: Deltas  # a push's content, means float64 from the log or a push's wire float32/float64; a revocation's
+    # is empty
     actor: str = ""
     at: float = 0.0
     digest: str = ""  # of a push's content (`content_digest`); not stored, recomputed from the row on load
@@ -85,8 +85,8 @@ class Operation:
 
 def log_row(op: Operation) -> tuple:
     """The `log` table row of an operation, its checksum last."""
-    row = (op.version, op.kind, op.client_id, op.space, op.seq, *(op.packed or pack_operation(op.class_ids, op.counts,
-           op.means)), op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at)
+    row = (op.version, op.kind, op.client_id, op.space, op.seq, *(op.packed or pack_operation(*op.deltas)),
+           op.deltas.dim, op.actor, op.at)
     return (*row, checksum(*row))
 
 
@@ -317,8 +317,8 @@ class SqliteLog:
             class_ids = json.loads(ids)
             counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
             digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
-            yield Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
-                            digest)
+            yield Operation(version, kind, client_id, space, seq, Deltas(class_ids, counts_array, means_array), actor,
+                            at, digest)
 
     def check_high_water(self, version: int, repair: bool = False) -> bool:
         """Refuse a database that ends below the last version this server acknowledged (DatabaseDamaged), or with

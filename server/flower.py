@@ -20,8 +20,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
+from fedrecon.server.errors import StoreError
 from fedrecon.server.flower_plan import ReconPlan
-from fedrecon.server.store import PrototypeStore, StoreError
+from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.flower")
 

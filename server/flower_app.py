@@ -5,7 +5,8 @@ dataset (`glyphs` | `omniglot`), data-dir, encoder, clients, missions, ways, sho
 dtype, db (SQLite path or postgresql:// URL of a durable store, shared with `fedrecon server` replicas; empty:
 in memory), out (write results JSON there),
 timeout (seconds a round waits for replies), wait-nodes (seconds to wait for `clients` nodes at the
-start), min-nodes (the fewest nodes a round may go on with; 0: any). The results are also logged as
+start), min-nodes (the fewest nodes a round may go on with; 0: any), robust, robust-estimator and
+robust-count-cap (the store's robust merge rule, as `fedrecon server --robust`). The results are also logged as
 one JSON line. A run that cannot finish (fewer nodes than min-nodes answer) raises, so the ServerApp
 fails and Flower records the run as failed. It knows nothing of baselines: `make_server_app(run=...,
 settings_type=...)` is the hook the experiments' app (`fedrecon.experiments.flower_app`) uses to add FedAvg.
@@ -26,6 +27,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.server.flower import PrototypeAveraging
 from fedrecon.server.flower_plan import ReconPlan, describe, plan_missions
+from fedrecon.server.merge import MergeRule
+from fedrecon.server.robust import RobustConfig, RobustMerge
 from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.flower")
@@ -55,6 +58,9 @@ class FlowerSettings:
     timeout: float = 600.0
     wait_nodes: float = 120.0
     min_nodes: int = 0
+    robust: str = ""  # spaces merged robustly, comma-separated ('*': every space), as `fedrecon server --robust`
+    robust_estimator: str = "trimmed"
+    robust_count_cap: int = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FlowerSettings:
@@ -68,6 +74,14 @@ class FlowerSettings:
             f = known[key]
             values[f.name] = type(getattr(cls(), f.name))(value)
         return cls(**values)
+
+    def merge_rule(self) -> MergeRule:
+        """The store's merge rule: robust for the `robust` spaces, else the plain count-weighted mean."""
+        spaces = [s.strip() for s in self.robust.split(",") if s.strip()]
+        if not spaces:
+            return MergeRule()
+        config = RobustConfig(self.robust_estimator, count_cap=self.robust_count_cap)
+        return RobustMerge({space: config for space in spaces})
 
     def task(self) -> dict[str, Any]:
         """What every client needs to know to load the same data and encoder."""
@@ -122,7 +136,7 @@ def run_prototype_averaging(
     wait_for_nodes(grid, settings.clients, settings.wait_nodes, settings.min_nodes or 1)
     plan, space, dim = build_plan(grid, settings)
     if store is None:
-        store = PrototypeStore(settings.db or None)
+        store = PrototypeStore(settings.db or None, merge_rule=settings.merge_rule())
     strategy = PrototypeAveraging(store, plan, space, task=settings.task(), dtype=settings.dtype,
                                   eval_clients=settings.eval_clients or None, min_nodes=settings.min_nodes or 1)
     strategy.start(grid, ArrayRecord(), num_rounds=plan.rounds, timeout=settings.timeout)

@@ -20,8 +20,6 @@ from fedrecon.server.durable import LogBehind, Operation
 log = logging.getLogger("fedrecon.store")
 
 CATCH_UP_WAIT = 5.0  # seconds a pull or watch ahead of this replica waits for it to catch up
-STATE_FIELDS = ("examples", "version", "spaces", "dims", "contributions", "clients", "_dirty_clients",
-                "_checkpoint_version")
 
 
 class Follower:
@@ -68,8 +66,8 @@ class Follower:
 class Following:
     """The replica half of `PrototypeStore`: catching up with what other replicas commit, on its writer thread.
 
-    Uses the store's writer queue (`_queue_cond`, `_catch_up_wanted`), its state lock (`_changed`), `version`,
-    `_log`, `_follower`, `_apply_all` and `_report_failure`."""
+    Uses the store's writer queue (`_queue_cond`, `_catch_up_wanted`), its `tables`, `_log`, `_follower`,
+    `_load` and `_report_failure`."""
 
     def request_catch_up(self: Any, version: int = 0) -> None:
         """Ask the writer to read what other replicas committed (`version`: a notified head, 0: just check)."""
@@ -85,16 +83,16 @@ class Following:
         if version <= self.version or self._follower is None:
             return version <= self.version
         self.request_catch_up(version)
-        with self._changed:
-            self._changed.wait_for(lambda: self.version >= version or self._closing, timeout)
+        with self.tables.changed:
+            self.tables.changed.wait_for(lambda: self.version >= version or self._closing, timeout)
             return self.version >= version
 
     def _catch_up(self: Any, operations: list[Operation]) -> None:
         """Apply operations other replicas committed (and wake watches and pulls waiting for them)."""
         if operations:
-            with self._changed:
-                self._apply_all(operations)
-                self._changed.notify_all()
+            with self.tables.changed:
+                self.tables.apply_all(operations)
+                self.tables.changed.notify_all()
 
     def _follow(self: Any) -> None:
         """Catch up with the shared log between batches (asked by the follower or a waiting pull)."""
@@ -116,20 +114,19 @@ class Following:
 def reload(store: Any) -> None:
     """Load the checkpoint and the log after it again, into fresh memory (the replica fell behind the log kept);
     if that fails, the state stays as it was. Revocations seen so far are kept (open streams compare them)."""
-    with store._changed:
-        saved = {name: getattr(store, name) for name in STATE_FIELDS}
-        revoked = dict(store.revoked)
-        store.examples, store.spaces, store.dims, store.contributions, store.clients = {}, {}, {}, {}, {}
-        store._dirty_clients = set()
+    tables = store.tables
+    with tables.changed:
+        saved, checkpoint, revoked = tables.save(), store._checkpoint_version, dict(tables.revoked)
+        tables.clear()
         try:
             store._load()
         except Exception:
-            for name, value in saved.items():
-                setattr(store, name, value)
+            tables.restore(saved)
+            store._checkpoint_version = checkpoint
             raise
         for client_id, version in revoked.items():
-            store.revoked[client_id] = max(version, store.revoked.get(client_id, 0))
-        store._changed.notify_all()
+            tables.revoked[client_id] = max(version, tables.revoked.get(client_id, 0))
+        tables.changed.notify_all()
     log.warning("this replica fell behind the log kept in the database; loaded the checkpoint again (version %d)",
                 store.version)
 

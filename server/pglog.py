@@ -21,6 +21,7 @@ import numpy as np
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.durable import (
     TABLES,
     DatabaseError,
@@ -217,8 +218,7 @@ class PostgresLog:
 
     def _append(self, cur: psycopg.Cursor, operations: list[Operation], new_spaces: dict[str, int]) -> None:
         rows = [(op.version, op.kind, op.client_id, op.space, op.seq,
-                 *(op.packed or pack_operation(op.class_ids, op.counts, op.means)),
-                 op.means.shape[1] if op.means.ndim == 2 else 0, op.actor, op.at) for op in operations]
+                 *(op.packed or pack_operation(*op.deltas)), op.deltas.dim, op.actor, op.at) for op in operations]
         audit = [(op.version, op.kind, op.client_id, op.actor, op.at) for op in operations if op.kind != "push"]
         if operations:
             self._advance(cur, operations[0].version - 1, operations[-1].version)
@@ -275,7 +275,7 @@ class PostgresLog:
         class_ids = json.loads(ids)
         counts_array, means_array = np.frombuffer(counts, dtype="<i8"), unpack_means(means, len(class_ids), dim)
         digest = content_digest(space, (ids, counts, means)) if kind == "push" else ""
-        return Operation(version, kind, client_id, space, seq, class_ids, counts_array, means_array, actor, at,
+        return Operation(version, kind, client_id, space, seq, Deltas(class_ids, counts_array, means_array), actor, at,
                          digest)
 
     @contextmanager

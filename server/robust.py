@@ -1,8 +1,9 @@
 """Opt-in robust merge per space: count caps, outlier checks and a robust estimator over clients' means.
 
 The plain merge (count-weighted average, `PrototypeTable`) lets one client with inflated counts or
-scaled / random / sign-flipped prototypes move every class it touches. For a space marked robust the
-server answers pulls from the per-client contributions the store already keeps: each client's count
+scaled / random / sign-flipped prototypes move every class it touches. `RobustMerge` is a merge rule of
+the store (`merge.MergeRule`): for a space marked robust, pulls (gRPC, Admin export, Flower rounds alike)
+are answered from the per-client contributions the store already keeps: each client's count
 is capped, client means far from the class's other contributors (distance to the coordinate-wise
 median, and norm ratio) are dropped, and the rest are combined by a trimmed mean or a median over
 clients (or a capped count-weighted mean, via `PrototypeTable`). Nothing about the stored sums
@@ -11,13 +12,14 @@ changes, so switching robust mode off, or revoking a client, stays exact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedrecon.proto.payloads import Snapshot
 from fedrecon.proto.prototypes import PrototypeTable, sums_of
-from fedrecon.server.store import PrototypeStore, Snapshot
+from fedrecon.server.merge import Contributions, MergeRule
 
 ESTIMATORS = ("trimmed", "median", "mean")
 
@@ -84,30 +86,26 @@ def robust_class(counts: np.ndarray, means: np.ndarray, config: RobustConfig,
     return int(counts[keep].sum()), combine(counts[keep], means[keep], config), keep
 
 
-class RobustMerge:
-    """Answers pulls of the robust spaces from the store's per-client contributions; others pass through."""
+class RobustMerge(MergeRule):
+    """Merges the robust spaces from each client's contribution (`robust_class`); others plainly."""
 
-    def __init__(self, store: PrototypeStore, spaces: Mapping[str, RobustConfig]) -> None:
-        self.store = store
+    def __init__(self, spaces: Mapping[str, RobustConfig]) -> None:
         self.spaces = dict(spaces)
 
     def config(self, space: str) -> RobustConfig | None:
         """The robust settings of a space (`*` applies to every space), or None for a plain merge."""
         return self.spaces.get(space) or self.spaces.get("*")
 
-    def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
-             itemsize: int = 8) -> Snapshot:
-        """Like `PrototypeStore.pull` (pages included), with robust means and counts for a robust space."""
-        config = self.config(space)
+    def merge(self, plain: Snapshot, contributions: Callable[[], Contributions]) -> Snapshot:
+        """Robust means and counts for a robust space (pages included); the plain pull for others."""
+        config = self.config(plain.space)
         if config is None:
-            return self.store.pull(space, since, page_token, max_bytes, itemsize)
-        with self.store.consistent():  # the contributions must match the pulled version
-            plain = self.store.pull(space, since, page_token, max_bytes, itemsize)
-            per_client = self.store.contributions_to(space, plain.class_ids)
-        return self._merge(plain, per_client, config)
+            return plain
+        return self._merge(plain, contributions(), config)
 
-    def _merge(self, plain: Snapshot, per_client: list[tuple[np.ndarray, np.ndarray]],
-               config: RobustConfig) -> Snapshot:
+    @staticmethod
+    def _merge(plain: Snapshot, per_client: Contributions, config: RobustConfig) -> Snapshot:
+        """Each class of `plain` by `robust_class` over the clients that contribute to it."""
         n, dim = len(plain.class_ids), plain.means.shape[1]
         if not per_client or n == 0:
             return plain

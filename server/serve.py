@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
@@ -31,7 +32,7 @@ from fedrecon.server.metrics import ServerMetrics
 from fedrecon.server.ratelimit import RateLimitInterceptor, RateLimits
 from fedrecon.server.robust import RobustConfig, RobustMerge
 from fedrecon.server.service import Identify, ReconnaissanceService, identify_from_message
-from fedrecon.server.store import Limits, PrototypeStore
+from fedrecon.server.store import PrototypeStore
 
 log = logging.getLogger("fedrecon.server")
 
@@ -165,8 +166,9 @@ def _bind(config: ServerConfig, store: PrototypeStore, tokens: TokenStore | None
     """The gRPC server with every service added and its port bound (not started yet)."""
     metrics = ServerMetrics(store) if config.metrics_port is not None else None
     interceptors, identify = _guards(config, tokens, metrics)
-    merge = RobustMerge(store, config.robust) if config.robust else None
-    service = ReconnaissanceService(store, identify, merge.pull if merge is not None else None)
+    if config.robust:
+        store.merge_rule = RobustMerge(config.robust)
+    service = ReconnaissanceService(store, identify)
     streams = store.limits.max_watch_streams + store.limits.max_push_streams  # threads of their own: open
     # streams never take the threads of unary calls
     grpc_server = grpc.server(
@@ -175,7 +177,7 @@ def _bind(config: ServerConfig, store: PrototypeStore, tokens: TokenStore | None
                  ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
         interceptors=interceptors)
     rpc.add_ReconnaissanceServicer_to_server(service, grpc_server)
-    arpc.add_AdminServicer_to_server(AdminService(store, tokens, merge), grpc_server)
+    arpc.add_AdminServicer_to_server(AdminService(store, tokens), grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     enable_reflection(grpc_server, (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME))

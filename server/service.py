@@ -15,28 +15,27 @@ import grpc
 
 from fedrecon import __version__
 from fedrecon.proto import codec, trailers
-from fedrecon.proto.codec import MAX_COUNT
+from fedrecon.proto.limits import MAX_COUNT, MAX_SPACE_EXAMPLES, Limits
 from fedrecon.proto.payloads import PushAck
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
-from fedrecon.server.ratelimit import refuse_for_now
-from fedrecon.server.store import (
-    MAX_SPACE_EXAMPLES,
+from fedrecon.proto.validate import check_text
+from fedrecon.server.errors import (
     EarlierPushRefused,
+    InvalidPush,
     InvalidRequest,
-    Limits,
-    Pending,
-    PrototypeStore,
     QuotaExceeded,
     SeqReused,
     SequenceGap,
-    Snapshot,
     StoreBusy,
     StoreError,
     StoreUnavailable,
     UnknownClient,
     VersionAhead,
 )
+from fedrecon.server.pending import Pending
+from fedrecon.server.ratelimit import refuse_for_now
+from fedrecon.server.store import PrototypeStore
 from fedrecon.server.stream import EMPTY, END, StreamWindow
 
 log = logging.getLogger("fedrecon.service")
@@ -97,12 +96,10 @@ def status_of(error: Exception) -> grpc.StatusCode:
 class ReconnaissanceService(rpc.ReconnaissanceServicer):
     """Push / Pull / Watch / Info over a `PrototypeStore`."""
 
-    def __init__(self, store: PrototypeStore, identify: Identify = identify_from_message,
-                 pull: Callable[..., Snapshot] | None = None) -> None:
+    def __init__(self, store: PrototypeStore, identify: Identify = identify_from_message) -> None:
         self.store = store
         self.limits = store.limits  # the store's own: it enforces the push limits, so every caller gets its rules
         self.identify = identify
-        self.pull = pull or store.pull  # e.g. `RobustMerge.pull` for robust spaces
         self.stopping = threading.Event()
         self._watch_slots = threading.BoundedSemaphore(self.limits.max_watch_streams)
         self._push_stream_slots = threading.BoundedSemaphore(self.limits.max_push_streams)
@@ -210,10 +207,10 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
 
     def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
         """One page of a pull, under the page budget (the server's, or the request's smaller one)."""
-        self.limits.check_text("space", space)
+        check_text("space", space, self.limits, InvalidPush)
         code = codec.dtype_code(dtype or pb.FLOAT32)
         budget = min(max_reply_bytes or self.limits.max_reply_bytes, self.limits.max_reply_bytes)
-        result = self.pull(space, since, page_token=page_token, max_bytes=budget,
+        result = self.store.pull(space, since, page_token=page_token, max_bytes=budget,
                            itemsize=codec.DTYPES[code].itemsize)
         reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token,
                              epoch=self.store.epoch_of(result.version))
@@ -244,7 +241,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         if not self._watch_slots.acquire(blocking=False):
             refuse_for_now(context, 1.0, f"too many watch streams (limit {self.limits.max_watch_streams}); retry later")
         try:
-            self.limits.check_text("space", request.space)
+            check_text("space", request.space, self.limits, InvalidPush)
             codec.dtype_code(request.dtype or pb.FLOAT32)
             self._await_caller(context, request.since)
             self.store.check_since(request.since, request.epoch)

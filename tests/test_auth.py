@@ -78,7 +78,7 @@ def test_push_identity_comes_from_the_token(secured) -> None:
     server, channel, tokens, _ = secured
     stub = rpc.ReconnaissanceStub(channel)
     reply = stub.Push(_request(""), metadata=_bearer(tokens["alice"]), timeout=5)
-    assert reply.seq == 1 and set(server.store.clients) == {"alice"}
+    assert reply.seq == 1 and set(server.store.tables.clients) == {"alice"}
     reply = stub.Push(_request("alice", seq=2), metadata=_bearer(tokens["alice"]), timeout=5)
     assert reply.seq == 2
 
@@ -105,7 +105,7 @@ def test_refusals_change_nothing(secured) -> None:
         grpc.StatusCode.UNAUTHENTICATED
     watch = stub.Watch(pb.WatchRequest(space="s"), timeout=5)
     assert _code(lambda: next(watch)) == grpc.StatusCode.UNAUTHENTICATED
-    assert server.store.info() == before and server.store.clients == {}
+    assert server.store.info() == before and server.store.tables.clients == {}
     # a removed token stops working at once (the file is reloaded)
     assert stub.Pull(pb.PullRequest(space="s"), metadata=_bearer(tokens["bob"]), timeout=5).version == 0
     assert remove_tokens(path, "bob") == 1

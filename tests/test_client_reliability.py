@@ -523,7 +523,8 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
 
 def test_epochs_tell_a_restored_history_from_the_lost_one(tmp_path: Path) -> None:
     from fedrecon.server.durable import DatabaseDamaged
-    from fedrecon.server.store import PrototypeStore, VersionAhead
+    from fedrecon.server.errors import VersionAhead
+    from fedrecon.server.store import PrototypeStore
 
     db = tmp_path / "e.db"
 

@@ -16,8 +16,9 @@ from fedrecon.client.encoder import Encoder
 from fedrecon.client.learner import Learner
 from fedrecon.client.recon_client import PushRefused, ReconClient
 from fedrecon.client.state import ClientState, StateError, StoreMismatch
+from fedrecon.proto.limits import Limits
 from fedrecon.server.serve import ReconServer, ServerConfig, serve
-from fedrecon.server.store import Limits, PrototypeStore
+from fedrecon.server.store import PrototypeStore
 
 
 def _server(path: Path, **limits: int) -> ReconServer:

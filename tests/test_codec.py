@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 
 
@@ -56,7 +57,7 @@ def test_malformed_deltas_are_refused(message: pb.ClassDeltas, expected: str) ->
 def test_non_finite_values_are_refused(bad: float) -> None:
     matrix = pb.Matrix(dtype=pb.FLOAT32, dim=2, rows=1, data=np.array([1.0, bad], dtype="<f4").tobytes())
     with pytest.raises(codec.InvalidMessage, match="NaN or Inf"):
-        codec.decode_matrix(matrix)
+        codec.decode_deltas(pb.ClassDeltas(class_ids=["a"], counts=[1], means=matrix))
     with pytest.raises(codec.InvalidMessage, match="not finite"):
         codec.encode_matrix(np.array([[1.0, bad]]))
 
@@ -64,3 +65,22 @@ def test_non_finite_values_are_refused(bad: float) -> None:
 def test_float16_overflow_is_refused_when_encoding() -> None:
     with pytest.raises(codec.InvalidMessage, match="float16"):
         codec.encode_matrix(np.array([[1e6]]), "float16")
+
+
+def test_one_validation_for_every_caller() -> None:
+    """Codec, store and Flower records refuse the same deltas with the same text (`proto.validate`)."""
+    from fedrecon.proto.flower_records import prototypes_record, read_prototypes
+    from fedrecon.proto.validate import InvalidDeltas, validate
+    from fedrecon.server.errors import InvalidPush
+    from fedrecon.server.store import PrototypeStore
+
+    text = "class_id 'a' appears more than once"
+    with pytest.raises(InvalidDeltas, match=text):
+        validate(Deltas(["a", "a"], np.ones(2, np.int64), np.zeros((2, 2))))
+    with pytest.raises(codec.InvalidMessage, match=text):
+        codec.decode_deltas(pb.ClassDeltas(class_ids=["a", "a"], counts=[1, 1],
+                                           means=codec.encode_matrix(np.zeros((2, 2)))))
+    with pytest.raises(ValueError, match=f"prototype record: {text}"):
+        read_prototypes(prototypes_record(np.ones(2, np.int64), np.zeros((2, 2))), ["a", "a"])
+    with PrototypeStore() as store, pytest.raises(InvalidPush, match=text):
+        store.push("c", "s", 1, ["a", "a"], [1, 1], np.zeros((2, 2)))

@@ -14,7 +14,8 @@ import pytest
 from helpers import FEDRECON, start_server
 
 from fedrecon.server.durable import DatabaseError, DatabaseLocked
-from fedrecon.server.store import PrototypeStore, StoreUnavailable
+from fedrecon.server.errors import StoreUnavailable
+from fedrecon.server.store import PrototypeStore
 
 
 def _server_argv(db: Path | str) -> list[str]:

@@ -66,6 +66,8 @@ def test_records_round_trip_and_refuse_bad_input() -> None:
         read_prototypes(record, ["a", "b"])
     with pytest.raises(ValueError, match="wire dtype"):
         prototypes_record(np.array([1]), means[:1], "int8")
+    with pytest.raises(ValueError, match="'bfloat16' cannot travel in a Flower record"):
+        prototypes_record(np.array([1]), means[:1], "bfloat16")
     a = Assignment(("x", "y"), ((1, 2), (3,)))
     from flwr.app import ConfigRecord
 

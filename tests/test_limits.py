@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from fedrecon.proto import codec
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.ratelimit import RateLimits, StreamSlots, TokenBuckets
 from fedrecon.server.serve import ServerConfig, serve
-from fedrecon.server.store import Limits, PrototypeStore
+from fedrecon.server.store import PrototypeStore
 
 
 def _push(stub, client: str, seq: int, n: int = 1, dim: int = 2, class_len: int = 1) -> grpc.StatusCode:
@@ -119,9 +120,9 @@ def test_stream_slots() -> None:
 
 def test_totals_never_overflow_info_or_stats() -> None:
     """128 valid pushes of 65,536 classes with count 2**40: the space stops at its bound; Info and Stats answer."""
+    from fedrecon.proto.limits import MAX_SPACE_EXAMPLES
     from fedrecon.proto.v1 import admin_pb2 as apb
     from fedrecon.proto.v1 import admin_pb2_grpc as arpc
-    from fedrecon.server.store import MAX_SPACE_EXAMPLES
 
     n = 65_536
     server = serve(ServerConfig(insecure=True), PrototypeStore(None))

@@ -8,10 +8,12 @@ import pytest
 
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.errors import InvalidRequest
 from fedrecon.server.serve import ServerConfig, serve
-from fedrecon.server.store import InvalidRequest, Limits, PrototypeStore
+from fedrecon.server.store import PrototypeStore
 
 
 def _table(result_pages) -> dict:

@@ -12,10 +12,12 @@ import psycopg
 import pytest
 from helpers import FEDRECON, free_port, wait_until
 
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.durable import DatabaseError, Operation
+from fedrecon.server.errors import StoreUnavailable
 from fedrecon.server.log import is_url, location, redact
 from fedrecon.server.pglog import PostgresLog
-from fedrecon.server.store import PrototypeStore, StoreUnavailable
+from fedrecon.server.store import PrototypeStore
 
 SECRET = "sekrit-xyz"
 
@@ -79,7 +81,7 @@ def test_a_head_ahead_of_the_log_refuses_the_commit_and_acknowledges_nothing(pg_
 
 def test_log_rows_gone_missing_are_damage_not_a_shorter_history(pg_url: str) -> None:
     log = PostgresLog(pg_url)  # as a server killed before its checkpoint leaves it: two pushes, only in the log
-    log.append([Operation(v, "push", "a", "s", v, [c], np.ones(1, np.int64), np.ones((1, 2)))
+    log.append([Operation(v, "push", "a", "s", v, Deltas([c], np.ones(1, np.int64), np.ones((1, 2))))
                 for v, c in ((1, "x"), (2, "y"))], {"s": 2})
     log.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:

@@ -17,9 +17,10 @@ from fedrecon.proto import codec
 from fedrecon.proto.trailers import RETRY_AFTER_MS
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.errors import EarlierPushRefused, SeqReused
 from fedrecon.server.ratelimit import RateLimits
 from fedrecon.server.serve import ServerConfig, serve
-from fedrecon.server.store import EarlierPushRefused, PrototypeStore, SeqReused
+from fedrecon.server.store import PrototypeStore
 
 DIM = 4
 
@@ -73,7 +74,7 @@ def test_answers_that_are_ready_together_share_one_message(tmp_path: Path) -> No
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
-            with store._lock:  # the writer commits its first batch but cannot apply (nor answer) it yet
+            with store.tables.lock:  # the writer commits its first batch but cannot apply (nor answer) it yet
                 call = stub.PushStream(iter([_request(seq) for seq in range(1, 41)]), timeout=30)
                 deadline = time.monotonic() + 20
                 while len(store._queue) + store.committed_operations < 40 and time.monotonic() < deadline:

@@ -48,7 +48,7 @@ def test_a_retry_in_the_batch_of_a_failed_commit_is_not_acknowledged(tmp_path: P
 
     import pytest
 
-    from fedrecon.server.store import StoreUnavailable
+    from fedrecon.server.errors import StoreUnavailable
 
     store = PrototypeStore(tmp_path / "s.db")
     monkeypatch.setattr(store._log, "append", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError(
@@ -144,7 +144,7 @@ def test_an_answered_push_keeps_nothing_its_caller_does_not_need() -> None:
     first = store.submit_push("a", "s", 1, ["x"], [2], rng.normal(size=(1, 4)))
     second = store.submit_push("a", "s", 2, ["x"], [3], rng.normal(size=(1, 4)), after=first)
     assert second.wait().version == 2
-    assert second.after is None and second.means is None and second.counts is None and second.sums is None
+    assert second.after is None and second.deltas is None and second.sums is None and second.packed is None
 
 
 def _rss_kib(pid: int) -> int:
@@ -210,7 +210,8 @@ def test_server_memory_does_not_grow_with_the_pushes_of_one_open_stream(tmp_path
 
 def test_class_quotas_per_space_and_per_client_refuse_with_resource_exhausted() -> None:
     """Stored classes cost memory: a space and a client have class quotas (RESOURCE_EXHAUSTED past them)."""
-    from fedrecon.server.store import Limits, QuotaExceeded
+    from fedrecon.proto.limits import Limits
+    from fedrecon.server.errors import QuotaExceeded
 
     store = PrototypeStore(limits=Limits(max_space_classes=10, max_client_classes=6))
     _push(store, "a", 1, [f"a{i}" for i in range(6)])

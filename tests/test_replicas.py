@@ -23,9 +23,10 @@ from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
+from fedrecon.server.errors import StoreUnavailable, VersionAhead
 from fedrecon.server.follow import token_version
 from fedrecon.server.pglog import connection_params
-from fedrecon.server.store import PrototypeStore, StoreUnavailable, VersionAhead
+from fedrecon.server.store import PrototypeStore
 
 SPACE = "s"
 DIM = 4

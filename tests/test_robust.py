@@ -63,18 +63,19 @@ def _fill(store: PrototypeStore, space: str, seq: int = 1) -> None:
 
 
 def test_pull_is_robust_only_for_configured_spaces() -> None:
-    with PrototypeStore(None) as store:
+    with PrototypeStore(None, merge_rule=RobustMerge({"robust": RobustConfig(count_cap=3)})) as store, \
+            PrototypeStore(None) as reference:
         _fill(store, "robust")
         _fill(store, "plain", seq=2)
-        merge = RobustMerge(store, {"robust": RobustConfig(count_cap=3)})
-        robust, plain = merge.pull("robust"), merge.pull("plain")
+        _fill(reference, "plain")
+        robust, plain = store.pull("robust"), store.pull("plain")
         assert robust.counts.tolist() == [18, 18]
         assert np.linalg.norm(robust.means[0] - HONEST.mean(axis=0)) < 0.1
         assert np.linalg.norm(plain.means[0] - HONEST.mean(axis=0)) > 10
-        np.testing.assert_array_equal(plain.means, store.pull("plain").means)
+        np.testing.assert_array_equal(plain.means, reference.pull("plain").means)
         version = store.version
         store.revoke("evil")
-        changed = merge.pull("robust", since=version)
+        changed = store.pull("robust", since=version)
         assert changed.class_ids == ["a", "b"] and changed.counts.tolist() == [18, 18]
 
 
@@ -105,3 +106,32 @@ def test_cli_server_robust_options(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def test_flower_rounds_get_the_robust_merge_through_the_store() -> None:
+    """The Flower strategy pulls through the store, so a store's robust rule reaches Flower clients too."""
+    from fedrecon.proto.flower_records import read_prototypes
+    from fedrecon.server.flower import PrototypeAveraging
+    from fedrecon.server.flower_plan import plan_missions
+
+    rule = RobustMerge({"*": RobustConfig(estimator="median", count_cap=3)})
+    with PrototypeStore(None, merge_rule=rule) as store:
+        _fill(store, "s")
+        plan = plan_missions([f"c{i}" for i in range(6)], [6] * 6, clients=1, rounds=1, ways=2, shots=3, queries=2,
+                             seed=0)
+        config: dict = {}
+        record = PrototypeAveraging(store, plan, "s", dtype="float64")._sync(0, config)
+        ids, counts, means = read_prototypes(record, config["global-classes"])
+    assert ids == ["a", "b"] and counts.tolist() == [18, 18]
+    np.testing.assert_allclose(means[0], np.median(HONEST, axis=0))
+
+
+def test_flower_run_config_chooses_the_merge_rule() -> None:
+    """`robust` in the Flower run config gives the run's store the robust rule; without it the plain one."""
+    from fedrecon.server.flower_app import FlowerSettings
+    from fedrecon.server.merge import MergeRule
+
+    rule = FlowerSettings(robust="a, b", robust_estimator="median", robust_count_cap=3).merge_rule()
+    assert isinstance(rule, RobustMerge) and sorted(rule.spaces) == ["a", "b"]
+    assert rule.spaces["a"] == RobustConfig("median", count_cap=3)
+    assert type(FlowerSettings().merge_rule()) is MergeRule

@@ -13,10 +13,11 @@ from helpers import free_port
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.recon_client import ReconClient, SequenceError
 from fedrecon.proto import codec
+from fedrecon.proto.limits import Limits
 from fedrecon.proto.trailers import EXPECTED_SEQ
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.serve import ServerConfig, serve
-from fedrecon.server.store import Limits, PrototypeStore
+from fedrecon.server.store import PrototypeStore
 
 
 @pytest.fixture

@@ -6,16 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrecon.proto.payloads import Deltas
+from fedrecon.server.errors import InvalidPush, SeqReused, SequenceGap, UnknownClient, VersionAhead
 from fedrecon.server.log import Log
-from fedrecon.server.store import (
-    InvalidPush,
-    Pending,
-    PrototypeStore,
-    SeqReused,
-    SequenceGap,
-    UnknownClient,
-    VersionAhead,
-)
+from fedrecon.server.pending import Pending
+from fedrecon.server.store import PrototypeStore
 
 
 def _mean(value: float, dim: int = 4) -> np.ndarray:
@@ -33,11 +28,11 @@ def store(request, tmp_path: Path):
 
 def snapshot(store: PrototypeStore) -> dict:
     """Everything observable: version, per-space tables, per-client contributions and seqs."""
-    out = {"version": store.version, "clients": dict(store.clients)}
-    for space, table in store.spaces.items():
+    out = {"version": store.version, "clients": dict(store.tables.clients)}
+    for space, table in store.tables.spaces.items():
         out[space] = {c: (table.get(c)[0].tolist(), table.get(c)[1], int(table.versions[table.index[c]]))
                       for c in table.class_ids}
-    for client, spaces in store.contributions.items():
+    for client, spaces in store.tables.contributions.items():
         for space, table in spaces.items():
             out[(client, space)] = {c: (table.get(c)[0].tolist(), table.get(c)[1]) for c in table.class_ids}
     return out
@@ -79,7 +74,7 @@ def test_content_check_survives_restart(db_target, checkpoint_every: int) -> Non
 
 
 def _pending(client: str, seq: int, ids: list[str], counts: list[int], means: np.ndarray) -> Pending:
-    return Pending("push", client, "s", seq, ids, np.asarray(counts, dtype=np.int64), np.asarray(means))
+    return Pending("push", client, "s", seq, Deltas(ids, np.asarray(counts, dtype=np.int64), np.asarray(means)))
 
 
 def test_one_batch_refuses_exactly_the_pushes_at_fault() -> None:
@@ -200,9 +195,9 @@ def test_direct_callers_get_the_same_limits_as_grpc(store, args, match) -> None:
 
 
 def test_space_total_is_bounded_so_sums_never_overflow(store, monkeypatch) -> None:
-    from fedrecon.server import store as store_module
+    from fedrecon.server import staging
 
-    monkeypatch.setattr(store_module, "MAX_SPACE_EXAMPLES", 100)
+    monkeypatch.setattr(staging, "MAX_SPACE_EXAMPLES", 100)
     store.push("a", "s", 1, ["x", "y"], [40, 50], np.zeros((2, 4)))
     with pytest.raises(InvalidPush, match="more than 100 examples"):
         store.push("b", "s", 1, ["z"], [11], np.zeros((1, 4)))
