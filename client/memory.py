@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedrecon.proto.payloads import Deltas, Snapshot
-from fedrecon.proto.prototypes import PrototypeTable, squared_distances
+from fedrecon.proto.prototypes import PrototypeTable, nearest
 
 T = TypeVar("T")
 
@@ -33,16 +33,14 @@ class Prediction:
 
 
 def rank(table: PrototypeTable, embeddings: np.ndarray, k: int = 2) -> list[Prediction]:
-    """The `k` nearest classes of each embedding over the table's live classes (squared Euclidean distance)."""
+    """The `k` nearest classes of each embedding over the table's live classes (`nearest`, squared distances)."""
     rows = table.live_rows()
     if len(rows) == 0:
         raise ValueError("classify: this client knows no classes yet (learn some, or sync with a server)")
-    distances = squared_distances(embeddings, table.means(rows))
-    k = max(1, min(k, len(rows)))
-    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    found = nearest(embeddings, table.means(rows), k)
     out = []
-    for i, best in enumerate(order):
-        ranked = [(table.class_ids[rows[j]], float(distances[i, j])) for j in best]
+    for best, distances in zip(found.rows, found.distances, strict=True):
+        ranked = [(table.class_ids[rows[j]], float(d)) for j, d in zip(best, distances, strict=True)]
         out.append(Prediction(ranked[0][0], ranked[0][1], ranked[1:]))
     return out
 
