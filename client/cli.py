@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.client.state import default_state_dir, state_path
+from fedrecon.client.state_dir import default_state_dir, state_path
 from fedrecon.proto.channel import add_tls_arguments, security_from_args
 
 if TYPE_CHECKING:

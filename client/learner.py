@@ -26,7 +26,8 @@ from fedrecon.client.data.folder import ignored_entries, labelled_files
 from fedrecon.client.intake import Intake, chunks
 from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.client.state import ClientState, state_path
+from fedrecon.client.state import ClientState
+from fedrecon.client.state_dir import state_path
 from fedrecon.client.unknown import auto_threshold, with_unknown
 from fedrecon.proto import codec
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
