@@ -230,7 +230,7 @@ def _learner(args: argparse.Namespace, offline: bool = False) -> Learner:
 
 def _reach(learner: Learner, address: str) -> None:
     """Contact the server and check the state's store before anything is recorded; refuse in one line if not."""
-    from fedrecon.client.recon_client import ServerUnreachable
+    from fedrecon.client.grpc_merger import ServerUnreachable
     from fedrecon.client.state import StoreMismatch
 
     try:

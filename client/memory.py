@@ -6,16 +6,14 @@ last push gets the exact combined mean `(global_sum + local_sum) / (global_count
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from fedrecon.proto.payloads import Deltas, Snapshot
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.prototypes import PrototypeTable, nearest
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,24 +41,6 @@ def rank(table: PrototypeTable, embeddings: np.ndarray, k: int = 2) -> list[Pred
         ranked = [(table.class_ids[rows[j]], float(d)) for j, d in zip(best, distances, strict=True)]
         out.append(Prediction(ranked[0][0], ranked[0][1], ranked[1:]))
     return out
-
-
-def push_pending(memory: PrototypeMemory, push: Callable[[list[str], np.ndarray, np.ndarray], T]) -> T | None:
-    """Send the memory's un-pushed deltas with `push(class_ids, counts, means)`; forget them once it returns."""
-    class_ids, counts, means = memory.pending()
-    if not class_ids:
-        return None
-    result = push(class_ids, counts, means)
-    memory.mark_pushed()
-    return result
-
-
-def pull_into(memory: PrototypeMemory, pull: Callable[[int], Snapshot]) -> Snapshot:
-    """Fetch what changed since the memory's global version with `pull(since)` and apply it."""
-    snapshot = pull(memory.global_version)
-    memory.apply_pull(snapshot.class_ids, snapshot.counts, snapshot.means, snapshot.version, snapshot.epoch,
-                      snapshot.reset)
-    return snapshot
 
 
 class PrototypeMemory:
