@@ -31,14 +31,6 @@ def _partial_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarra
     return scores
 
 
-def squared_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (n_queries x n_prototypes)."""
-    q = np.asarray(queries, dtype=np.float64)
-    d = _partial_distances(q, prototypes)
-    d += np.einsum("ij,ij->i", q, q)[:, None]
-    return np.maximum(d, 0.0, out=d)
-
-
 class Nearest(NamedTuple):
     """The `k` nearest prototypes of each query, nearest first: their rows and squared distances (n x k each)."""
 
