@@ -3,7 +3,8 @@
 Messages carry a `config` ConfigRecord (task: data set, data dir, encoder, wire dtype; the mission or
 evaluation slice; the sync versions) and a `prototypes` ArrayRecord (merged classes changed since this
 client's last round). The client keeps the merged table it has seen in `context.state`, so each round
-only the changes travel. A supernode's `--node-config "data-dir='...'"` overrides the task's data dir.
+only the changes travel; each round its `Replica` syncs with the round as its merger (`RoundMerger`).
+A supernode's `--node-config "data-dir='...'"` overrides the task's data dir.
 It knows nothing of baselines: the experiments' app (`fedrecon.experiments.flower_app`) calls `register`
 and adds its own handlers.
 """
