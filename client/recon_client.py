@@ -20,7 +20,7 @@ import numpy as np
 from fedrecon.client import reconcile
 from fedrecon.client.grpc_merger import AUTH_CODES, GrpcMerger, ack_of, is_permanent
 from fedrecon.client.memory import PrototypeMemory
-from fedrecon.client.state import ClientState
+from fedrecon.client.state import ClientState, PendingPush
 from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity
 from fedrecon.proto.merger import next_seq
@@ -153,7 +153,7 @@ class ReconClient:
         requests just recorded, by their serialized bytes (not parsed back)."""
         fresh = fresh or {}
 
-        def request(push: object) -> pb.PushRequest:
+        def request(push: PendingPush) -> pb.PushRequest:
             return fresh.get(push.request) or pb.PushRequest.FromString(push.request)
 
         pending = self.state.all_pending
