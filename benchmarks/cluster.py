@@ -85,7 +85,7 @@ def cross_replica_pull_ms(url: str, pulls: int, dim: int) -> dict:
             rng = np.random.default_rng(0)
             for k in range(pulls):
                 ack = a.push("s", [f"x{k}"], [1], rng.normal(size=(1, dim)))
-                b.seen_version = ack.version  # what a client that pushed on A and pulls from B has seen
+                b.merger.seen_version = ack.version  # what a client that pushed on A and pulls from B has seen
                 started = time.perf_counter()
                 pulled = b.pull("s")
                 samples.append(time.perf_counter() - started)

@@ -221,6 +221,7 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
 
     from fedrecon.client.flower import assigned_images, get_encoder, load_data
     from fedrecon.client.memory import PrototypeMemory
+    from fedrecon.client.replica import Replica
     from fedrecon.experiments.transports import InprocTransport
     from fedrecon.proto.flower_records import Assignment
     from fedrecon.server.flower_plan import plan_missions
@@ -234,6 +235,7 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     bytes_up = 0
+    replicas: dict[int, Replica] = {}  # one per client id: it numbers that client's pushes
     with InprocTransport({"dtype": "float32"}) as transport:
         for r, row in enumerate(plan.missions):
             bar = tqdm(total=len(row), desc=f"mission round {r + 1}", unit="client", leave=False)
@@ -242,11 +244,12 @@ def run_inproc(args: argparse.Namespace, classes: int) -> dict[str, Any]:
                 embedded = encoder.embed(np.concatenate([images for images, _ in batch]))
                 offset = 0
                 for k, (images, labels) in enumerate(batch, start=first):
-                    memory = PrototypeMemory()
-                    memory.add_examples(labels, embedded[offset : offset + len(images)])
+                    replica = replicas.setdefault(k, Replica(f"client-{k}", encoder.fingerprint))
+                    replica.memory.add_examples(labels, embedded[offset : offset + len(images)])
                     offset += len(images)
-                    ids, counts, means = memory.pending()
-                    bytes_up += transport.push(f"client-{k}", encoder.fingerprint, ids, counts, means)[1]
+                    merger = transport.merger(replica.client_id)
+                    replica.push(merger)
+                    bytes_up += merger.bytes_up
                 bar.update(len(batch))
             bar.close()
         merge_s = time.perf_counter() - t1

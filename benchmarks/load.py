@@ -32,7 +32,8 @@ def client_thread(address: str, client_id: str, token: str | None, start_at: flo
     """Push until `stop_at`, recording latencies and errors."""
     import grpc
 
-    from fedrecon.client.recon_client import ChannelSecurity, ReconClient
+    from fedrecon.client.recon_client import ReconClient
+    from fedrecon.proto.channel import ChannelSecurity
 
     rng = np.random.default_rng(abs(hash(client_id)) % 2**32)
     latencies: list[float] = []

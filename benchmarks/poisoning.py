@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fedrecon.benchmarks.harness import print_result
-from fedrecon.proto.prototypes import nearest_prototype
+from fedrecon.proto.prototypes import nearest
 from fedrecon.server.robust import RobustConfig, RobustMerge
 from fedrecon.server.store import PrototypeStore
 
@@ -101,7 +101,7 @@ def accuracy(class_ids: list[str], pulled, queries: list[np.ndarray]) -> float:
     prototypes = pulled.means[order]
     correct = total = 0
     for c, q in enumerate(queries):
-        correct += int((nearest_prototype(q, prototypes) == c).sum())
+        correct += int((nearest(q, prototypes).rows[:, 0] == c).sum())
         total += len(q)
     return correct / total
 

@@ -32,7 +32,7 @@ from fedrecon.experiments.process import ServerProcess
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("writer: check content", ("check_content", "check_values", "_check_deltas", "_stage (")),
     ("writer: encode + digest", ("pack_operation", "content_digest", "pack_means")),
-    ("writer: commit (SQLite)", ("SqliteLog.append", "_Transaction")),
+    ("writer: commit (SQLite)", ("SqliteLog.append", "proto/sqlite_files.py")),
     ("writer: apply to tables", ("_apply", "add_sums", "PrototypeTable")),
     ("writer: batching", ("_writer_loop", "_process (")),
     ("service: decode", ("decode_deltas", "decode_matrix")),

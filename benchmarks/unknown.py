@@ -29,7 +29,7 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 def split_scores(embeddings: np.ndarray, labels: np.ndarray, seed: int, train: int = 15) -> dict[str, Any]:
     """One random half learned: distances and correctness of known queries, distances of unseen ones."""
     from fedrecon.client.unknown import nearest_other
-    from fedrecon.proto.prototypes import squared_distances
+    from fedrecon.proto.prototypes import nearest
 
     classes = np.unique(labels)
     known = np.sort(np.random.default_rng(seed).permutation(classes)[: len(classes) // 2])
@@ -41,11 +41,11 @@ def split_scores(embeddings: np.ndarray, labels: np.ndarray, seed: int, train: i
         test_rows.append(rows[train:])
     protos = np.stack(protos)
     test = np.concatenate(test_rows)
-    d = squared_distances(embeddings[test], protos)
-    nearest, best = d.min(axis=1), known[d.argmin(axis=1)]
+    found = nearest(embeddings[test], protos)
+    distance, best = found.distances[:, 0], known[found.rows[:, 0]]
     is_known = np.isin(labels[test], known)
-    return {"spread": float(np.median(nearest_other(protos))), "known_d": nearest[is_known],
-            "known_ok": best[is_known] == labels[test][is_known], "unseen_d": nearest[~is_known]}
+    return {"spread": float(np.median(nearest_other(protos))), "known_d": distance[is_known],
+            "known_ok": best[is_known] == labels[test][is_known], "unseen_d": distance[~is_known]}
 
 
 def measure(embeddings: np.ndarray, labels: np.ndarray, factor: float, splits: int) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def _accuracy_change(data_dir: Path, encoder_name: str, n_classes: int, shots: i
 
     from fedrecon.client.data.omniglot import load_omniglot
     from fedrecon.client.encoder import load_encoder
-    from fedrecon.proto.prototypes import nearest_prototype
+    from fedrecon.proto.prototypes import nearest
 
     encoder = load_encoder(encoder_name)
     data = load_omniglot(data_dir, background=False, image_size=encoder.config["image_size"], cache_dir=cache_dir)
@@ -176,7 +176,7 @@ def _accuracy_change(data_dir: Path, encoder_name: str, n_classes: int, shots: i
     out: dict = {"classes": len(chosen), "shots": shots, "queries_per_class": queries, "encoder": encoder_name}
     for dtype in DTYPES:
         sent = codec.decode_matrix(codec.encode_matrix(protos_arr, dtype)).astype(np.float64)
-        out[f"accuracy_{dtype}"] = float((nearest_prototype(queries_arr, sent) == labels).mean())
+        out[f"accuracy_{dtype}"] = float((nearest(queries_arr, sent).rows[:, 0] == labels).mean())
     for dtype in ("float16", "bfloat16"):
         out[f"change_pp_{dtype}"] = 100.0 * (out[f"accuracy_{dtype}"] - out["accuracy_float32"])
     return out

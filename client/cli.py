@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.client.state import default_state_dir, state_path
+from fedrecon.client.state_dir import default_state_dir, state_path
 from fedrecon.proto.channel import add_tls_arguments, security_from_args
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def _learner(args: argparse.Namespace, offline: bool = False) -> Learner:
 
 def _reach(learner: Learner, address: str) -> None:
     """Contact the server and check the state's store before anything is recorded; refuse in one line if not."""
-    from fedrecon.client.recon_client import ServerUnreachable
+    from fedrecon.client.grpc_merger import ServerUnreachable
     from fedrecon.client.state import StoreMismatch
 
     try:

@@ -3,7 +3,8 @@
 Messages carry a `config` ConfigRecord (task: data set, data dir, encoder, wire dtype; the mission or
 evaluation slice; the sync versions) and a `prototypes` ArrayRecord (merged classes changed since this
 client's last round). The client keeps the merged table it has seen in `context.state`, so each round
-only the changes travel. A supernode's `--node-config "data-dir='...'"` overrides the task's data dir.
+only the changes travel; each round its `Replica` syncs with the round as its merger (`RoundMerger`).
+A supernode's `--node-config "data-dir='...'"` overrides the task's data dir.
 It knows nothing of baselines: the experiments' app (`fedrecon.experiments.flower_app`) calls `register`
 and adds its own handlers.
 """
@@ -21,9 +22,10 @@ from flwr.clientapp import ClientApp
 from fedrecon.client.data import DEFAULT_SIZES, ImageSet, load_dataset
 from fedrecon.client.data.registry import GLYPH_DEFAULTS
 from fedrecon.client.encoder import Encoder, load_encoder_spec
-from fedrecon.client.memory import PrototypeMemory, push_pending
+from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.replica import Replica
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
-from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 
 STATE_ARRAYS = "fedrecon-global"
 STATE_META = "fedrecon-meta"
@@ -145,19 +147,39 @@ def save_memory(context: Context, memory: PrototypeMemory, space: str, dtype: st
                                               "class-ids": [table.class_ids[r] for r in rows]})
 
 
-def apply_sync(memory: PrototypeMemory, msg: Message, client: int) -> None:
-    """Apply the merged prototypes the server sent; refuse a sync that skips versions this client lacks
-    (since 0 is a full table that replaces what the client holds)."""
-    config = msg.content["config"]
-    since = int(config["since"])
-    if since == 0 and memory.global_version:  # a full resync (the server lost track of this client): start over
-        memory.global_table = PrototypeTable(memory.global_table.dim)
-        memory.global_version = 0
-    if since != memory.global_version:
-        raise RuntimeError(f"client {client}: server sent changes since version {since}, but this client holds "
-                           f"version {memory.global_version} (client state lost or server restarted)")
-    ids, counts, means = read_prototypes(msg.content["prototypes"], list(config["global-classes"]))
-    memory.apply_pull(ids, counts, means, int(config["version"]))
+class RoundMerger:
+    """One Flower round as the client's `Merger`: the server's message is the pull (the merged classes changed
+    since the version it names), and the reply carries the push (Flower is server-driven)."""
+
+    def __init__(self, msg: Message, dtype: str, dim: int) -> None:
+        self.msg, self.config = msg, msg.content["config"]
+        self.dtype, self.dim = dtype, dim
+        self.pushed: RecordDict | None = None
+
+    @property
+    def reply(self) -> RecordDict:
+        """The round's reply: the pushed deltas, or an empty push when nothing was pending."""
+        return self.pushed or self._reply([], np.zeros(0, np.int64), np.zeros((0, self.dim)))
+
+    def _reply(self, ids: list[str], counts: np.ndarray, means: np.ndarray) -> RecordDict:
+        return RecordDict({"prototypes": prototypes_record(counts, means, self.dtype, self.dim),
+                           "config": _reply_config(self.config, **{"class-ids": ids}),
+                           "metrics": MetricRecord({"num-examples": int(counts.sum()), "classes": len(ids)})})
+
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> PushAck:
+        """The deltas go up as this round's reply (the server merges them like a gRPC push)."""
+        self.pushed = self._reply(list(deltas.class_ids), deltas.counts, deltas.means)
+        return PushAck(seq, 0, len(deltas.class_ids))
+
+    def pull(self, space: str, since: int, epoch: str = "") -> Snapshot:
+        """The merged prototypes the server sent; refuse a sync that skips versions this client lacks (since 0 is a
+        full table that replaces what the client holds)."""
+        sent = int(self.config["since"])
+        if sent != since and sent != 0:
+            raise RuntimeError(f"client {int(self.config['client'])}: server sent changes since version {sent}, but "
+                               f"this client holds version {since} (client state lost or server restarted)")
+        ids, counts, means = read_prototypes(self.msg.content["prototypes"], list(self.config["global-classes"]))
+        return Snapshot(space, int(self.config["version"]), ids, counts, means, reset=sent == 0 and since != 0)
 
 
 def _reply_config(config: ConfigRecord, **extra: Any) -> ConfigRecord:
@@ -180,37 +202,31 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Apply the server's sync, learn the mission's classes, and return their per-class deltas."""
+    """Learn the mission's classes, then `Replica.sync`: their deltas go up as the reply, the server's changes apply."""
     config = msg.content["config"]
     task, client, space, dtype = task_of(config), int(config["client"]), str(config["space"]), str(config["dtype"])
     encoder = encoder_for(task)
     if encoder.fingerprint != space:
         raise RuntimeError(f"client {client}: encoder space {encoder.fingerprint} != the federation's {space}")
-    memory = restore_memory(context, space)
-    apply_sync(memory, msg, client)
+    replica = Replica(f"flower-{client}", space, restore_memory(context, space))
     images, labels = assigned_images(data_for(task, context), Assignment.from_config(config, "mission"))
     if len(images):
-        memory.add_examples(labels, encoder.embed(images))
-
-    def push(ids: list[str], counts: np.ndarray, means: np.ndarray) -> RecordDict:
-        """The deltas go up as this round's reply (the server merges them like a gRPC push)."""
-        return RecordDict({"prototypes": prototypes_record(counts, means, dtype, encoder.dim),
-                           "config": _reply_config(config, **{"class-ids": ids}),
-                           "metrics": MetricRecord({"num-examples": int(counts.sum()), "classes": len(ids)})})
-
-    reply = push_pending(memory, push) or push([], np.zeros(0, np.int64), np.zeros((0, encoder.dim)))
-    save_memory(context, memory, space, dtype)
-    return Message(reply, reply_to=msg)
+        replica.memory.add_examples(labels, encoder.embed(images))
+    merger = RoundMerger(msg, dtype, encoder.dim)
+    replica.sync(merger)
+    save_memory(context, replica.memory, space, dtype)
+    return Message(merger.reply, reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Apply the server's sync and classify the evaluation slice against every class this client knows."""
     config = msg.content["config"]
     task, client, space = task_of(config), int(config["client"]), str(config["space"])
-    memory = restore_memory(context, space)
-    apply_sync(memory, msg, client)
-    save_memory(context, memory, space, str(config["dtype"]))
-    correct, queries = score(data_for(task, context), Assignment.from_config(config, "eval"), encoder_for(task), memory)
+    replica = Replica(f"flower-{client}", space, restore_memory(context, space))
+    replica.sync(RoundMerger(msg, str(config["dtype"]), 0))
+    save_memory(context, replica.memory, space, str(config["dtype"]))
+    correct, queries = score(data_for(task, context), Assignment.from_config(config, "eval"), encoder_for(task),
+                             replica.memory)
     reply = RecordDict({"config": _reply_config(config),
                         "metrics": MetricRecord({"correct": correct, "queries": queries, "num-examples": queries})})
     return Message(reply, reply_to=msg)

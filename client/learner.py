@@ -24,9 +24,11 @@ from tqdm import tqdm
 
 from fedrecon.client.data.folder import ignored_entries, labelled_files
 from fedrecon.client.intake import Intake, chunks
-from fedrecon.client.memory import Prediction, PrototypeMemory, pull_into, rank
+from fedrecon.client.memory import Prediction, PrototypeMemory, rank
 from fedrecon.client.recon_client import ReconClient
-from fedrecon.client.state import ClientState, state_path
+from fedrecon.client.replica import Replica
+from fedrecon.client.state import ClientState
+from fedrecon.client.state_dir import state_path
 from fedrecon.client.unknown import auto_threshold, with_unknown
 from fedrecon.proto import codec
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
@@ -46,11 +48,10 @@ class Learner:
                  state: ClientState | None = None, server: ReconClient | None = None) -> None:
         self.encoder = encoder
         self.state = state if state is not None else (server.state if server is not None else None)
-        if memory is None:
-            memory = self.state.load_memory(encoder.fingerprint) if self.state is not None else PrototypeMemory()
-        if memory.dim not in (None, encoder.dim):
-            raise ValueError(f"memory dim {memory.dim} does not match the encoder's {encoder.dim}")
-        self.memory = memory
+        client_id = self.state.client_id if self.state is not None else ""
+        self.replica = Replica(client_id, encoder.fingerprint, memory, self.state)
+        if self.memory.dim not in (None, encoder.dim):
+            raise ValueError(f"memory dim {self.memory.dim} does not match the encoder's {encoder.dim}")
         self.batch_size = batch_size
         self.server = server
         self._learned: set[tuple[str, str]] = set()  # (content hash, class) learned by a learner without a state
@@ -79,6 +80,11 @@ class Learner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def memory(self) -> PrototypeMemory:
+        """The local and pulled prototypes (the replica's)."""
+        return self.replica.memory
 
     @property
     def space(self) -> str:
@@ -149,23 +155,19 @@ class Learner:
 
     def push(self) -> list[PushAck]:
         """Push every un-pushed delta (and a push left pending by an earlier run) exactly once."""
-        return self._client().push_memory(self.memory, self.space)
+        return self.replica.push(self._client())
 
     def pull(self) -> Snapshot:
         """Pull the classes merged since this client's last pull into the memory (persisted); returns what came."""
         client = self._client()
         client.bind()
-        pulled = pull_into(self.memory, lambda since: client.pull(self.space, since=since,
-                                                                  epoch=self.memory.global_epoch))
-        if self.state is not None:
-            self.state.save_global(self.space, self.memory, pulled.class_ids, reset=pulled.reset)
-        return pulled
+        return self.replica.pull(client)
 
     def sync(self) -> dict[str, Any]:
-        """Push what is pending, then pull what changed; returns a JSON-ready summary."""
+        """Push what is pending, then pull what changed (`Replica.sync`); returns a JSON-ready summary."""
         resumed = len(self.state.all_pending) if self.state is not None else 0
-        acks = self.push()
-        pulled = self.pull()
+        synced = self.replica.sync(self._client())
+        acks, pulled = synced.acks, synced.pulled
         return {"pushes": len(acks), "classes_pushed": sum(a.classes for a in acks), "resumed_pushes": resumed,
                 "seq": acks[-1].seq if acks else (self.state.last_seq if self.state else 0),
                 "pulled": len(pulled.class_ids), "version": self.memory.global_version,

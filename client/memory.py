@@ -6,16 +6,14 @@ last push gets the exact combined mean `(global_sum + local_sum) / (global_count
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from fedrecon.proto.payloads import Deltas, Snapshot
-from fedrecon.proto.prototypes import PrototypeTable, squared_distances
-
-T = TypeVar("T")
+from fedrecon.proto.payloads import Deltas
+from fedrecon.proto.prototypes import PrototypeTable, nearest
 
 
 @dataclass(frozen=True)
@@ -33,36 +31,16 @@ class Prediction:
 
 
 def rank(table: PrototypeTable, embeddings: np.ndarray, k: int = 2) -> list[Prediction]:
-    """The `k` nearest classes of each embedding over the table's live classes (squared Euclidean distance)."""
+    """The `k` nearest classes of each embedding over the table's live classes (`nearest`, squared distances)."""
     rows = table.live_rows()
     if len(rows) == 0:
         raise ValueError("classify: this client knows no classes yet (learn some, or sync with a server)")
-    distances = squared_distances(embeddings, table.means(rows))
-    k = max(1, min(k, len(rows)))
-    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    found = nearest(embeddings, table.means(rows), k)
     out = []
-    for i, best in enumerate(order):
-        ranked = [(table.class_ids[rows[j]], float(distances[i, j])) for j in best]
+    for best, distances in zip(found.rows, found.distances, strict=True):
+        ranked = [(table.class_ids[rows[j]], float(d)) for j, d in zip(best, distances, strict=True)]
         out.append(Prediction(ranked[0][0], ranked[0][1], ranked[1:]))
     return out
-
-
-def push_pending(memory: PrototypeMemory, push: Callable[[list[str], np.ndarray, np.ndarray], T]) -> T | None:
-    """Send the memory's un-pushed deltas with `push(class_ids, counts, means)`; forget them once it returns."""
-    class_ids, counts, means = memory.pending()
-    if not class_ids:
-        return None
-    result = push(class_ids, counts, means)
-    memory.mark_pushed()
-    return result
-
-
-def pull_into(memory: PrototypeMemory, pull: Callable[[int], Snapshot]) -> Snapshot:
-    """Fetch what changed since the memory's global version with `pull(since)` and apply it."""
-    snapshot = pull(memory.global_version)
-    memory.apply_pull(snapshot.class_ids, snapshot.counts, snapshot.means, snapshot.version, snapshot.epoch,
-                      snapshot.reset)
-    return snapshot
 
 
 class PrototypeMemory:

@@ -94,7 +94,7 @@ def _confirm(client: ReconClient, merged: list[PendingPush], last: int) -> list[
     of `last` with that content), acknowledge them as `last - k + 1 .. last`, number the rest after `last`."""
     request = pb.PushRequest.FromString(merged[-1].request)
     request.seq = last
-    reply = client.call_push(request)
+    reply = client.merger.send(request)
     if not reply.duplicate:  # the store moved on meanwhile: it merged this content again under `last`
         log.warning("push %d of client %r was merged again by a store that moved on", last, client.client_id)
     first = last - len(merged) + 1
@@ -112,7 +112,7 @@ def _confirm_by_retry(client: ReconClient, last: int) -> list[PushAck]:
     if last not in pending or min(pending) >= last:
         return []
     try:
-        reply = client.call_push(pb.PushRequest.FromString(pending[last].request))
+        reply = client.merger.send(pb.PushRequest.FromString(pending[last].request))
     except grpc.RpcError:
         return []
     merged = [pending[seq] for seq in sorted(pending) if seq <= last]
@@ -153,7 +153,7 @@ def check_store(client: ReconClient) -> None:
     if kept is None:
         return
     try:
-        reply = client.call_push(pb.PushRequest.FromString(kept.request))
+        reply = client.merger.send(pb.PushRequest.FromString(kept.request))
     except grpc.RpcError as rpc_error:
         refusal = sequence_error(rpc_error)
         if refusal is None:

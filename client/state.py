@@ -14,12 +14,9 @@ one state at once. `path=None` keeps it in memory.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import numpy as np
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.proto import codec
 from fedrecon.proto.digest import push_digest
+from fedrecon.proto.sqlite_files import FileLocked, Transaction, foreign_tables, get_meta, lock_file, set_meta
 from fedrecon.proto.v1 import recon_pb2 as pb
 
 SCHEMA = """
@@ -48,6 +46,7 @@ CREATE TABLE IF NOT EXISTS pending_local (seq INTEGER NOT NULL, space TEXT NOT N
 """
 ADDED_COLUMNS = [("pending", "source", "TEXT NOT NULL DEFAULT ''"), ("pending", "digest", "TEXT NOT NULL DEFAULT ''"),
                  ("versions", "epoch", "TEXT NOT NULL DEFAULT ''")]  # states written before they existed
+TABLES = {"meta", "pending", "dropped", "local", "global", "versions", "history", "pending_local", "learned"}
 KIND = "fedrecon-client-state/2"
 HISTORY_KEEP = 1024  # acknowledged pushes a state file keeps (a restored store older than that loses the rest)
 INSERT_PENDING = "INSERT INTO pending (seq, space, request, at, source, digest) VALUES (?, ?, ?, ?, ?, ?)"
@@ -84,38 +83,6 @@ def request_digest(space: str, request: bytes) -> str:
 Returned = tuple[int, list[str], np.ndarray, np.ndarray]  # (seq, class ids, counts, float64 sums) of a memory push
 
 
-def default_state_dir() -> Path:
-    """`$FEDRECON_STATE_DIR`, else `$XDG_STATE_HOME/fedrecon`, else `~/.local/state/fedrecon`."""
-    if os.environ.get("FEDRECON_STATE_DIR"):
-        return Path(os.environ["FEDRECON_STATE_DIR"]).expanduser()
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "fedrecon"
-
-
-def state_path(state_dir: str | Path | None, client_id: str) -> Path:
-    """Where one client id's state lives inside a state directory."""
-    if not client_id or "/" in client_id or client_id in (".", ".."):
-        raise ValueError(f"client id {client_id!r} must be a non-empty name without '/'")
-    return Path(state_dir or default_state_dir()).expanduser() / f"{client_id}.db"
-
-
-def _lock(path: Path, timeout: float) -> int:
-    """An exclusive advisory lock on `<path>.lock`, held until the returned descriptor closes (or the process dies)."""
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise StateError(f"client state {path} is in use by another process (waited {timeout:g} s)") \
-                    from None
-            time.sleep(0.05)
-
-
 class ClientState:
     """The durable state of one client id: store binding, last acknowledged seq, pending push, local memory."""
 
@@ -129,7 +96,12 @@ class ClientState:
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _lock(self.path, lock_timeout)
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            try:
+                self._lock_fd = lock_file(lock_path, lock_timeout)
+            except FileLocked:
+                raise StateError(f"client state {self.path} is in use by another process (waited "
+                                 f"{lock_timeout:g} s)") from None
             try:
                 self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -147,9 +119,9 @@ class ClientState:
                 from error
 
     def _open(self) -> None:
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "meta" not in tables:
-            raise StateError(f"{self.path} is an SQLite file of something else (tables {sorted(tables)[:5]}), "
+        foreign = foreign_tables(self.db, TABLES)
+        if foreign:
+            raise StateError(f"{self.path} is an SQLite file of something else (tables {foreign[:5]}), "
                              "not a fedrecon client state")
         self.db.executescript(SCHEMA)
         for table, column, kind in ADDED_COLUMNS:
@@ -165,20 +137,12 @@ class ClientState:
         if owner != self.client_id:
             raise StateError(f"client state {self.path} belongs to client {owner!r}, not {self.client_id!r}")
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Transaction:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return Transaction(self.db)
 
     def _meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return get_meta(self.db, key)
 
     def close(self) -> None:
         """Close the database and release the lock."""
@@ -223,8 +187,8 @@ class ClientState:
         bound = self.store_id
         if bound is None:
             with self._transaction() as db:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('store_id', ?)", (store_id,))
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('server', ?)", (address,))
+                set_meta(db, "store_id", store_id)
+                set_meta(db, "server", address)
         elif bound != store_id:
             where = f"client state {self.path}" if self.path else "this client's state"
             raise StoreMismatch(
@@ -240,7 +204,7 @@ class ClientState:
     @server_epoch.setter
     def server_epoch(self, epoch: str) -> None:
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('server_epoch', ?)", (epoch,))
+            set_meta(db, "server_epoch", epoch)
 
     def begin(self, seq: int, space: str, request: bytes, memory: PrototypeMemory | None = None,
               source: str = "") -> None:

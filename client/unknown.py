@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedrecon.client.memory import Prediction
-from fedrecon.proto.prototypes import PrototypeTable, squared_distances
+from fedrecon.proto.prototypes import PrototypeTable, nearest
 
 AUTO_FACTOR = 1.06
 UNKNOWN = "unknown"
@@ -20,9 +20,9 @@ UNKNOWN = "unknown"
 
 def nearest_other(means: np.ndarray) -> np.ndarray:
     """Each prototype's squared distance to its nearest other prototype (float64, one per row)."""
-    distances = squared_distances(means, means)
-    np.fill_diagonal(distances, np.inf)
-    return distances.min(axis=1)
+    found = nearest(means, means, k=2)  # itself, then its nearest other (or the other way round on a tie)
+    itself = found.rows[:, 0] == np.arange(len(means))
+    return np.where(itself, found.distances[:, 1], found.distances[:, 0])
 
 
 def auto_threshold(table: PrototypeTable, factor: float = AUTO_FACTOR) -> float:

@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             reply["update_ms_per_class"] = 1000.0 * (learn_s + time.perf_counter() - t1) / max(1, n)
             reply["embed_ms_per_class"] = 1000.0 * embed_s / max(1, n)
             reply["bytes_up"] = push_request_size(args.client_id, space, acks[-1].seq, ids, counts, means,
-                                                  learner.server.dtype) if acks else 0
+                                                  learner.server.merger.dtype) if acks else 0
             reply["classes_pushed"] = len(ids)
         elif msg["cmd"] == "sync":
-            pulled = learner.pull()
-            reply["bytes_down"] = pull_reply_size(pulled, learner.server.dtype)
+            pulled = learner.replica.sync(learner.server).pulled  # nothing left to push: the pull
+            reply["bytes_down"] = pull_reply_size(pulled, learner.server.merger.dtype)
             reply["classes_known"] = len(learner.class_ids())
             test_images, test_labels = gather(data, msg["test"])
             reply["after"] = score(learner, test_images, test_labels)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from fedrecon.client.data.images import ImageSet
 from fedrecon.client.encoder import Encoder, load_encoder
 from fedrecon.client.preprocess import Preprocessing
-from fedrecon.proto.prototypes import nearest_prototype
+from fedrecon.proto.prototypes import nearest
 
 
 def episode_accuracies(
@@ -46,7 +46,7 @@ def episode_accuracies(
         support = embeddings[picks[:, :shots]]  # (ways, shots, dim)
         query = embeddings[picks[:, shots:].reshape(-1)]
         truth = np.repeat(np.arange(ways), queries)
-        acc[e] = (nearest_prototype(query, support.mean(1)) == truth).mean()
+        acc[e] = (nearest(query, support.mean(1)).rows[:, 0] == truth).mean()
     return acc
 
 

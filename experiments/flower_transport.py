@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -23,9 +22,9 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.experiments.flower_app import RELAY
-from fedrecon.experiments.transports import TRANSPORTS, Transport, TransportError
+from fedrecon.experiments.transports import TRANSPORTS, StoreMerger, Transport, TransportError
 from fedrecon.proto.flower_records import prototypes_record, read_prototypes
-from fedrecon.proto.payloads import Snapshot
+from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.server.flower_app import wait_for_nodes
 from fedrecon.server.store import PrototypeStore
 
@@ -44,6 +43,7 @@ class FlowerTransport(Transport):
         from fedrecon.experiments.flower_app import client_app
 
         self.store = PrototypeStore(self.config.get("db"))
+        self.merger_in_store = StoreMerger(self.store)
         self.nodes_wanted = int(self.config.get("nodes") or self.config.get("clients") or DEFAULT_NODES)
         self.node_of: dict[str, int] = {}
         self._requests: queue.Queue[tuple[str, dict[str, Any], Future] | None] = queue.Queue()
@@ -111,18 +111,15 @@ class FlowerTransport(Transport):
         self._requests.put((payload["op"], payload, future))
         return future.result(timeout=float(self.config.get("timeout", 120)) + 30)
 
-    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
-             means: np.ndarray) -> tuple[int, int]:
-        """Send the deltas up through the client's ClientApp and merge what arrives; (version, bytes up)."""
-        ids, up_counts, up_means, nbytes = self._call({"op": "push", "client": client_id, "class_ids": list(class_ids),
-                                                       "counts": counts, "means": means})
-        seq = self.store.client_record(client_id).last_seq + 1  # the store is the one record of push numbers
-        result = self.store.push(client_id, space, seq, ids, up_counts, up_means)
-        return result.version, nbytes
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> tuple[PushAck, int]:
+        """Send the deltas up through the client's ClientApp and merge what arrives; (ack, bytes up)."""
+        ids, counts, means, nbytes = self._call({"op": "push", "client": client_id, "class_ids": list(deltas.class_ids),
+                                                 "counts": deltas.counts, "means": deltas.means})
+        return self.merger_in_store.push(client_id, seq, space, Deltas(ids, counts, means)), nbytes
 
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
+    def pull(self, client_id: str, space: str, since: int, epoch: str = "") -> tuple[Snapshot, int]:
         """Send the classes changed since `since` down to the client's ClientApp; (what it received, bytes)."""
-        pulled = self.store.pull(space, since)
+        pulled = self.merger_in_store.pull(space, since, epoch)
         ids, counts, means, nbytes = self._call({"op": "pull", "client": client_id, "class_ids": pulled.class_ids,
                                                  "counts": pulled.counts, "means": pulled.means,
                                                  "dim": self.store.dims.get(space, 0)})

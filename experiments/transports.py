@@ -1,5 +1,8 @@
 """How the fedrecon method reaches the merge service: in process (`inproc`) or a real server over gRPC (`grpc`).
 
+A transport serves many simulated clients; `Transport.merger(client_id)` is one client's `Merger`, which that
+client's `Replica` syncs with (the replica numbers the pushes).
+
 Both run the same server code (`ReconnaissanceService` over a `PrototypeStore`) and the same wire codec, so
 they give bit-identical prototypes and byte counts for the same pushes. `TRANSPORTS` maps a name to a
 factory `(config) -> Transport`; other modules (e.g. `experiments/flower_transport.py`) add their own.
@@ -14,10 +17,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedrecon.client.recon_client import ReconClient, pulled_from_reply
+from fedrecon.client.grpc_merger import GrpcMerger, ack_of
+from fedrecon.client.pages import pulled_from_reply
 from fedrecon.experiments.process import ServerProcess
 from fedrecon.proto import codec
-from fedrecon.proto.payloads import Snapshot
+from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.service import ReconnaissanceService
 from fedrecon.server.store import PrototypeStore
@@ -28,7 +32,10 @@ class TransportError(RuntimeError):
 
 
 class Transport(ABC):
-    """Push deltas and pull merged prototypes for many clients; returns message sizes for byte counting."""
+    """Push numbered deltas and pull merged prototypes for many clients; returns message sizes for byte counting.
+
+    `merger(client_id)` is one client's `proto.merger.Merger` over the transport (what its `Replica` syncs with).
+    """
 
     name = "transport"
 
@@ -38,13 +45,16 @@ class Transport(ABC):
         codec.dtype_code(self.dtype)
 
     @abstractmethod
-    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
-             means: np.ndarray) -> tuple[int, int]:
-        """Push one client's deltas; returns (global version after it, request bytes)."""
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> tuple[PushAck, int]:
+        """Push one client's numbered deltas; returns (the store's acknowledgement, request bytes)."""
 
     @abstractmethod
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
-        """Classes of `space` changed since `since`; returns (pulled, reply bytes)."""
+    def pull(self, client_id: str, space: str, since: int, epoch: str = "") -> tuple[Snapshot, int]:
+        """Classes of `space` changed since `since`, as `client_id` receives them; returns (pulled, reply bytes)."""
+
+    def merger(self, client_id: str) -> ClientMerger:
+        """One client's merger over this transport, counting the bytes it sends and receives."""
+        return ClientMerger(self, client_id)
 
     def close(self) -> None:
         """Stop what the transport started (idempotent)."""
@@ -55,6 +65,43 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ClientMerger:
+    """A `Merger` for one client over a transport: its pushes and pulls, with their bytes up and down."""
+
+    def __init__(self, transport: Transport, client_id: str) -> None:
+        self.transport = transport
+        self.client_id = client_id
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> PushAck:
+        """Push through the transport (Merger)."""
+        ack, nbytes = self.transport.push(client_id, seq, space, deltas)
+        self.bytes_up += nbytes
+        return ack
+
+    def pull(self, space: str, since: int, epoch: str = "") -> Snapshot:
+        """Pull through the transport (Merger)."""
+        pulled, nbytes = self.transport.pull(self.client_id, space, since, epoch)
+        self.bytes_down += nbytes
+        return pulled
+
+
+class StoreMerger:
+    """The store in process as a `Merger` (its `push` takes the deltas' fields, space before seq)."""
+
+    def __init__(self, store: PrototypeStore) -> None:
+        self.store = store
+
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> PushAck:
+        """Merge one numbered push; returns once it is durable."""
+        return self.store.push(client_id, space, seq, deltas.class_ids, deltas.counts, deltas.means)
+
+    def pull(self, space: str, since: int, epoch: str = "") -> Snapshot:
+        """The classes of `space` changed since `since` (the in-process store is never restored: `epoch` holds)."""
+        return self.store.pull(space, since)
 
 
 def push_request_size(client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
@@ -97,18 +144,15 @@ class InprocTransport(Transport):
         self.service = ReconnaissanceService(self.store)
         self._context = _DirectContext()
 
-    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
-             means: np.ndarray) -> tuple[int, int]:
-        """Encode, hand to the service's Push, return (version, request bytes)."""
-        seq = self.store.client_record(client_id).last_seq + 1  # the store is the one record of push numbers
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> tuple[PushAck, int]:
+        """Encode, hand to the service's Push, return (ack, request bytes)."""
         request = pb.PushRequest(client_id=client_id, space=space, seq=seq,
-                                 deltas=codec.encode_deltas(class_ids, counts, means, self.dtype))
-        reply = self.service.Push(request, self._context)
-        return reply.version, request.ByteSize()
+                                 deltas=codec.encode_deltas(deltas.class_ids, deltas.counts, deltas.means, self.dtype))
+        return ack_of(self.service.Push(request, self._context)), request.ByteSize()
 
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
+    def pull(self, client_id: str, space: str, since: int, epoch: str = "") -> tuple[Snapshot, int]:
         """The service's Pull, decoded like a client decodes it."""
-        request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(self.dtype))
+        request = pb.PullRequest(space=space, since=since, dtype=codec.dtype_code(self.dtype), epoch=epoch)
         reply = self.service.Pull(request, self._context)
         return pulled_from_reply(reply), reply.ByteSize()
 
@@ -118,7 +162,7 @@ class InprocTransport(Transport):
 
 
 class GrpcTransport(Transport):
-    """A real server process; each client id gets its own `ReconClient` channel over loopback."""
+    """A real server process; each client id gets its own `GrpcMerger` channel over loopback."""
 
     name = "grpc"
 
@@ -127,27 +171,27 @@ class GrpcTransport(Transport):
         address = self.config.get("address")
         self.server = None if address else ServerProcess(extra=self.config.get("server_args", ())).start()
         self.address = address or self.server.address
-        self.clients: dict[str, ReconClient] = {}
+        self.clients: dict[str, GrpcMerger] = {}
 
-    def client(self, client_id: str) -> ReconClient:
+    def client(self, client_id: str) -> GrpcMerger:
         """The channel of one client (opened on first use)."""
         if client_id not in self.clients:
-            self.clients[client_id] = ReconClient(self.address, client_id, dtype=self.dtype, timeout=30.0)
+            self.clients[client_id] = GrpcMerger(self.address, dtype=self.dtype, timeout=30.0)
         return self.clients[client_id]
 
-    def push(self, client_id: str, space: str, class_ids: Sequence[str], counts: np.ndarray,
-             means: np.ndarray) -> tuple[int, int]:
-        """A real Push RPC (exactly-once numbering by the client library)."""
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> tuple[PushAck, int]:
+        """A real Push RPC (retried by the merger under the same number)."""
+        client = self.client(client_id)
+        request = client.request(client_id, seq, space, deltas)
         try:
-            ack = self.client(client_id).push(space, class_ids, counts, means)
+            return ack_of(client.send(request)), request.ByteSize()
         except grpc.RpcError as error:
             raise TransportError(f"push of {client_id} failed: {error.code().name}: {error.details()}") from error
-        return ack.version, push_request_size(client_id, space, ack.seq, class_ids, counts, means, self.dtype)
 
-    def pull(self, client_id: str, space: str, since: int) -> tuple[Snapshot, int]:
+    def pull(self, client_id: str, space: str, since: int, epoch: str = "") -> tuple[Snapshot, int]:
         """A real Pull RPC."""
         try:
-            pulled = self.client(client_id).pull(space, since=since)
+            pulled = self.client(client_id).pull(space, since, epoch)
         except grpc.RpcError as error:
             raise TransportError(f"pull of {client_id} failed: {error.code().name}: {error.details()}") from error
         return pulled, pull_reply_size(pulled, self.dtype)

@@ -9,13 +9,14 @@ experiments and the Flower strategy all use it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.validate import shape_problem
 
-DISTANCE_BLOCK_BYTES = 16 * 2**20  # the most distance matrix `nearest_prototype` holds at a time
+DISTANCE_BLOCK_BYTES = 16 * 2**20  # the most distance matrix `nearest` holds at a time
 
 
 def sums_of(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -33,28 +34,40 @@ def _partial_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarra
     return scores
 
 
-def squared_distances(queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (n_queries x n_prototypes)."""
-    q = np.asarray(queries, dtype=np.float64)
-    d = _partial_distances(q, prototypes)
-    d += np.einsum("ij,ij->i", q, q)[:, None]
-    return np.maximum(d, 0.0, out=d)
+class Nearest(NamedTuple):
+    """The `k` nearest prototypes of each query, nearest first: their rows and squared distances (n x k each)."""
+
+    rows: np.ndarray
+    distances: np.ndarray
 
 
-def nearest_prototype(queries: np.ndarray, prototypes: np.ndarray, block_bytes: int = DISTANCE_BLOCK_BYTES
-                      ) -> np.ndarray:
-    """Index of the nearest prototype for each query (squared Euclidean distance; `|q|^2` does not change it).
+def nearest(queries: np.ndarray, prototypes: np.ndarray, k: int = 1, block_bytes: int = DISTANCE_BLOCK_BYTES
+            ) -> Nearest:
+    """The nearest class: the `k` nearest prototypes of each query by squared Euclidean distance (the one
+    implementation every classifier uses; ties go to the lower row).
 
-    Queries go in blocks whose float64 distance rows fit `block_bytes`, so memory stays flat however many
+    Prototypes are ranked by `|p|^2 - 2 q.p` (`|q|^2` does not change the order); the distances add `|q|^2`
+    back. Queries go in blocks whose float64 distance rows fit `block_bytes`, so memory stays flat however many
     queries and classes there are (15,000 queries x 30,000 classes at once would be 3.6 GB)."""
     if len(prototypes) == 0:
-        raise ValueError("nearest_prototype: no prototypes to classify against")
-    q = np.asarray(queries)
+        raise ValueError("nearest: no prototypes to classify against")
+    q = np.asarray(queries, dtype=np.float64)
     p = np.asarray(prototypes, dtype=np.float64)
+    k = max(1, min(k, len(p)))
     step = max(1, block_bytes // (8 * len(p)))
-    if len(q) <= step:
-        return _partial_distances(q, p).argmin(1)
-    return np.concatenate([_partial_distances(q[i : i + step], p).argmin(1) for i in range(0, len(q), step)])
+    found = [_nearest_block(q[i : i + step], p, k) for i in range(0, len(q), step)] or [_nearest_block(q, p, k)]
+    if len(found) == 1:
+        return found[0]
+    return Nearest(np.concatenate([f.rows for f in found]), np.concatenate([f.distances for f in found]))
+
+
+def _nearest_block(q: np.ndarray, p: np.ndarray, k: int) -> Nearest:
+    """`nearest` of one block of queries."""
+    scores = _partial_distances(q, p)
+    rows = scores.argmin(1)[:, None] if k == 1 else np.argsort(scores, axis=1, kind="stable")[:, :k]
+    distances = np.take_along_axis(scores, rows, 1)
+    distances += np.einsum("ij,ij->i", q, q)[:, None]
+    return Nearest(rows, np.maximum(distances, 0.0, out=distances))
 
 
 def occurrence_rounds(rows: np.ndarray) -> list[np.ndarray]:
@@ -274,8 +287,7 @@ class PrototypeTable:
         rows = self.live_rows()
         if len(rows) == 0:
             raise ValueError("classify: the table holds no classes yet")
-        nearest = nearest_prototype(embeddings, self.means(rows))
-        return [self.class_ids[r] for r in rows[nearest]]
+        return [self.class_ids[r] for r in rows[nearest(embeddings, self.means(rows)).rows[:, 0]]]
 
     def items(self) -> Iterable[tuple[str, np.ndarray, int]]:
         """(class_id, sum, count) for every row."""

@@ -9,7 +9,6 @@ tables and replays the remaining log with the same math and gets exactly the sam
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from fedrecon.proto.digest import (  # noqa: F401 - the contract's digest, re-ex
     pack_operation,
 )
 from fedrecon.proto.payloads import Deltas
+from fedrecon.proto.sqlite_files import FileLocked, Transaction, foreign_tables, get_meta, lock_file, set_meta
 from fedrecon.server.highwater import HighWaterMark
 
 log = logging.getLogger("fedrecon.store")
@@ -149,16 +149,12 @@ def lock_writer(path: Path) -> int:
     """Take the one-writer lock of a database (flock on `<db>-lock`, released by the OS when the process dies)."""
     lock_path = Path(f"{path}-lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise DatabaseError(f"{path}: cannot open the lock file {lock_path} ({error.strerror})") from error
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return lock_file(lock_path)
+    except FileLocked:
         raise DatabaseLocked(f"{path} is in use by another fedrecon server (it holds {lock_path}); stop that "
                              "server or give another --db") from None
-    return fd
+    except OSError as error:
+        raise DatabaseError(f"{path}: cannot open the lock file {lock_path} ({error.strerror})") from error
 
 
 def unpack_means(blob: bytes, rows: int, dim: int) -> np.ndarray:
@@ -202,10 +198,10 @@ class SqliteLog:
 
     def _open(self, synchronous: str) -> None:
         """Check the file is fedrecon's (or empty) and writable, then create or upgrade the schema."""
-        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables - TABLES:  # (only fedrecon's tables, without a schema row: a first start that was cut short)
+        if foreign_tables(self.conn, TABLES):  # (only fedrecon's tables, without a schema row: a first start cut short)
+            tables = sorted(r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
             raise DatabaseError(f"{self.path} is an SQLite database of something else (tables: "
-                                f"{', '.join(sorted(tables)[:5])}); fedrecon leaves it untouched. Give another --db")
+                                f"{', '.join(tables[:5])}); fedrecon leaves it untouched. Give another --db")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.executescript(SCHEMA)
@@ -223,18 +219,17 @@ class SqliteLog:
                 self.set_meta("checkpoint_version", "0")
             self.set_meta("opened_at", repr(time.time()))
 
-    def transaction(self) -> sqlite3.Connection:
+    def transaction(self) -> Transaction:
         """`with log.transaction():` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
-        return _Transaction(self.conn)  # type: ignore[return-value]
+        return Transaction(self.conn)
 
     def meta(self, key: str) -> str | None:
         """A metadata value, or None."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+        return get_meta(self.conn, key)
 
     def set_meta(self, key: str, value: str) -> None:
         """Set a metadata value (inside the caller's transaction)."""
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        set_meta(self.conn, key, value)
 
     def append(self, operations: Iterable[Operation], new_spaces: dict[str, int]) -> None:
         """Durably append operations (and register new spaces) in one transaction."""
@@ -388,25 +383,3 @@ def _explain(error: sqlite3.Error) -> str:
         return f"the disk is full ({text})"
     return text
 
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-        elif self.conn.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL): keep that error
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
+from fedrecon.proto.merger import next_seq
 from fedrecon.server.errors import StoreError
 from fedrecon.server.flower_plan import ReconPlan
 from fedrecon.server.store import PrototypeStore
@@ -65,8 +66,8 @@ class PrototypeAveraging(Strategy):
     (sorted) of the first round and keep them. A round goes on with the nodes that are connected and
     answer, if at least `min_nodes` (default 1) do; a lost node's client is skipped from then on, and
     one that failed is sent the full table next time. Each mission is pushed under its own store
-    identity (plan key, client, round) with seq 1, so a rerun of the same plan on the same durable
-    store finds it there and does not merge it twice.
+    identity (plan key, client, round) as its first push (`next_seq(0)`), so a rerun of the same plan on the
+    same durable store finds it there and does not merge it twice.
     """
 
     def __init__(
@@ -220,7 +221,8 @@ class PrototypeAveraging(Strategy):
             if not ids:
                 continue
             try:
-                result = self.store.push(self.client_id(client, server_round), self.space, 1, ids, counts, means)
+                seq = next_seq(0)  # each (plan, client, round) identity pushes once
+                result = self.store.push(self.client_id(client, server_round), self.space, seq, ids, counts, means)
             except StoreError as exc:  # one bad client must not end the run; its deltas are refused whole
                 entry.failures += 1
                 log.warning("round %d: deltas of client %d refused: %s", server_round, client, exc)

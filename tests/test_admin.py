@@ -10,8 +10,9 @@ import pytest
 from helpers import FEDRECON, start_server
 from security_helpers import make_tokens
 
-from fedrecon.client.recon_client import ChannelSecurity, ReconClient
+from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
+from fedrecon.proto.channel import ChannelSecurity
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.server.serve import ServerConfig, serve

@@ -12,8 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import FEDRECON, ServerProcess, start_server
 from security_helpers import make_tokens
 
-from fedrecon.client.recon_client import ChannelSecurity, ReconClient
+from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
+from fedrecon.proto.channel import ChannelSecurity
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb

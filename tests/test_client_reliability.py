@@ -20,8 +20,10 @@ from security_helpers import make_tokens
 from fedrecon.client.encoder import Encoder
 from fedrecon.client.learner import Learner
 from fedrecon.client.memory import PrototypeMemory
-from fedrecon.client.recon_client import ChannelSecurity, ReconClient
+from fedrecon.client.recon_client import ReconClient
+from fedrecon.client.replica import Replica
 from fedrecon.client.state import ClientState
+from fedrecon.proto.channel import ChannelSecurity
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
@@ -61,11 +63,11 @@ def _sync(address: str, state: Path, client_id: str, token: str | None = None) -
     """Push a state's local memory and pull, as `client sync` does; returns what the pull saw."""
     security = ChannelSecurity(token=token) if token else None
     with ClientState(state, client_id) as st, ReconClient(address, client_id, state=st, security=security) as client:
-        memory = st.load_memory(SPACE)
-        acks, pulled = client.sync(memory, SPACE)
-        reset = getattr(pulled, "reset", False)  # (getattr: the same tests run against the code before the fix)
-        st.save_global(SPACE, memory, pulled.class_ids, **({"reset": True} if reset else {}))
-        table = memory.global_table
+        replica = Replica(client_id, SPACE, state=st)  # the replica persists its pull
+        synced = replica.sync(client)
+        acks, pulled = synced.acks, synced.pulled
+        reset = pulled.reset
+        table = replica.memory.global_table
         return {"acks": [(a.seq, a.duplicate) for a in acks], "reset": reset,
                 "table": {table.class_ids[r]: int(table.counts[r]) for r in table.live_rows()}}
 
@@ -468,7 +470,7 @@ def test_the_client_computes_the_digest_the_store_keeps(tmp_path: Path, dtype: s
             gap = pb.PushRequest.FromString(kept.request)
             gap.seq = 5
             with pytest.raises(grpc.RpcError) as refused:  # a seq refusal names the last merged push's digest
-                client.stub.Push(gap, timeout=5)
+                client.merger.stub.Push(gap, timeout=5)
             assert dict(refused.value.trailing_metadata())["fedrecon-last-digest"] == kept.digest
         assert server.store.client_record("dora").last_digest == kept.digest
     finally:
@@ -512,7 +514,7 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
             requests = [client._request(SPACE, [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 4)]
             client.state.begin_all([(r.seq, SPACE, r.SerializeToString()) for r in requests])
             for request in requests[:2]:
-                client.stub.Push(request, timeout=5)  # merged, answers lost
+                client.merger.stub.Push(request, timeout=5)  # merged, answers lost
             client._stream_pending = lambda requests: []  # noqa: ARG005 - no stream: one at a time
             acks = client.resume()
             assert acks is not None and client.state.last_seq == 3 and client.state.all_pending == []

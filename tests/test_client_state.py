@@ -369,7 +369,7 @@ def test_a_backlog_whose_answers_were_lost_is_resumed_without_doubles(tmp_path: 
                                         seq=1 + i // 100) for i in range(0, 250, 100)]
             memory.mark_pushed()
             _record(client, requests, memory)
-            client.stub.Push(requests[0], timeout=5)  # merged; the state never heard of it
+            client.merger.stub.Push(requests[0], timeout=5)  # merged; the state never heard of it
         with ReconClient(server.address, "alice", state_path=state) as client:
             acks = client.push_memory(memory, "s")
             assert [(a.seq, a.duplicate) for a in acks] == [(1, True), (2, False), (3, False)]
@@ -407,7 +407,7 @@ def test_a_stream_whose_last_answers_were_lost_is_confirmed_not_refused(tmp_path
             requests = [client._request("s", [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 5)]
             _record(client, requests)
             for request in requests[:3]:
-                client.stub.Push(request, timeout=5)
+                client.merger.stub.Push(request, timeout=5)
             acks = client.push_many("s", [])
             assert [(a.seq, a.duplicate) for a in acks] == [(1, True), (2, True), (3, True), (4, False)]
             assert client.state.all_pending == [] and client.state.last_seq == 4

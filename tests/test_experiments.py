@@ -18,6 +18,8 @@ from fedrecon.experiments.methods.prototype import EmbeddingCache, FedRecon
 from fedrecon.experiments.results import write_all
 from fedrecon.experiments.runner import RunData, apply_override, load_config, run_experiment, run_method
 from fedrecon.experiments.transports import InprocTransport, make_transport
+from fedrecon.proto.merger import next_seq
+from fedrecon.proto.payloads import Deltas
 
 TINY = {"epochs": 1, "batch_size": 32, "lr": 1e-3}
 
@@ -186,10 +188,11 @@ def test_inproc_transport_scales_to_10000_clients() -> None:
     with make_transport("inproc") as t:
         assert isinstance(t, InprocTransport)
         for c in range(10_000):
-            version, nbytes = t.push(f"client-{c}", space, [f"class-{c % 500}"], np.array([c % 7 + 1]), means)
+            deltas = Deltas([f"class-{c % 500}"], np.array([c % 7 + 1]), means)
+            ack, nbytes = t.push(f"client-{c}", next_seq(0), space, deltas)  # each client's first push
             assert nbytes > 0
         pulled, _ = t.pull("client-0", space, 0)
-        assert version == 10_000 and len(pulled.class_ids) == 500
+        assert ack.version == 10_000 and len(pulled.class_ids) == 500
         assert t.store.info()["clients"] == 10_000
     with pytest.raises(ValueError, match="unknown transport"):
         make_transport("carrier-pigeon")

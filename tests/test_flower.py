@@ -19,6 +19,7 @@ from helpers import REPO_ROOT, free_port, wait_until
 from fedrecon.client.flower import app as client_app
 from fedrecon.client.flower import get_encoder, load_data
 from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.replica import Replica
 from fedrecon.experiments import flower_app as experiments_app
 from fedrecon.experiments.transports import GrpcTransport, InprocTransport
 from fedrecon.proto.flower_records import Assignment, prototypes_record, read_prototypes
@@ -77,7 +78,8 @@ def test_records_round_trip_and_refuse_bad_input() -> None:
 
 
 def expected_deltas(settings: FlowerSettings):
-    """What each client must push, computed here with the same data, encoder and plan (no Flower)."""
+    """What each client must push (its memory's local deltas), computed here with the same data, encoder and plan
+    (no Flower)."""
     data = load_data("glyphs", settings.data_dir, settings.glyph_classes, settings.glyph_drawings,
                      settings.data_seed)
     encoder = get_encoder("random", settings.encoder_seed, "glyphs")
@@ -90,7 +92,7 @@ def expected_deltas(settings: FlowerSettings):
             memory = PrototypeMemory()
             for cid, idx in zip(mission.classes, mission.images, strict=True):
                 memory.add_examples([cid] * len(idx), encoder.embed(data.images(cid)[list(idx)]))
-            pushes.append((f"flower-{k}", *memory.pending()))
+            pushes.append((f"flower-{k}", memory))
         yield pushes
 
 
@@ -124,10 +126,13 @@ def test_simulation_reports_every_round(simulated) -> None:
 @pytest.mark.parametrize("transport", [InprocTransport, GrpcTransport])
 def test_simulation_merges_like_the_other_transports(simulated, transport) -> None:
     settings, results, store = simulated
+    replicas: dict[str, Replica] = {}  # one per client id, numbering its pushes round after round
     with transport({"dtype": settings.dtype}) as other:
         for pushes in expected_deltas(settings):
-            for client_id, ids, counts, means in pushes:
-                other.push(client_id, results["space"], ids, counts, means)
+            for client_id, memory in pushes:
+                replica = replicas.setdefault(client_id, Replica(client_id, results["space"]))
+                replica.memory.local.merge(memory.local)
+                replica.push(other.merger(client_id))
         theirs, _ = other.pull("check", results["space"], 0)
     ours = store.pull(results["space"], 0)
     assert sorted(ours.class_ids) == sorted(theirs.class_ids)

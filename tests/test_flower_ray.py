@@ -25,6 +25,7 @@ from flwr.simulation import run_simulation  # noqa: E402
 
 from fedrecon.client.flower import get_encoder, load_data  # noqa: E402
 from fedrecon.client.memory import PrototypeMemory  # noqa: E402
+from fedrecon.client.replica import Replica  # noqa: E402
 from fedrecon.experiments import flower_app as experiments_app  # noqa: E402
 from fedrecon.experiments.ray_cluster import LocalRayCluster  # noqa: E402
 from fedrecon.experiments.transports import InprocTransport  # noqa: E402
@@ -46,7 +47,7 @@ def expected_table(settings: experiments_app.ExperimentSettings, space: str):
             memory = PrototypeMemory()
             for cid, idx in zip(mission.classes, mission.images, strict=True):
                 memory.add_examples([cid] * len(idx), encoder.embed(data.images(cid)[list(idx)]))
-            transport.push(f"client-{k}", space, *memory.pending())
+            Replica(f"client-{k}", space, memory).push(transport.merger(f"client-{k}"))
         table, _ = transport.pull("check", space, 0)
     return table
 

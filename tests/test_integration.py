@@ -30,13 +30,13 @@ with ReconClient(address, "b", state_path=state, dtype="float64") as client:
         other = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"],
                                deltas=codec.encode_deltas(["x"], [1], np.zeros((1, {DIM})), "float64"))
         try:
-            client.stub.Push(other, timeout=10)
+            client.merger.stub.Push(other, timeout=10)
             raise SystemExit("a reused seq with other content was accepted")
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
         retry = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"], deltas=codec.encode_deltas(
             ids, d[f"counts{{k}}"], d[f"means{{k}}"], "float64"))
-    reply = client.stub.Push(retry, timeout=10)
+    reply = client.merger.stub.Push(retry, timeout=10)
     acks.append({{"seq": reply.seq, "version": reply.version, "duplicate": reply.duplicate}})
 print(json.dumps(acks))
 """

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrecon.proto.prototypes import PrototypeTable, nearest_prototype, squared_distances
+from fedrecon.proto.prototypes import PrototypeTable, nearest
 from fedrecon.server.store import PrototypeStore
 
 DIM = 6
@@ -76,15 +76,19 @@ def test_removed_class_is_exactly_empty() -> None:
     assert table.counts.tolist() == [0] and not table.sums.any() and len(table.live_rows()) == 0
 
 
-def test_nearest_prototype_matches_brute_force() -> None:
+def test_nearest_matches_brute_force() -> None:
     rng = np.random.default_rng(1)
     q, p = rng.normal(size=(50, 16)), rng.normal(size=(30, 16))
     brute = ((q[:, None, :] - p[None, :, :]) ** 2).sum(-1)
-    np.testing.assert_allclose(squared_distances(q, p), brute, atol=1e-9)
-    assert (nearest_prototype(q, p) == brute.argmin(1)).all()
+    np.testing.assert_allclose(nearest(q, p, k=len(p)).distances, np.sort(brute, axis=1), atol=1e-9)
+    assert (nearest(q, p).rows[:, 0] == brute.argmin(1)).all()
+    top = nearest(q, p, k=3)
+    assert (top.rows == np.argsort(brute, axis=1, kind="stable")[:, :3]).all()
+    np.testing.assert_allclose(top.distances, np.take_along_axis(brute, top.rows, 1), atol=1e-9)
     # in blocks of 1 and 7 queries (distance rows of 30 prototypes: 240 bytes each): the same answers
     for block in (1, 7 * 240, 7 * 240 + 239):
-        assert (nearest_prototype(q, p, block_bytes=block) == brute.argmin(1)).all()
+        assert (nearest(q, p, block_bytes=block).rows[:, 0] == brute.argmin(1)).all()
+        assert (nearest(q, p, k=3, block_bytes=block).rows == top.rows).all()
 
 
 def test_dim_mismatch_raises() -> None:

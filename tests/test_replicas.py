@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from helpers import ServerProcess, wait_until
 
-from fedrecon.client.recon_client import ReconClient, decode_page
+from fedrecon.client.pages import decode_page
+from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
 from fedrecon.proto.trailers import MIN_VERSION
 from fedrecon.proto.v1 import admin_pb2 as apb

@@ -11,7 +11,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import free_port
 
 from fedrecon.client.memory import PrototypeMemory
-from fedrecon.client.recon_client import ReconClient, SequenceError
+from fedrecon.client.recon_client import ReconClient
+from fedrecon.client.reconcile import SequenceError
+from fedrecon.client.replica import Replica
 from fedrecon.proto import codec
 from fedrecon.proto.limits import Limits
 from fedrecon.proto.trailers import EXPECTED_SEQ
@@ -35,7 +37,7 @@ def client(server):
 
 
 def _push(client: ReconClient, seq: int, deltas: pb.ClassDeltas, space: str = "s"):
-    return client.stub.Push(pb.PushRequest(client_id="alice", space=space, seq=seq, deltas=deltas), timeout=5)
+    return client.merger.stub.Push(pb.PushRequest(client_id="alice", space=space, seq=seq, deltas=deltas), timeout=5)
 
 
 def test_push_pull_info(client, server) -> None:
@@ -72,7 +74,7 @@ def test_bad_input_gets_invalid_argument_and_changes_nothing(client, fields, mes
     request = dict(client_id="alice", space="s", seq=2, deltas=codec.encode_deltas(["a"], [1], np.zeros((1, 2))))
     request.update(fields)
     with pytest.raises(grpc.RpcError) as info:
-        client.stub.Push(pb.PushRequest(**request), timeout=5)
+        client.merger.stub.Push(pb.PushRequest(**request), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
     after = client.pull("s", since=0, dtype="float64")
@@ -104,7 +106,7 @@ def test_reused_seq_with_other_content_is_already_exists(client) -> None:
 
 def test_pull_ahead_of_store_is_failed_precondition(client) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        client.stub.Pull(pb.PullRequest(space="s", since=5), timeout=5)
+        client.merger.stub.Pull(pb.PullRequest(space="s", since=5), timeout=5)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert dict(info.value.trailing_metadata())["fedrecon-pull-from"] == "0"
     client.push("s", ["a"], [1], np.zeros((1, 2)))
@@ -184,9 +186,10 @@ def test_memory_sync_through_server(server) -> None:
             memory.add_examples([cls] * 5, x)
     with ReconClient(server.address, "c0", dtype="float64") as c0, \
             ReconClient(server.address, "c1", dtype="float64") as c1:
-        c0.sync(memories[0], "s")
-        c1.sync(memories[1], "s")
-        c0.sync(memories[0], "s")
+        replicas = [Replica("c0", "s", memories[0], c0.state), Replica("c1", "s", memories[1], c1.state)]
+        replicas[0].sync(c0)
+        replicas[1].sync(c1)
+        replicas[0].sync(c0)
     for memory in memories:
         table = memory.union()
         assert sorted(memory.class_ids()) == ["own0", "own1", "shared"]
@@ -205,7 +208,7 @@ def test_client_resumes_pending_push_after_crash(server, tmp_path: Path) -> None
         request = pb.PushRequest(client_id="alice", space="s", seq=2,
                                  deltas=codec.encode_deltas(["b"], [4], np.ones((1, 2))))
         first.state.begin(2, "s", request.SerializeToString())
-        first.stub.Push(request, timeout=5)  # the server applied it; the ack was lost
+        first.merger.stub.Push(request, timeout=5)  # the server applied it; the ack was lost
     with ReconClient(server.address, "alice", state_path=state) as second:
         assert second.state.pending.seq == 2
         ack = second.push("s", ["c"], [1], np.ones((1, 2)))

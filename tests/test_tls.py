@@ -8,7 +8,9 @@ import pytest
 from helpers import start_server
 from security_helpers import make_ca, make_leaf, make_tokens
 
-from fedrecon.client.recon_client import ChannelSecurity, ReconClient, ServerUnreachable
+from fedrecon.client.grpc_merger import ServerUnreachable
+from fedrecon.client.recon_client import ReconClient
+from fedrecon.proto.channel import ChannelSecurity
 from fedrecon.server.serve import ServerConfig, TlsConfig, serve
 from fedrecon.server.store import PrototypeStore
 

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedrecon.client.memory import PrototypeMemory, pull_into, push_pending
+from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.replica import Replica
 from fedrecon.experiments.methods.base import Method, check_batch
 from fedrecon.proto.prototypes import PrototypeTable
 
@@ -81,15 +82,18 @@ class FedRecon(_Embedding):
             self._owns_transport = False
         self.transport = transport
         self.space: str = encoder.fingerprint
-        self.memories: dict[int, PrototypeMemory] = {
-            c: PrototypeMemory() for c in range(int(self.config.get("clients") or 0))}
-        self.server = PrototypeMemory()  # the evaluator's view of the merged table (not counted as traffic)
+        self.replicas: dict[int, Replica] = {
+            c: self._replica(c) for c in range(int(self.config.get("clients") or 0))}
+        self.server = Replica("evaluator", self.space)  # the evaluator's view of the merged table (not traffic)
+
+    def _replica(self, client: int) -> Replica:
+        return Replica(f"client-{client}", self.space)
 
     def memory(self, client: int) -> PrototypeMemory:
-        """A client's prototype memory (created on first use)."""
-        if client not in self.memories:
-            self.memories[client] = PrototypeMemory()
-        return self.memories[client]
+        """A client's prototype memory (its replica is created on first use)."""
+        if client not in self.replicas:
+            self.replicas[client] = self._replica(client)
+        return self.replicas[client].memory
 
     def learn(self, client: int, images: np.ndarray, labels: list[str]) -> None:
         """Embed the mission's images and add them to the client's local sums and counts."""
@@ -97,31 +101,28 @@ class FedRecon(_Embedding):
         self.memory(client).add_examples(list(labels), self._embed_learn(images))
 
     def merge(self) -> None:
-        """Every client pushes its pending deltas, then every client pulls what changed since its last pull."""
-        for c, memory in sorted(self.memories.items()):
-            sent = push_pending(memory, lambda ids, counts, means, c=c: self.transport.push(
-                f"client-{c}", self.space, ids, counts, means))
-            self.bytes_up += sent[1] if sent is not None else 0
-        for c, memory in sorted(self.memories.items()):
-            pull_into(memory, lambda since, c=c: self._pull(f"client-{c}", since))
-        pull_into(self.server, lambda since: self.transport.pull("evaluator", self.space, since)[0])
-
-    def _pull(self, client: str, since: int) -> Any:
-        """One client's pull through the transport, counting its bytes down."""
-        pulled, nbytes = self.transport.pull(client, self.space, since)
-        self.bytes_down += nbytes
-        return pulled
+        """Every client pushes its pending deltas, then every client syncs (pulls what changed since its last pull:
+        nothing is left to push), then the evaluator."""
+        for c in sorted(self.replicas):
+            merger = self.transport.merger(self.replicas[c].client_id)
+            self.replicas[c].push(merger)
+            self.bytes_up += merger.bytes_up
+        for c in sorted(self.replicas):
+            merger = self.transport.merger(self.replicas[c].client_id)
+            self.replicas[c].sync(merger)
+            self.bytes_down += merger.bytes_down
+        self.server.sync(self.transport.merger(self.server.client_id))
 
     def predict(self, client: int | None, images: np.ndarray) -> list[str]:
         """Nearest prototype over the client's union of global and local classes (None: the server's table)."""
-        if client is not None and client not in self.memories:
+        if client is not None and client not in self.replicas:
             raise KeyError(f"fedrecon: client {client} has never learned or merged")
-        memory = self.server if client is None else self.memories[client]
-        return memory.classify(self._embed_eval(images))
+        replica = self.server if client is None else self.replicas[client]
+        return replica.memory.classify(self._embed_eval(images))
 
     def prototypes(self, client: int | None = None) -> PrototypeTable:
         """The table a client (or the server) classifies with."""
-        return (self.server if client is None else self.memories[client]).union()
+        return (self.server if client is None else self.replicas[client]).memory.union()
 
     def close(self) -> None:
         """Close the transport if this method created it."""
