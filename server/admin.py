@@ -88,20 +88,27 @@ class AdminService(arpc.AdminServicer):
             dtype = codec.dtype_code(request.dtype or pb.FLOAT64)
         except codec.InvalidMessage as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            return self._export(request.space, dtype, request.per_client)
+        except codec.InvalidMessage as error:  # e.g. means beyond float16's range: ask for a wider dtype
+            context.abort(status_of(error), f"export of space {request.space!r}: {error}")
+
+    def _export(self, space: str, dtype: int, per_client: bool) -> apb.ExportReply:
+        """The Export reply (raises codec.InvalidMessage where a mean does not fit `dtype`)."""
         tables = []
-        if request.per_client:
+        if per_client:
             with self.store.consistent():
                 version = self.store.version
                 clients = self.store.client_ids()
             for client_id in clients:
-                table = self.store.contribution(client_id, request.space)
+                table = self.store.contribution(client_id, space)
                 rows = table.live_rows()
                 if len(rows):
                     tables.append(apb.ExportTable(client_id=client_id, classes=codec.encode_deltas(
                         [table.class_ids[r] for r in rows], table.counts[rows], table.means(rows), dtype)))
         else:
-            pulled = self.store.pull(request.space)  # as the store's merge rule answers it
+            pulled = self.store.pull(space)  # as the store's merge rule answers it
             version = pulled.version
             tables.append(apb.ExportTable(classes=codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means,
                                                                       dtype)))
-        return apb.ExportReply(space=request.space, version=version, tables=tables)
+        return apb.ExportReply(space=space, version=version, tables=tables)

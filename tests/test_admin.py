@@ -15,6 +15,7 @@ from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
+from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
 
@@ -79,6 +80,21 @@ def test_export_merged_and_per_client(secured) -> None:
     with pytest.raises(grpc.RpcError) as info:
         admin.Export(apb.ExportRequest(space=""), metadata=_root(tokens), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("per_client", [False, True])
+def test_an_export_in_a_dtype_too_narrow_for_its_means_is_refused_in_one_line(secured, per_client: bool) -> None:
+    """Found by `benchmarks.fuzz`: a float16 export of means beyond float16's range was an unhandled error."""
+    server, admin, tokens = secured
+    with _client(server, tokens, "alice") as alice:
+        alice.push("s", ["big"], [1], np.array([[1e6, 2.0]]), dtype="float64")
+    with pytest.raises(grpc.RpcError) as info:
+        admin.Export(apb.ExportRequest(space="s", dtype=pb.FLOAT16,
+                                       per_client=per_client), metadata=_root(tokens), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "export of space 's'" in info.value.details() and "float16" in info.value.details()
+    wide = admin.Export(apb.ExportRequest(space="s", per_client=per_client), metadata=_root(tokens), timeout=5)
+    assert codec.decode_deltas(wide.tables[0].classes).means[0, 0] == 1e6
 
 
 def test_admin_cli(tmp_path: Path) -> None:
