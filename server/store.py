@@ -35,8 +35,9 @@ log = logging.getLogger("fedrecon.store")
 
 
 class PrototypeStore(Following, Writer):
-    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory; on a
-    shared log it follows what the other replicas commit (`Following`)."""
+    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory; the in-process
+    `proto.merger.Merger` (a `Replica` syncs against it directly); on a shared log it follows what the other replicas
+    commit (`Following`)."""
 
     def __init__(
         self,
