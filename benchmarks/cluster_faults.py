@@ -155,6 +155,7 @@ def run(url: str, seconds: float, replicas: int = 3, clients: int = 4, kill_ever
 
 def follow_latency(url: str, pushes: int) -> dict:
     """Two stores (replicas) in this process: push on one, time until the other has applied it (no pull asks)."""
+    from fedrecon.proto.payloads import Deltas
     from fedrecon.server.store import PrototypeStore
 
     a, b = PrototypeStore(url), PrototypeStore(url)
@@ -163,7 +164,7 @@ def follow_latency(url: str, pushes: int) -> dict:
     try:
         for seq in range(1, pushes + 1):
             start = time.perf_counter()
-            version = a.push("latency", "follow", seq, ["x"], [1], np.ones((1, 4))).version
+            version = a.push("latency", seq, "follow", Deltas(["x"], np.ones(1, np.int64), np.ones((1, 4)))).version
             committed = time.perf_counter()
             while not b.wait_for_change(version - 1, timeout=5.0):
                 pass

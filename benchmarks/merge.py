@@ -65,7 +65,7 @@ def store_rate(path: Path | None, dim: int, batch: int, universe: int, seconds: 
         while time.perf_counter() < stop:
             d = mine[seq % len(mine)]
             seq += 1
-            store.push(f"client-{k}", SPACE, seq, d.class_ids, d.counts, d.means)
+            store.push(f"client-{k}", seq, SPACE, d)
         counts[k] = seq
 
     start = time.perf_counter()

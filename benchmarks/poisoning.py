@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fedrecon.benchmarks.harness import print_result
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.prototypes import nearest
 from fedrecon.server.robust import RobustConfig, RobustMerge
 from fedrecon.server.store import PrototypeStore
@@ -113,8 +114,9 @@ def merge(class_ids: list[str], deltas: list[dict[int, tuple[int, np.ndarray]]],
             if not table:
                 continue
             keys = sorted(table)
-            store.push(f"client{client}", SPACE, 1, [class_ids[c] for c in keys],
-                       np.array([table[c][0] for c in keys]), np.stack([table[c][1] for c in keys]))
+            pushed = Deltas([class_ids[c] for c in keys], np.array([table[c][0] for c in keys]),
+                            np.stack([table[c][1] for c in keys]))
+            store.push(f"client{client}", 1, SPACE, pushed)
         plain = store.pull(SPACE)
         store.merge_rule = RobustMerge({SPACE: robust})  # the same contributions, merged robustly
         return plain, store.pull(SPACE)

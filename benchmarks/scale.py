@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fedrecon.benchmarks.common import ratio
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.prototypes import PrototypeTable
 from fedrecon.server.store import PrototypeStore
 
@@ -47,7 +48,7 @@ def inproc(clients: int = 10_000, classes_per_client: int = 5, universe: int = 1
     def push_all(store: PrototypeStore) -> float:
         start = time.perf_counter()
         for k in tqdm(range(clients), desc="scale: in-process clients", leave=False, mininterval=1.0):
-            store.push(f"client-{k:05d}", "space", 1, [ids_all[i] for i in plan[k]], counts[k], means[k])
+            store.push(f"client-{k:05d}", 1, "space", Deltas([ids_all[i] for i in plan[k]], counts[k], means[k]))
         return time.perf_counter() - start
 
     rss_before = _rss_mb()

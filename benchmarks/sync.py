@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fedrecon.benchmarks.common import percentiles, ratio
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.experiments.process import ServerProcess
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.store import PrototypeStore
 
 PUSH_CHUNK = 4096
@@ -29,7 +30,7 @@ def _fill(client: ReconClient, store: PrototypeStore, space: str, n: int, dim: i
         means = rng.standard_normal((len(ids), dim)).astype(np.float32)
         client.push(space, ids, counts, means)
         seq[0] += 1
-        store.push("filler", space, seq[0], ids, counts, means.astype(np.float64))
+        store.push("filler", seq[0], space, Deltas(ids, counts, means.astype(np.float64)))
 
 
 def run(quick: bool = False, dim: int = 64, sizes: tuple[int, ...] | None = None, repeats: int | None = None) -> dict:

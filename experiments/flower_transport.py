@@ -17,12 +17,11 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.experiments.flower_app import RELAY
-from fedrecon.experiments.transports import TRANSPORTS, StoreMerger, Transport, TransportError
+from fedrecon.experiments.transports import TRANSPORTS, Transport, TransportError
 from fedrecon.proto.flower_records import prototypes_record, read_prototypes
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 from fedrecon.server.flower_app import wait_for_nodes
@@ -43,7 +42,6 @@ class FlowerTransport(Transport):
         from fedrecon.experiments.flower_app import client_app
 
         self.store = PrototypeStore(self.config.get("db"))
-        self.merger_in_store = StoreMerger(self.store)
         self.nodes_wanted = int(self.config.get("nodes") or self.config.get("clients") or DEFAULT_NODES)
         self.node_of: dict[str, int] = {}
         self._requests: queue.Queue[tuple[str, dict[str, Any], Future] | None] = queue.Queue()
@@ -89,7 +87,7 @@ class FlowerTransport(Transport):
             except Exception as exc:  # noqa: BLE001  (hand the failure to the waiting caller)
                 future.set_exception(exc)
 
-    def _round_trip(self, grid: Grid, payload: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    def _round_trip(self, grid: Grid, payload: dict[str, Any]) -> tuple[Deltas, int]:
         node = self.node_of.setdefault(payload["client"], self.nodes[len(self.node_of) % len(self.nodes)])
         record = prototypes_record(payload["counts"], payload["means"], self.dtype, payload.get("dim", 0))
         config = ConfigRecord({"class-ids": list(payload["class_ids"]), "op": payload["op"]})
@@ -100,11 +98,11 @@ class FlowerTransport(Transport):
             reason = replies[0].error.reason if replies else "no reply"
             raise TransportError(f"flower relay to node {node} failed: {reason}")
         reply = replies[0].content
-        ids, counts, means = read_prototypes(reply["prototypes"], list(reply["config"]["class-ids"]),
-                                            allow_empty=payload["op"] == "pull")
-        return ids, counts, means, reply["prototypes"].count_bytes() + sum(len(c) for c in ids)
+        deltas = read_prototypes(reply["prototypes"], list(reply["config"]["class-ids"]),
+                                 allow_empty=payload["op"] == "pull")
+        return deltas, reply["prototypes"].count_bytes() + sum(len(c) for c in deltas.class_ids)
 
-    def _call(self, payload: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    def _call(self, payload: dict[str, Any]) -> tuple[Deltas, int]:
         if not self._thread.is_alive():
             raise TransportError("the Flower simulation is not running")
         future: Future = Future()
@@ -113,16 +111,16 @@ class FlowerTransport(Transport):
 
     def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> tuple[PushAck, int]:
         """Send the deltas up through the client's ClientApp and merge what arrives; (ack, bytes up)."""
-        ids, counts, means, nbytes = self._call({"op": "push", "client": client_id, "class_ids": list(deltas.class_ids),
-                                                 "counts": deltas.counts, "means": deltas.means})
-        return self.merger_in_store.push(client_id, seq, space, Deltas(ids, counts, means)), nbytes
+        arrived, nbytes = self._call({"op": "push", "client": client_id, "class_ids": list(deltas.class_ids),
+                                      "counts": deltas.counts, "means": deltas.means})
+        return self.store.push(client_id, seq, space, arrived), nbytes
 
     def pull(self, client_id: str, space: str, since: int, epoch: str = "") -> tuple[Snapshot, int]:
         """Send the classes changed since `since` down to the client's ClientApp; (what it received, bytes)."""
-        pulled = self.merger_in_store.pull(space, since, epoch)
-        ids, counts, means, nbytes = self._call({"op": "pull", "client": client_id, "class_ids": pulled.class_ids,
-                                                 "counts": pulled.counts, "means": pulled.means,
-                                                 "dim": self.store.dims.get(space, 0)})
+        pulled = self.store.pull(space, since, epoch)
+        (ids, counts, means), nbytes = self._call({"op": "pull", "client": client_id, "class_ids": pulled.class_ids,
+                                                   "counts": pulled.counts, "means": pulled.means,
+                                                   "dim": self.store.dims.get(space, 0)})
         return Snapshot(space, pulled.version, ids, counts, means), nbytes
 
     def close(self) -> None:

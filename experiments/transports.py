@@ -89,21 +89,6 @@ class ClientMerger:
         return pulled
 
 
-class StoreMerger:
-    """The store in process as a `Merger` (its `push` takes the deltas' fields, space before seq)."""
-
-    def __init__(self, store: PrototypeStore) -> None:
-        self.store = store
-
-    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> PushAck:
-        """Merge one numbered push; returns once it is durable."""
-        return self.store.push(client_id, space, seq, deltas.class_ids, deltas.counts, deltas.means)
-
-    def pull(self, space: str, since: int, epoch: str = "") -> Snapshot:
-        """The classes of `space` changed since `since` (the in-process store is never restored: `epoch` holds)."""
-        return self.store.pull(space, since)
-
-
 def push_request_size(client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
                       means: np.ndarray, dtype: str) -> int:
     """Serialized size of the PushRequest these deltas make (what goes up the wire)."""

@@ -1,7 +1,9 @@
 """The `Merger` seam: where a client's numbered pushes go and its incremental pulls come from.
 
-Implemented in process by the store (the experiments' adapter) and over the network by the stateless gRPC
-client (`fedrecon.client.grpc_merger`); a client's `Replica` syncs against any of them. The numbering rule of
+Implemented in process by the store itself (`fedrecon.server.store.PrototypeStore`) and over the network by the
+stateless gRPC client (`fedrecon.client.grpc_merger`); a client's `Replica` syncs against any of them. Both refuse a
+pull whose `since` the store never reached or whose `epoch` it does not hold (the store with `VersionAhead`, gRPC
+with FAILED_PRECONDITION); the gRPC client then pulls everything again. The numbering rule of
 pushes (1, 2, 3... per client; a retry reuses its number) lives here once as `next_seq`.
 """
 

@@ -216,25 +216,25 @@ class PrototypeAveraging(Strategy):
         entry = self._log(server_round)
         for client, msg in self._replies(replies, entry, MessageType.TRAIN):
             protos = msg.content["prototypes"]
-            ids, counts, means = read_prototypes(protos, msg.content["config"]["class-ids"])
+            deltas = read_prototypes(protos, msg.content["config"]["class-ids"])
             entry.bytes_up += protos.count_bytes()
-            if not ids:
+            if not deltas.class_ids:
                 continue
             try:
                 seq = next_seq(0)  # each (plan, client, round) identity pushes once
-                result = self.store.push(self.client_id(client, server_round), self.space, seq, ids, counts, means)
+                result = self.store.push(self.client_id(client, server_round), seq, self.space, deltas)
             except StoreError as exc:  # one bad client must not end the run; its deltas are refused whole
                 entry.failures += 1
                 log.warning("round %d: deltas of client %d refused: %s", server_round, client, exc)
                 continue
-            self.known.update(ids)
+            self.known.update(deltas.class_ids)
             if result.duplicate:
                 entry.already_merged += 1
                 log.warning("round %d: the mission of client %d is already in this store (plan %s; a rerun on the "
                             "same db): not merged again", server_round, client, self.plan_key)
                 continue
-            entry.merged_classes += len(ids)
-            entry.merged_examples += int(counts.sum())
+            entry.merged_classes += len(deltas.class_ids)
+            entry.merged_examples += int(deltas.counts.sum())
         metrics = MetricRecord({"merged-classes": entry.merged_classes, "merged-examples": entry.merged_examples,
                                 "already-merged": entry.already_merged, "bytes-up": entry.bytes_up,
                                 "bytes-down": entry.bytes_down, "failures": entry.failures,

@@ -135,8 +135,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         """Identify, decode and queue one push (the store checks the rules); `after`: the stream's previous push."""
         client_id = self.identify(request, context)
         deltas = codec.decode_deltas(request.deltas, float64=False, wire_only=True)  # the store checks the rules
-        return self.store.submit_push(client_id, request.space, request.seq, deltas.class_ids, deltas.counts,
-                                      deltas.means, after=after)
+        return self.store.submit_push(client_id, request.seq, request.space, deltas, after=after)
 
     def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
         """Merge one client's deltas exactly once."""
@@ -205,15 +204,17 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         finally:
             window.close(end)
 
-    def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int) -> pb.PullReply:
-        """One page of a pull, under the page budget (the server's, or the request's smaller one)."""
+    def _page(self, space: str, since: int, page_token: str, dtype: int, max_reply_bytes: int,
+              epoch: str = "") -> pb.PullReply:
+        """One page of a pull since `since` of `epoch`, under the page budget (the server's, or the request's
+        smaller one)."""
         check_text("space", space, self.limits, InvalidPush)
         code = codec.dtype_code(dtype or pb.FLOAT32)
         budget = min(max_reply_bytes or self.limits.max_reply_bytes, self.limits.max_reply_bytes)
-        result = self.store.pull(space, since, page_token=page_token, max_bytes=budget,
-                           itemsize=codec.DTYPES[code].itemsize)
+        result = self.store.pull(space, since, epoch, page_token=page_token, max_bytes=budget,
+                                 itemsize=codec.DTYPES[code].itemsize)
         reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token,
-                             epoch=self.store.epoch_of(result.version))
+                             epoch=result.epoch)
         codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, code)
         return reply
 
@@ -221,9 +222,8 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
         """Merged prototypes of a space changed since a version, one page at a time."""
         try:
             self._await_caller(context, request.since)
-            self.store.check_since(request.since, request.epoch)
             return self._page(request.space, request.since, request.page_token, request.dtype,
-                              request.max_reply_bytes)
+                              request.max_reply_bytes, request.epoch)  # the store refuses a stale since/epoch
         except (StoreError, codec.InvalidMessage) as error:
             self._refuse(context, error, "Pull")
         raise AssertionError("unreachable")

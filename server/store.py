@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ log = logging.getLogger("fedrecon.store")
 
 
 class PrototypeStore(Following, Writer):
-    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory; on a
-    shared log it follows what the other replicas commit (`Following`)."""
+    """Per-space merged prototypes plus per-client contributions, durable in a `Log` or in memory; the in-process
+    `proto.merger.Merger` (a `Replica` syncs against it directly); on a shared log it follows what the other replicas
+    commit (`Following`)."""
 
     def __init__(
         self,
@@ -100,18 +101,19 @@ class PrototypeStore(Following, Writer):
         return self.tables.dims
 
     # ----------------------------------------------------------------------------- writing
-    def push(self, client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
-             means: np.ndarray) -> PushAck:
-        """Merge one client's deltas exactly once; returns after the push is durable."""
-        return self.submit_push(client_id, space, seq, class_ids, counts, means).wait()
+    def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> PushAck:
+        """Merge push `seq` of `client_id` exactly once (Merger); returns after the push is durable."""
+        return self.submit_push(client_id, seq, space, deltas).wait()
 
-    def submit_push(self, client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
-                    means: np.ndarray, after: Pending | None = None) -> Pending:
+    def submit_push(self, client_id: str, seq: int, space: str, deltas: Deltas, after: Pending | None = None
+                    ) -> Pending:
         """Queue a push and return at once (`wait()` on the result); `after`: refuse it if that push was refused.
 
-        The writer thread validates the content (a batch at a time) and computes its sums, log encoding and
-        digest, so the callers' threads (one per call or stream) do little and contend less for the GIL.
+        The deltas' counts and means may be any array-likes: they become int64 and a float matrix here, without a
+        copy when they already are. The writer thread validates the content (a batch at a time) and computes its
+        sums, log encoding and digest, so the callers' threads (one per call or stream) do little.
         """
+        class_ids, counts, means = deltas
         try:
             wire = np.asarray(means)
             if wire.dtype.kind != "f" or wire.dtype.itemsize < 4:  # float16 / bfloat16 widen exactly to float32
@@ -170,25 +172,27 @@ class PrototypeStore(Following, Writer):
         """The current epoch (started by this server's start)."""
         return self.epochs[-1][1]
 
-    def pull(self, space: str, since: int = 0, page_token: str = "", max_bytes: int = 0,
+    def pull(self, space: str, since: int = 0, epoch: str = "", page_token: str = "", max_bytes: int = 0,
              itemsize: int = 8) -> Snapshot:
-        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes), as the store's
-        merge rule answers them.
+        """Merged (count, mean) of classes of `space` changed after `since` (0: all live classes) of `epoch`, as the
+        store's merge rule answers them (Merger); the snapshot names the epoch of its version.
 
-        With `max_bytes` the answer is one page of at most that many wire bytes (means of `itemsize`
-        bytes); pass its `next_page_token` back as `page_token` for the next (see `paging`). A replica behind
-        `since` (or the token) first waits for it to catch up (`await_version`).
+        A `since` this store never reached, or one of another `epoch`, is refused (`check_since`: VersionAhead, as
+        Pull refuses it over gRPC; the caller pulls again from 0). With `max_bytes` the answer is one page of at
+        most that many wire bytes (means of `itemsize` bytes); pass its `next_page_token` back as `page_token` for
+        the next (see `paging`). A replica behind `since` (or the token) first waits for it (`await_version`).
         """
         self.await_version(max(since, token_version(page_token) if page_token else 0))
         tables = self.tables
         with tables.lock:
-            self.check_since(since)
+            self.check_since(since, epoch)
             try:
                 cursor = Cursor.parse(page_token, since, self.version) if page_token else None
             except BadPageToken as error:
                 raise InvalidRequest(str(error)) from None
             plain = tables.pull(space, since, cursor, max_bytes, itemsize, self.limits.max_class_id_bytes)
-            return self.merge_rule.merge(plain, lambda: tables.contributions_to(space, plain.class_ids))
+            merged = self.merge_rule.merge(plain, lambda: tables.contributions_to(space, plain.class_ids))
+            return replace(merged, epoch=self.epoch_of(merged.version))
 
     def wait_for_change(self, since: int, timeout: float) -> bool:
         """Block until the version passes `since` (True) or the timeout or close (False)."""

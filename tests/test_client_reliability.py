@@ -24,6 +24,7 @@ from fedrecon.client.recon_client import ReconClient
 from fedrecon.client.replica import Replica
 from fedrecon.client.state import ClientState
 from fedrecon.proto.channel import ChannelSecurity
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
@@ -531,7 +532,7 @@ def test_epochs_tell_a_restored_history_from_the_lost_one(tmp_path: Path) -> Non
     db = tmp_path / "e.db"
 
     def push(store: PrototypeStore, seq: int) -> None:
-        store.push("c", SPACE, seq, [f"k{seq}"], np.array([1]), np.ones((1, 2)))
+        store.push("c", seq, SPACE, Deltas([f"k{seq}"], np.array([1]), np.ones((1, 2))))
 
     with PrototypeStore(db) as store:
         push(store, 1)

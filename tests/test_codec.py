@@ -83,4 +83,4 @@ def test_one_validation_for_every_caller() -> None:
     with pytest.raises(ValueError, match=f"prototype record: {text}"):
         read_prototypes(prototypes_record(np.ones(2, np.int64), np.zeros((2, 2))), ["a", "a"])
     with PrototypeStore() as store, pytest.raises(InvalidPush, match=text):
-        store.push("c", "s", 1, ["a", "a"], [1, 1], np.zeros((2, 2)))
+        store.push("c", 1, "s", Deltas(["a", "a"], [1, 1], np.zeros((2, 2))))

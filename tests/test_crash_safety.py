@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from fedrecon.benchmarks.crash_safety import SPACE, Pressure, expected_tables, push_content, verify
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.store import PrototypeStore
 
 
 def test_verify_catches_lost_and_doubled_pushes(tmp_path: Path) -> None:
     with PrototypeStore(tmp_path / "crash.db") as store:
-        store.push("client0", SPACE, 1, *push_content(0, 1, 40, 8))
-        store.push("client0", SPACE, 2, *push_content(0, 1, 40, 8))  # seq 1's deltas counted again
-        store.push("client1", SPACE, 1, *push_content(1, 1, 40, 8))
+        store.push("client0", 1, SPACE, Deltas(*push_content(0, 1, 40, 8)))
+        store.push("client0", 2, SPACE, Deltas(*push_content(0, 1, 40, 8)))  # seq 1's deltas counted again
+        store.push("client1", 1, SPACE, Deltas(*push_content(1, 1, 40, 8)))
     (tmp_path / "acks0.txt").write_text("1\n2\n")
     (tmp_path / "acks1.txt").write_text("1\n2\n")  # seq 2 acknowledged but not stored
     check = verify(tmp_path / "crash.db", tmp_path, 2, 40, 8, final=False)
@@ -24,7 +25,7 @@ def test_verify_catches_lost_and_doubled_pushes(tmp_path: Path) -> None:
         (tmp_path / f"acks{c}.txt").write_text("1\n")
     with PrototypeStore(tmp_path / "ok.db") as store:
         for c in range(2):
-            store.push(f"client{c}", SPACE, 1, *push_content(c, 1, 40, 8))
+            store.push(f"client{c}", 1, SPACE, Deltas(*push_content(c, 1, 40, 8)))
     clean = verify(tmp_path / "ok.db", tmp_path, 2, 40, 8, final=True)
     assert clean["lost"] == clean["doubled"] == clean["mismatched"] == 0
     assert clean["acked"] == clean["stored"] == 2
@@ -63,6 +64,7 @@ CHILD = r'''
 import os, sys
 import numpy as np
 from fedrecon.server import durable
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.store import PrototypeStore
 from fedrecon.benchmarks.crash_safety import SPACE, push_content
 
@@ -85,7 +87,7 @@ store = PrototypeStore(db, checkpoint_every=10**9, checkpoint_seconds=10**9)
 for seq in range(1, pushes + 1):
     if seq == pushes:
         os.environ["ARMED"] = "1"
-    store.push("client0", SPACE, seq, *push_content(0, seq, 40, 8))
+    store.push("client0", seq, SPACE, Deltas(*push_content(0, seq, 40, 8)))
     print(seq, flush=True)
 store._checkpoint()
 print("survived", flush=True)
@@ -104,5 +106,5 @@ def test_kill_inside_a_checkpoint_or_log_write(tmp_path: Path, where: str) -> No
     assert check["lost"] == check["doubled"] == check["mismatched"] == 0
     assert check["stored"] == 6  # every push was committed, including the one never acknowledged
     with PrototypeStore(db) as store:  # the retry of the unacknowledged push is answered, not applied again
-        again = store.push("client0", SPACE, 6, *push_content(0, 6, 40, 8))
+        again = store.push("client0", 6, SPACE, Deltas(*push_content(0, 6, 40, 8)))
         assert again.duplicate and store.version == 6

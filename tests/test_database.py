@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import FEDRECON, start_server
 
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.durable import DatabaseError, DatabaseLocked
 from fedrecon.server.errors import StoreUnavailable
 from fedrecon.server.store import PrototypeStore
@@ -26,7 +27,7 @@ def test_second_store_on_the_same_database_is_refused(tmp_path: Path) -> None:
     """SQLite has one writer (PostgreSQL takes replicas: tests/test_replicas.py)."""
     db = tmp_path / "store.db"
     first = PrototypeStore(db)
-    first.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
+    first.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2))))
     with pytest.raises(DatabaseLocked, match="in use by another fedrecon server"):
         PrototypeStore(db)
     first.close()
@@ -69,7 +70,7 @@ def test_first_start_cut_short_after_creating_tables_still_opens(tmp_path: Path)
     with sqlite3.connect(db) as conn:  # the tables exist, the schema row was never written
         conn.executescript(SCHEMA)
     with PrototypeStore(db) as store:
-        assert store.push("a", "s", 1, ["x"], [1], np.ones((1, 2))).version == 1
+        assert store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2)))).version == 1
 
 
 def test_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -82,8 +83,8 @@ def test_file_that_is_not_a_database(tmp_path: Path) -> None:
 def _damaged(tmp_path: Path, statement: str) -> Path:
     db = tmp_path / "s.db"
     with PrototypeStore(db, checkpoint_every=1) as store:
-        store.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
-        store.push("a", "s", 2, ["y"], [1], np.ones((1, 2)))
+        store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2))))
+        store.push("a", 2, "s", Deltas(["y"], [1], np.ones((1, 2))))
     with sqlite3.connect(db) as conn:
         conn.execute(statement)
     return db
@@ -110,7 +111,7 @@ def test_damaged_contents_give_one_clear_error(tmp_path: Path, statement: str) -
 def test_read_only_database_is_refused_before_serving(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     with PrototypeStore(db) as store:
-        store.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
+        store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2))))
     immutable = os.geteuid() == 0  # root ignores file modes: make the file immutable instead
     if immutable:
         if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)]).returncode != 0:
@@ -137,7 +138,7 @@ def test_full_disk_is_reported_once_and_refuses_pushes(tmp_path: Path, caplog: p
         with caplog.at_level(logging.DEBUG, logger="fedrecon.store"):
             for seq in range(1, 40):
                 try:
-                    store.push("a", "s", seq - refused, [f"c{seq}"], [1], rng.normal(size=(1, 512)))
+                    store.push("a", seq - refused, "s", Deltas([f"c{seq}"], [1], rng.normal(size=(1, 512))))
                 except StoreUnavailable as error:
                     assert "full" in str(error)
                     refused += 1

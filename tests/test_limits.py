@@ -8,6 +8,7 @@ import pytest
 
 from fedrecon.proto import codec
 from fedrecon.proto.limits import Limits
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.ratelimit import RateLimits, StreamSlots, TokenBuckets
@@ -158,7 +159,7 @@ def test_info_and_stats_answer_on_a_database_whose_totals_overflowed_before_the_
 
     db = tmp_path / "old.db"
     with PrototypeStore(db, checkpoint_every=1) as store:
-        store.push("a", "s", 1, [f"c{i}" for i in range(4)], [1] * 4, np.zeros((4, 1)))
+        store.push("a", 1, "s", Deltas([f"c{i}" for i in range(4)], [1] * 4, np.zeros((4, 1))))
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE classes SET count = ?, crc = -1", (2**62,))  # an older server: no checksums
         conn.execute("UPDATE contributions SET count = ?, crc = -1", (2**62,))

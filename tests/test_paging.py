@@ -9,6 +9,7 @@ import pytest
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
 from fedrecon.proto.limits import Limits
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.errors import InvalidRequest
@@ -44,7 +45,7 @@ def test_paged_pull_is_consistent_while_pushes_and_revocations_land(since_first:
 
     def push(client: str, ids: list[str]) -> None:
         seqs[client] += 1
-        store.push(client, "s", seqs[client], ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), 4)))
+        store.push(client, seqs[client], "s", Deltas(ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), 4))))
 
     for start in range(0, 600, 100):
         push("a", [f"k{i}" for i in range(start, start + 100)])
@@ -71,7 +72,7 @@ def test_paged_pull_is_consistent_while_pushes_and_revocations_land(since_first:
 
 def test_page_tokens_are_checked() -> None:
     store = PrototypeStore()
-    store.push("a", "s", 1, [f"k{i}" for i in range(100)], [1] * 100, np.zeros((100, 4)))
+    store.push("a", 1, "s", Deltas([f"k{i}" for i in range(100)], [1] * 100, np.zeros((100, 4))))
     token = store.pull("s", 0, max_bytes=2000).next_page_token
     assert token
     for bad, since in (("junk", 0), ("p1.1.5.1.999", 0), (token, 1)):
@@ -118,7 +119,7 @@ def test_100k_classes_through_a_plain_stub_with_default_limits() -> None:
 
 def test_watch_pages_a_large_pass_and_the_client_yields_it_whole() -> None:
     store = PrototypeStore()
-    store.push("a", "s", 1, [f"k{i}" for i in range(500)], [1] * 500, np.ones((500, 8)))
+    store.push("a", 1, "s", Deltas([f"k{i}" for i in range(500)], [1] * 500, np.ones((500, 8))))
     server = serve(ServerConfig(insecure=True), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
@@ -136,12 +137,12 @@ def test_watch_pages_a_large_pass_and_the_client_yields_it_whole() -> None:
         server.stop(grace=1)
     small = serve(ServerConfig(insecure=True), PrototypeStore(limits=Limits(max_reply_bytes=4096)))
     try:
-        small.store.push("a", "s", 1, [f"k{i}" for i in range(500)], [1] * 500, np.ones((500, 8)))
+        small.store.push("a", 1, "s", Deltas([f"k{i}" for i in range(500)], [1] * 500, np.ones((500, 8))))
         with ReconClient(small.address, dtype="float64") as client:
             assert len(client.pull("s").class_ids) == 500
             stream = client.watch("s", since=0)
             assert len(next(stream).class_ids) == 500  # the client joins a pass's pages into one result
-            small.store.push("a", "s", 2, ["new"], [2], np.ones((1, 8)))
+            small.store.push("a", 2, "s", Deltas(["new"], [2], np.ones((1, 8))))
             later = next(stream)
             assert later.class_ids == ["new"] and later.version == 2
     finally:
@@ -150,7 +151,7 @@ def test_watch_pages_a_large_pass_and_the_client_yields_it_whole() -> None:
 
 def test_watch_with_since_ahead_is_failed_precondition() -> None:
     store = PrototypeStore()
-    store.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
+    store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2))))
     server = serve(ServerConfig(insecure=True), store)
     try:
         with grpc.insecure_channel(server.address) as channel:
@@ -245,7 +246,7 @@ def test_a_page_asked_ahead_and_lost_is_asked_again() -> None:
                    PrototypeStore(limits=Limits(max_reply_bytes=4096)))
     try:
         ids = [f"c{i:03d}" for i in range(300)]
-        server.store.push("a", "s", 1, ids, np.arange(300) % 5 + 1, np.ones((300, 8)))
+        server.store.push("a", 1, "s", Deltas(ids, np.arange(300) % 5 + 1, np.ones((300, 8))))
         with ReconClient(server.address, "reader", timeout=5, backoff=0.01) as client:
             pulled = client.pull("s", since=0)
         assert dropper.dropped == 1

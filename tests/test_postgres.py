@@ -69,11 +69,11 @@ def test_database_of_something_else_is_left_untouched(pg_url: str) -> None:
 def test_a_head_ahead_of_the_log_refuses_the_commit_and_acknowledges_nothing(pg_url: str) -> None:
     """The counter row moved without its log rows (damage): nothing is appended after it, nothing answered."""
     with PrototypeStore(pg_url) as store:
-        store.push("a", "s", 1, ["x"], [1], np.ones((1, 2)))
+        store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2))))
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("UPDATE head SET version = version + 1")
         with pytest.raises(StoreUnavailable, match="the log is at version 2 but operations 2..2 are missing"):
-            store.push("a", "s", 2, ["y"], [1], np.ones((1, 2)))
+            store.push("a", 2, "s", Deltas(["y"], [1], np.ones((1, 2))))
         assert store.version == 1 and store.client_record("a").last_seq == 1
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM log WHERE version > 1").fetchone()[0] == 0
@@ -93,18 +93,18 @@ def test_log_rows_gone_missing_are_damage_not_a_shorter_history(pg_url: str) -> 
 def test_a_lost_connection_is_opened_again_and_the_retry_is_exactly_once(pg_url: str) -> None:
     store = PrototypeStore(pg_url, checkpoint_every=10**6, checkpoint_seconds=10**6)
     try:
-        store.push("a", "s", 1, ["x"], [2], np.ones((1, 2)))
+        store.push("a", 1, "s", Deltas(["x"], [2], np.ones((1, 2))))
         with psycopg.connect(pg_url, autocommit=True) as conn:  # as a database restart or a proxy would
             conn.execute("SELECT pg_terminate_backend(%s)", (store._log.conn.info.backend_pid,))
         ack = None
         for _ in range(3):  # the first commit on the dead connection is refused; a retry reconnects
             try:
-                ack = store.push("a", "s", 2, ["y"], [3], np.ones((1, 2)))
+                ack = store.push("a", 2, "s", Deltas(["y"], [3], np.ones((1, 2))))
                 break
             except StoreUnavailable:
                 continue
         assert ack is not None and (ack.seq, ack.version) == (2, 2)
-        assert store.push("a", "s", 2, ["y"], [3], np.ones((1, 2))).duplicate
+        assert store.push("a", 2, "s", Deltas(["y"], [3], np.ones((1, 2)))).duplicate
     finally:
         store.close()
     with PrototypeStore(pg_url) as again:
@@ -116,19 +116,19 @@ def test_a_url_without_password_takes_it_from_the_environment(pg_url: str, monke
 
     monkeypatch.setenv("PGPASSWORD", PASSWORD)  # libpq's own ways (PGPASSWORD, ~/.pgpass) keep it off the command line
     with PrototypeStore(pg_url.replace(f":{PASSWORD}@", "@")) as store:
-        assert store.push("a", "s", 1, ["x"], [1], np.ones((1, 2))).version == 1
+        assert store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2)))).version == 1
 
 
 def test_synchronous_off_sets_synchronous_commit(pg_url: str) -> None:
     with PrototypeStore(pg_url, synchronous="OFF") as store:
         assert store._log.conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
-        assert store.push("a", "s", 1, ["x"], [1], np.ones((1, 2))).version == 1
+        assert store.push("a", 1, "s", Deltas(["x"], [1], np.ones((1, 2)))).version == 1
 
 
 def test_checkpoint_replaces_rows_and_keeps_their_first_order(pg_url: str) -> None:
     with PrototypeStore(pg_url, checkpoint_every=1) as store:
-        store.push("a", "s", 1, ["p", "q"], [1, 1], np.ones((2, 2)))
-        store.push("a", "s", 2, ["r", "p"], [1, 1], np.full((2, 2), 3.0))
+        store.push("a", 1, "s", Deltas(["p", "q"], [1, 1], np.ones((2, 2))))
+        store.push("a", 2, "s", Deltas(["r", "p"], [1, 1], np.full((2, 2), 3.0)))
         assert wait_until(lambda: store._checkpoint_version == 2)
         order = store.pull("s").class_ids
     with psycopg.connect(pg_url) as conn:  # log rows younger than the retention window stay, for replicas

@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.prototypes import PrototypeTable, nearest
 from fedrecon.server.store import PrototypeStore
 
@@ -30,7 +31,7 @@ def test_store_merge_equals_centralised_mean(items, rnd) -> None:
         x = _examples(count, seed)
         central.setdefault(f"c{cls}", []).append(x)
         seqs[client] = seqs.get(client, 0) + 1
-        store.push(f"client{client}", "space", seqs[client], [f"c{cls}"], [count], x.mean(0, keepdims=True))
+        store.push(f"client{client}", seqs[client], "space", Deltas([f"c{cls}"], [count], x.mean(0, keepdims=True)))
     pulled = store.pull("space")
     for class_id, count, mean in zip(pulled.class_ids, pulled.counts, pulled.means, strict=True):
         everything = np.concatenate(central[class_id])

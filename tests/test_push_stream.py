@@ -14,6 +14,7 @@ import pytest
 from security_helpers import make_tokens
 
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.trailers import RETRY_AFTER_MS
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
@@ -119,9 +120,9 @@ def test_the_store_refuses_a_push_queued_after_a_refused_one(tmp_path: Path) -> 
     """What makes the rule hold whatever the timing: a push conditional on a refused one is never merged."""
     store = PrototypeStore(tmp_path / "s.db")
     try:
-        store.push("alice", "s", 1, ["a"], np.array([1]), np.ones((1, DIM)))
-        reused = store.submit_push("alice", "s", 1, ["a"], np.array([2]), np.ones((1, DIM)))  # other content
-        follower = store.submit_push("alice", "s", 2, ["b"], np.array([1]), np.ones((1, DIM)), after=reused)
+        store.push("alice", 1, "s", Deltas(["a"], np.array([1]), np.ones((1, DIM))))
+        reused = store.submit_push("alice", 1, "s", Deltas(["a"], np.array([2]), np.ones((1, DIM))))  # other content
+        follower = store.submit_push("alice", 2, "s", Deltas(["b"], np.array([1]), np.ones((1, DIM))), after=reused)
         with pytest.raises(SeqReused):
             reused.wait(10)
         with pytest.raises(EarlierPushRefused):

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.store import PrototypeStore
 
 
 def _push(store: PrototypeStore, client: str, seq: int, ids: list[str], dim: int = 4, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return store.push(client, "s", seq, ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), dim)))
+    return store.push(client, seq, "s", Deltas(ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), dim))))
 
 
 @pytest.mark.parametrize("restart_after", [1, 2, 3])
@@ -56,14 +57,14 @@ def test_a_retry_in_the_batch_of_a_failed_commit_is_not_acknowledged(tmp_path: P
     rng = np.random.default_rng(0)
     counts, means = rng.integers(1, 9, 3), rng.normal(size=(3, 4))
     with store._queue_cond:  # both queued before the writer takes a batch: one batch, one failed commit
-        original = store.submit_push("a", "s", 1, ["x", "y", "z"], counts, means)
-        retry = store.submit_push("a", "s", 1, ["x", "y", "z"], counts, means)
+        original = store.submit_push("a", 1, "s", Deltas(["x", "y", "z"], counts, means))
+        retry = store.submit_push("a", 1, "s", Deltas(["x", "y", "z"], counts, means))
     for pending in (original, retry):
         with pytest.raises(StoreUnavailable):
             pending.wait(10)
     monkeypatch.undo()
     assert store.client_record("a").last_seq == 0
-    assert store.push("a", "s", 1, ["x", "y", "z"], counts, means).duplicate is False  # the client goes on
+    assert store.push("a", 1, "s", Deltas(["x", "y", "z"], counts, means)).duplicate is False  # the client goes on
     store.close()
 
 
@@ -141,8 +142,8 @@ def test_an_answered_push_keeps_nothing_its_caller_does_not_need() -> None:
     every push it carried reachable; an answered push now holds only its answer."""
     store = PrototypeStore()
     rng = np.random.default_rng(0)
-    first = store.submit_push("a", "s", 1, ["x"], [2], rng.normal(size=(1, 4)))
-    second = store.submit_push("a", "s", 2, ["x"], [3], rng.normal(size=(1, 4)), after=first)
+    first = store.submit_push("a", 1, "s", Deltas(["x"], [2], rng.normal(size=(1, 4))))
+    second = store.submit_push("a", 2, "s", Deltas(["x"], [3], rng.normal(size=(1, 4))), after=first)
     assert second.wait().version == 2
     assert second.after is None and second.deltas is None and second.sums is None and second.packed is None
 

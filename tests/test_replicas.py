@@ -19,6 +19,7 @@ from helpers import ServerProcess, wait_until
 from fedrecon.client.pages import decode_page
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.trailers import MIN_VERSION
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
@@ -250,11 +251,11 @@ def test_a_replica_behind_the_kept_log_loads_the_checkpoint_again(pg_url: str) -
         b._follower.stop()  # as a replica cut off from the database would be
         a._log.retain_seconds = 0.0
         for seq in range(1, 6):
-            a.push("a", SPACE, seq, ["x"], [1], np.ones((1, DIM)))
+            a.push("a", seq, SPACE, Deltas(["x"], [1], np.ones((1, DIM))))
         assert wait_until(lambda: a._checkpoint_version == 5)
         with pytest.raises(StoreUnavailable, match="the log kept starts at"):
-            b.push("b", SPACE, 1, ["x"], [2], np.ones((1, DIM)))
-        ack = b.push("b", SPACE, 1, ["x"], [2], np.ones((1, DIM)))
+            b.push("b", 1, SPACE, Deltas(["x"], [2], np.ones((1, DIM))))
+        ack = b.push("b", 1, SPACE, Deltas(["x"], [2], np.ones((1, DIM))))
         assert (ack.version, ack.duplicate) == (6, False) and b.pull(SPACE).counts.tolist() == [7]
         assert a.await_version(6) and a.pull(SPACE).counts.tolist() == [7]
     finally:
@@ -265,15 +266,15 @@ def test_a_replica_behind_the_kept_log_loads_the_checkpoint_again(pg_url: str) -
 def test_a_replica_without_its_database_acknowledges_nothing_and_recovers(pg_url: str) -> None:
     store = PrototypeStore(pg_url)
     try:
-        store.push("a", SPACE, 1, ["x"], [1], np.ones((1, DIM)))
+        store.push("a", 1, SPACE, Deltas(["x"], [1], np.ones((1, DIM))))
         store._log._params = {**store._log._params, "port": "1"}  # as if the database went away
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (store._log.conn.info.backend_pid,))
         for _ in range(2):
             with pytest.raises(StoreUnavailable):
-                store.push("a", SPACE, 2, ["y"], [1], np.ones((1, DIM)))
+                store.push("a", 2, SPACE, Deltas(["y"], [1], np.ones((1, DIM))))
         store._log._params = connection_params(pg_url)  # it is back
-        assert store.push("a", SPACE, 2, ["y"], [1], np.ones((1, DIM))).version == 2
+        assert store.push("a", 2, SPACE, Deltas(["y"], [1], np.ones((1, DIM)))).version == 2
     finally:
         store.close()
 
@@ -325,11 +326,11 @@ def test_a_pull_ahead_of_a_replica_waits_for_it_instead_of_refusing(pg_url: str)
         assert b._follower is not None
         b._follower.stop()
         for seq in range(1, 4):
-            a.push("a", SPACE, seq, [f"x{seq}"], [1], np.ones((1, DIM)))
+            a.push("a", seq, SPACE, Deltas([f"x{seq}"], [1], np.ones((1, DIM))))
         assert b.version < 3
         assert b.pull(SPACE, since=2).class_ids == ["x3"] and b.version == 3
         for seq in (4, 5):
-            a.push("a", SPACE, seq, [f"x{seq}"], [1], np.ones((1, DIM)))
+            a.push("a", seq, SPACE, Deltas([f"x{seq}"], [1], np.ones((1, DIM))))
         token = a.pull(SPACE, max_bytes=1100, itemsize=8).next_page_token  # one class a page, from version 5
         assert token_version(token) == 5 and b.version == 3
         page = b.pull(SPACE, page_token=token, max_bytes=1100, itemsize=8)  # B catches up first, then pages on

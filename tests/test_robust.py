@@ -7,6 +7,7 @@ import pytest
 from helpers import start_server
 
 from fedrecon.client.recon_client import ReconClient
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.robust import RobustConfig, RobustMerge, keep_mask, robust_class
 from fedrecon.server.serve import ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
@@ -58,8 +59,8 @@ def test_bad_configs_are_refused() -> None:
 
 def _fill(store: PrototypeStore, space: str, seq: int = 1) -> None:
     for i, mean in enumerate(HONEST):
-        store.push(f"h{i}", space, seq, ["a", "b"], np.array([3, 3]), np.vstack([mean, mean + 1]))
-    store.push("evil", space, seq, ["a", "b"], np.array([10**6, 10**6]), np.vstack([-30 * HONEST[0]] * 2))
+        store.push(f"h{i}", seq, space, Deltas(["a", "b"], np.array([3, 3]), np.vstack([mean, mean + 1])))
+    store.push("evil", seq, space, Deltas(["a", "b"], np.array([10**6, 10**6]), np.vstack([-30 * HONEST[0]] * 2)))
 
 
 def test_pull_is_robust_only_for_configured_spaces() -> None:

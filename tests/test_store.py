@@ -39,37 +39,37 @@ def snapshot(store: PrototypeStore) -> dict:
 
 
 def test_retry_returns_first_answer_and_changes_nothing(store) -> None:
-    first = store.push("a", "s", 1, ["x"], [2], _mean(1.0))
+    first = store.push("a", 1, "s", Deltas(["x"], [2], _mean(1.0)))
     before = snapshot(store)
-    again = store.push("a", "s", 1, ["x"], [2], _mean(1.0))
+    again = store.push("a", 1, "s", Deltas(["x"], [2], _mean(1.0)))
     assert (again.seq, again.version, again.classes, again.duplicate) == (1, first.version, 1, True)
     assert snapshot(store) == before
 
 
 def test_reused_seq_with_other_content_is_refused_and_changes_nothing(store) -> None:
-    store.push("a", "s", 1, ["x"], [50], _mean(1.0))
+    store.push("a", 1, "s", Deltas(["x"], [50], _mean(1.0)))
     before = snapshot(store)
     for other in ((["x"], [10], _mean(1.0)), (["y"], [50], _mean(1.0)), (["x"], [50], _mean(2.0))):
         with pytest.raises(SeqReused, match="seq 1") as info:
-            store.push("a", "s", 1, *other)
+            store.push("a", 1, "s", Deltas(*other))
         assert info.value.expected == 2
     with pytest.raises(SeqReused):
-        store.push("a", "other-space", 1, ["x"], [50], _mean(1.0))
+        store.push("a", 1, "other-space", Deltas(["x"], [50], _mean(1.0)))
     assert snapshot(store) == before
-    assert store.push("a", "s", 1, ["x"], [50], _mean(1.0)).duplicate  # the real retry still gets its answer
+    assert store.push("a", 1, "s", Deltas(["x"], [50], _mean(1.0))).duplicate  # the real retry still gets its answer
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 10**6])
 def test_content_check_survives_restart(db_target, checkpoint_every: int) -> None:
     path = db_target
     with PrototypeStore(path, checkpoint_every=checkpoint_every) as first:  # from the checkpoint or the log
-        first.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1))  # not exact in float32: logged as float64
-        first.push("b", "s", 1, ["x"], [3], _mean(0.5))
+        first.push("a", 1, "s", Deltas(["x"], [3], np.full((1, 4), 0.1)))  # not exact in float32: logged as float64
+        first.push("b", 1, "s", Deltas(["x"], [3], _mean(0.5)))
     with PrototypeStore(path) as again:
-        assert again.push("a", "s", 1, ["x"], [3], np.full((1, 4), 0.1)).duplicate
-        assert again.push("b", "s", 1, ["x"], [3], _mean(0.5)).duplicate
+        assert again.push("a", 1, "s", Deltas(["x"], [3], np.full((1, 4), 0.1))).duplicate
+        assert again.push("b", 1, "s", Deltas(["x"], [3], _mean(0.5))).duplicate
         with pytest.raises(SeqReused):
-            again.push("a", "s", 1, ["x"], [4], np.full((1, 4), 0.1))
+            again.push("a", 1, "s", Deltas(["x"], [4], np.full((1, 4), 0.1)))
         assert again.pull("s").counts.tolist() == [6]
 
 
@@ -115,26 +115,26 @@ def test_retries_are_checked_against_their_push_within_a_batch_and_after_it(stor
     assert [type(r.error).__name__ for r in batch] == ["NoneType", "NoneType", "SeqReused", "NoneType", "SequenceGap"]
     assert batch[3].result is not None and batch[3].result.duplicate
     with pytest.raises(SeqReused):
-        store.push("a", "s", 2, ["y"], [1], other)
-    assert store.push("a", "s", 2, ["y"], [1], same).duplicate
-    assert store.push("a", "s", 3, ["z"], [1], same).seq == 3
+        store.push("a", 2, "s", Deltas(["y"], [1], other))
+    assert store.push("a", 2, "s", Deltas(["y"], [1], same)).duplicate
+    assert store.push("a", 3, "s", Deltas(["z"], [1], same)).seq == 3
 
 
 def test_gap_is_refused_with_expected_seq(store) -> None:
-    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    store.push("a", 1, "s", Deltas(["x"], [1], _mean(1.0)))
     before = snapshot(store)
     for bad in (3, 7):
         with pytest.raises(SequenceGap) as info:
-            store.push("a", "s", bad, ["x"], [1], _mean(1.0))
+            store.push("a", bad, "s", Deltas(["x"], [1], _mean(1.0)))
         assert info.value.expected == 2 and "expected seq 2" in str(info.value)
     with pytest.raises(SequenceGap):
-        store.push("b", "s", 2, ["x"], [1], _mean(1.0))  # a new client starts at 1
+        store.push("b", 2, "s", Deltas(["x"], [1], _mean(1.0)))  # a new client starts at 1
     assert snapshot(store) == before
 
 
 def test_pull_returns_only_changes_since_version(store) -> None:
-    v1 = store.push("a", "s", 1, ["x", "y"], [1, 1], np.zeros((2, 4))).version
-    v2 = store.push("b", "s", 1, ["y", "z"], [1, 1], np.ones((2, 4))).version
+    v1 = store.push("a", 1, "s", Deltas(["x", "y"], [1, 1], np.zeros((2, 4)))).version
+    v2 = store.push("b", 1, "s", Deltas(["y", "z"], [1, 1], np.ones((2, 4)))).version
     assert sorted(store.pull("s", 0).class_ids) == ["x", "y", "z"]
     assert sorted(store.pull("s", v1).class_ids) == ["y", "z"]
     assert store.pull("s", v2).class_ids == []
@@ -144,8 +144,8 @@ def test_pull_returns_only_changes_since_version(store) -> None:
 
 
 def test_spaces_never_mix(store) -> None:
-    store.push("a", "enc-1", 1, ["x"], [1], _mean(1.0))
-    store.push("a", "enc-2", 2, ["x"], [1], _mean(5.0, dim=8))
+    store.push("a", 1, "enc-1", Deltas(["x"], [1], _mean(1.0)))
+    store.push("a", 2, "enc-2", Deltas(["x"], [1], _mean(5.0, dim=8)))
     np.testing.assert_allclose(store.pull("enc-1").means, _mean(1.0))
     np.testing.assert_allclose(store.pull("enc-2").means, _mean(5.0, dim=8))
     assert store.pull("unknown").class_ids == []
@@ -168,12 +168,13 @@ def test_spaces_never_mix(store) -> None:
     ],
 )
 def test_bad_push_changes_nothing(store, args, match) -> None:
-    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    store.push("a", 1, "s", Deltas(["x"], [1], _mean(1.0)))
     before = snapshot(store)
     with pytest.raises(InvalidPush, match=match):
-        store.push(*args)
+        client_id, space, seq, *deltas = args
+        store.push(client_id, seq, space, Deltas(*deltas))
     assert snapshot(store) == before
-    store.push("a", "s", 2, ["y"], [1], _mean(2.0))  # the refused push did not consume seq 2
+    store.push("a", 2, "s", Deltas(["y"], [1], _mean(2.0)))  # the refused push did not consume seq 2
 
 
 @pytest.mark.parametrize("args,match", [
@@ -187,10 +188,11 @@ def test_bad_push_changes_nothing(store, args, match) -> None:
     (("a", "s", 0, ["x"], [1], np.zeros((1, 4))), "seq must start at 1"),
 ])
 def test_direct_callers_get_the_same_limits_as_grpc(store, args, match) -> None:
-    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    store.push("a", 1, "s", Deltas(["x"], [1], _mean(1.0)))
     before = snapshot(store)
     with pytest.raises(InvalidPush, match=match):
-        store.push(*args)
+        client_id, space, seq, *deltas = args
+        store.push(client_id, seq, space, Deltas(*deltas))
     assert snapshot(store) == before
 
 
@@ -198,13 +200,13 @@ def test_space_total_is_bounded_so_sums_never_overflow(store, monkeypatch) -> No
     from fedrecon.server import staging
 
     monkeypatch.setattr(staging, "MAX_SPACE_EXAMPLES", 100)
-    store.push("a", "s", 1, ["x", "y"], [40, 50], np.zeros((2, 4)))
+    store.push("a", 1, "s", Deltas(["x", "y"], [40, 50], np.zeros((2, 4))))
     with pytest.raises(InvalidPush, match="more than 100 examples"):
-        store.push("b", "s", 1, ["z"], [11], np.zeros((1, 4)))
-    store.push("b", "s", 1, ["z"], [10], np.zeros((1, 4)))  # exactly at the bound
-    store.push("b", "other", 2, ["z"], [100], np.zeros((1, 4)))  # each space has its own bound
+        store.push("b", 1, "s", Deltas(["z"], [11], np.zeros((1, 4))))
+    store.push("b", 1, "s", Deltas(["z"], [10], np.zeros((1, 4))))  # exactly at the bound
+    store.push("b", 2, "other", Deltas(["z"], [100], np.zeros((1, 4))))  # each space has its own bound
     store.revoke("a")
-    store.push("c", "s", 1, ["x"], [90], np.zeros((1, 4)))  # a revocation frees its share
+    store.push("c", 1, "s", Deltas(["x"], [90], np.zeros((1, 4))))  # a revocation frees its share
     assert store.info()["spaces"][1]["examples"] == 100
 
 
@@ -216,7 +218,7 @@ def test_restart_restores_exactly(tmp_path: Path, db_target) -> None:
     for seq in range(1, 21):
         for client in ("a", "b"):
             ids = [f"c{i}" for i in rng.choice(30, size=5, replace=False)]
-            store.push(client, "s", seq, ids, rng.integers(1, 9, 5), rng.normal(size=(5, 4)))
+            store.push(client, seq, "s", Deltas(ids, rng.integers(1, 9, 5), rng.normal(size=(5, 4))))
     before = snapshot(store)
     crashed = tmp_path / "crashed.db"  # copy the files while the store is open: what a SIGKILL leaves behind
     for suffix in ("", "-wal", "-shm"):
@@ -236,9 +238,9 @@ def test_revoke_is_exact_unlearning(store) -> None:
         for client in ("a", "b", "c"):
             ids = [f"c{i}" for i in rng.choice(8, size=3, replace=False)]
             counts, means = rng.integers(1, 5, 3), rng.normal(size=(3, 4))
-            store.push(client, "s", seq, ids, counts, means)
+            store.push(client, seq, "s", Deltas(ids, counts, means))
             if client != "b":
-                reference.push(client, "s", seq, ids, counts, means)
+                reference.push(client, seq, "s", Deltas(ids, counts, means))
     version = store.version
     result = store.revoke("b", actor="admin")
     assert result.version == version + 1
@@ -258,8 +260,8 @@ def test_revoke_and_audit_survive_restart(db_target, checkpoint_every: int) -> N
     """A revocation replays from the log, or loads from the checkpoint, to the same table and audit trail."""
     with PrototypeStore(db_target, checkpoint_every=checkpoint_every) as first:
         assert isinstance(first._log, Log)  # SqliteLog or PostgresLog, behind the same seam
-        first.push("a", "s", 1, ["x", "y"], [2, 3], np.full((2, 4), 0.1))
-        first.push("b", "s", 1, ["x"], [5], _mean(2.0))
+        first.push("a", 1, "s", Deltas(["x", "y"], [2, 3], np.full((2, 4), 0.1)))
+        first.push("b", 1, "s", Deltas(["x"], [5], _mean(2.0)))
         first.revoke("a", actor="root")
         before, audit = snapshot(first), first.audit()
     assert [row[:4] for row in audit] == [(3, "revoke", "a", "root")]
@@ -270,7 +272,7 @@ def test_revoke_and_audit_survive_restart(db_target, checkpoint_every: int) -> N
 
 def test_wait_for_change(store) -> None:
     assert not store.wait_for_change(0, timeout=0.01)
-    store.push("a", "s", 1, ["x"], [1], _mean(1.0))
+    store.push("a", 1, "s", Deltas(["x"], [1], _mean(1.0)))
     assert store.wait_for_change(0, timeout=0.01)
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from security_helpers import random_push
 
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.store import PrototypeStore
 
 
@@ -21,7 +22,7 @@ def _replay(store: PrototypeStore, history, skip: str | None = None) -> None:
         if client == skip:
             continue
         seqs[client] = seqs.get(client, 0) + 1
-        store.push(client, "s", seqs[client], ids, counts, means)
+        store.push(client, seqs[client], "s", Deltas(ids, counts, means))
 
 
 def _assert_same(a: PrototypeStore, b: PrototypeStore) -> None:
@@ -60,6 +61,6 @@ def test_revocation_is_durable_and_pushes_after_it_count(tmp_path: Path) -> None
         _replay(without, history, skip=victim)
         _assert_same(full, without)
         seq = full.client_record(victim).last_seq + 1
-        full.push(victim, "s", seq, *later[1:])
-        without.push(victim, "s", 1, *later[1:])
+        full.push(victim, seq, "s", Deltas(*later[1:]))
+        without.push(victim, 1, "s", Deltas(*later[1:]))
         _assert_same(full, without)
