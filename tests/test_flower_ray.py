@@ -100,6 +100,9 @@ def test_simulation_on_a_two_node_ray_cluster(cluster, tmp_path) -> None:
     store.close()
 
 
+UNRESOLVED, OUTSIDE = -1, -2  # an actor whose node is not known yet; one that runs outside the cluster
+
+
 def actor_nodes(roots: set[int], seen: dict[int, int], stop: threading.Event) -> None:
     """Until `stop`: map each `ray::ClientAppActor` process to the node (`ray start` root pid) it runs under."""
     while not stop.is_set():
@@ -112,12 +115,16 @@ def actor_nodes(roots: set[int], seen: dict[int, int], stop: threading.Event) ->
                 except OSError:
                     continue
                 if title.startswith(b"ray::ClientAppActor"):
-                    seen[int(proc.name)] = -1
-        for pid in [p for p, root in seen.items() if root == -1]:
+                    seen.setdefault(int(proc.name), UNRESOLVED)
+        for pid in [p for p, root in seen.items() if root == UNRESOLVED]:
             node = pid
-            while node in parents and node not in roots:
+            while node in parents and node not in roots and node > 1:
                 node = parents[node]
-            seen[pid] = node if node in roots else -1
+            if node in roots:
+                seen[pid] = node
+            elif node <= 1:  # the whole chain walked up to init: this actor runs under no cluster node
+                seen[pid] = OUTSIDE
+            # else a process on the chain ended between two reads: left UNRESOLVED, tried again next time
         stop.wait(0.3)
 
 
@@ -147,4 +154,6 @@ def test_flwr_run_uses_the_cluster_in_ray_address(cluster, tmp_path) -> None:
             os.kill(pid, signal.SIGTERM)
     assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     assert json.loads(out.read_text())["curve"][-1][0] == 12
-    assert sorted(set(seen.values())) == sorted(cluster.pids()), seen  # an actor under each node
+    # an actor under each node and none outside the cluster; an actor that ended before its chain of parents
+    # could be read (its node unknown) proves nothing either way (that made this test flaky)
+    assert set(seen.values()) - {UNRESOLVED} == set(cluster.pids()), seen
