@@ -188,6 +188,7 @@ class Pressure:
         import grpc
 
         from fedrecon.proto import codec
+        from fedrecon.proto.payloads import Deltas
         from fedrecon.proto.v1 import admin_pb2 as apb
         from fedrecon.proto.v1 import admin_pb2_grpc as arpc
         from fedrecon.proto.v1 import recon_pb2 as pb
@@ -203,7 +204,7 @@ class Pressure:
                     if not seq:
                         continue
                     ids, counts, means = push_content(index, seq, self.pool, self.dim)
-                    other = codec.encode_deltas(ids, counts + 1, means)  # the same seq, other content
+                    other = codec.encode_deltas(Deltas(ids, counts + 1, means))  # the same seq, other content
                     reply = stub.Push(pb.PushRequest(client_id=f"client{index}", space=SPACE, seq=seq, deltas=other),
                                       timeout=2)
                     self.counts["reuse_silently_dropped" if reply.duplicate else "reuse_accepted"] += 1

@@ -12,6 +12,7 @@ import numpy as np
 
 from fedrecon.benchmarks.common import ratio
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 
 
@@ -31,11 +32,11 @@ def run(quick: bool = False, clients: int = 10, ways: int = 5, dim: int = 64, dt
     up = down = 0
     for k in range(clients):
         ids = [f"Alphabet_{k:02d}/character{j + 1:02d}" for j in range(ways)]
-        deltas = codec.encode_deltas(ids, rng.integers(1, 20, ways), rng.standard_normal((ways, dim)), dtype)
+        deltas = codec.encode_deltas(Deltas(ids, rng.integers(1, 20, ways), rng.standard_normal((ways, dim))), dtype)
         up += pb.PushRequest(client_id=f"client-{k:04d}", space=space, seq=1, deltas=deltas).ByteSize()
     others = [f"Alphabet_{k:02d}/character{j + 1:02d}" for k in range(1, clients) for j in range(ways)]
     reply = pb.PullReply(space=space, version=clients, classes=codec.encode_deltas(
-        others, rng.integers(1, 20, len(others)), rng.standard_normal((len(others), dim)), dtype))
+        Deltas(others, rng.integers(1, 20, len(others)), rng.standard_normal((len(others), dim))), dtype))
     down = reply.ByteSize() * clients  # every client pulls what the other clients added this round
     proto_per_merge = up + down
     fedavg_per_merge = fedavg_per_client * clients

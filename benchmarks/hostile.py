@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from fedrecon.proto import codec
 from fedrecon.proto.limits import MAX_COUNT
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
@@ -243,7 +244,7 @@ class Target:
         then the server must answer a call within `ANSWER_SECONDS` (DEADLINE_EXCEEDED: it is wedged, a bug)."""
         first = self.seqs.get(STREAMER, 0) + 1
         requests = [pb.PushRequest(client_id=STREAMER, space="s", seq=first + i, deltas=codec.encode_deltas(
-            ["c0"], [1], np.ones((1, SPACES["s"])))) for i in range(action["pushes"])]
+            Deltas(["c0"], [1], np.ones((1, SPACES["s"]))))) for i in range(action["pushes"])]
         outbox: queue.Queue = queue.Queue()
         for request in requests:
             outbox.put(request)

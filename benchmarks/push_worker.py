@@ -17,6 +17,7 @@ import numpy as np
 
 from fedrecon.proto import codec
 from fedrecon.proto.channel import open_channel
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 from fedrecon.server.auth import PUSH_STREAM_METHOD
@@ -32,7 +33,8 @@ def requests_for(client_id: str, space: str, dim: int, batch: int, universe: int
         ids = [f"class-{(start + i) % universe:06d}" for i in range(batch)]
         counts = rng.integers(1, 20, size=batch)
         means = rng.standard_normal((batch, dim)).astype(np.float32)
-        out.append(pb.PushRequest(client_id=client_id, space=space, deltas=codec.encode_deltas(ids, counts, means)))
+        out.append(pb.PushRequest(client_id=client_id, space=space,
+                                  deltas=codec.encode_deltas(Deltas(ids, counts, means))))
     return out
 
 

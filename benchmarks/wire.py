@@ -16,6 +16,7 @@ import numpy as np
 
 from fedrecon.benchmarks.common import ratio
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -35,7 +36,7 @@ def push_bytes(dim: int, batch: int, dtype: str, style: str, seed: int = 0) -> i
     means = rng.standard_normal((batch, dim)).astype(np.float32)
     counts = rng.integers(1, 20, size=batch)
     request = pb.PushRequest(client_id="client-0001", space=SPACE, seq=12345,
-                             deltas=codec.encode_deltas(class_ids(batch, style), counts, means, dtype))
+                             deltas=codec.encode_deltas(Deltas(class_ids(batch, style), counts, means), dtype))
     return request.ByteSize()
 
 
@@ -123,8 +124,8 @@ def socket_bytes(dim: int = 64, batch: int = 16, pushes: int = 200, style: str =
             up0, down0 = proxy.up, proxy.down
             message = 0
             for seq in range(1, pushes + 1):
-                deltas = codec.encode_deltas(ids, rng.integers(1, 20, size=batch),
-                                             rng.standard_normal((batch, dim)).astype(np.float32), dtype)
+                means = rng.standard_normal((batch, dim)).astype(np.float32)
+                deltas = codec.encode_deltas(Deltas(ids, rng.integers(1, 20, size=batch), means), dtype)
                 request = pb.PushRequest(client_id="client-0001", space=SPACE, seq=seq, deltas=deltas)
                 message += request.ByteSize()
                 stub.Push(request, timeout=10)

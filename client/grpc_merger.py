@@ -163,7 +163,7 @@ class GrpcMerger:
     def request(self, client_id: str, seq: int, space: str, deltas: Deltas, dtype: str | None = None
                 ) -> pb.PushRequest:
         """The PushRequest of one numbered push (means in `dtype`, default this merger's)."""
-        encoded = codec.encode_deltas(deltas.class_ids, deltas.counts, deltas.means, dtype or self.dtype)
+        encoded = codec.encode_deltas(deltas, dtype or self.dtype)
         return pb.PushRequest(client_id=client_id, space=space, seq=seq, deltas=encoded)
 
     def send(self, request: pb.PushRequest) -> pb.PushReply:

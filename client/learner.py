@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fedrecon.client.data.folder import ignored_entries, labelled_files
+from fedrecon.client.grpc_merger import GrpcMerger
 from fedrecon.client.intake import Intake, chunks
 from fedrecon.client.memory import Prediction, PrototypeMemory, rank
 from fedrecon.client.recon_client import ReconClient
@@ -32,7 +33,7 @@ from fedrecon.client.state_dir import state_path
 from fedrecon.client.unknown import auto_threshold, with_unknown
 from fedrecon.proto import codec
 from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
-from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.proto.prototypes import ClassRows, PrototypeTable
 from fedrecon.proto.v1 import recon_pb2 as pb
 
 if TYPE_CHECKING:
@@ -153,20 +154,23 @@ class Learner:
             raise RuntimeError("this learner is offline (no server); give a server address to sync")
         return self.server
 
+    def _merger(self) -> GrpcMerger:
+        """The server's stateless merger (the replica numbers and delivers its own outbox over it)."""
+        return self._client().merger
+
     def push(self) -> list[PushAck]:
         """Push every un-pushed delta (and a push left pending by an earlier run) exactly once."""
-        return self.replica.push(self._client())
+        return self.replica.push(self._merger())
 
     def pull(self) -> Snapshot:
         """Pull the classes merged since this client's last pull into the memory (persisted); returns what came."""
-        client = self._client()
-        client.bind()
-        return self.replica.pull(client)
+        self._client().bind()
+        return self.replica.pull(self._merger())
 
     def sync(self) -> dict[str, Any]:
         """Push what is pending, then pull what changed (`Replica.sync`); returns a JSON-ready summary."""
         resumed = len(self.state.all_pending) if self.state is not None else 0
-        synced = self.replica.sync(self._client())
+        synced = self.replica.sync(self._merger())
         acks, pulled = synced.acks, synced.pulled
         return {"pushes": len(acks), "classes_pushed": sum(a.classes for a in acks), "resumed_pushes": resumed,
                 "seq": acks[-1].seq if acks else (self.state.last_seq if self.state else 0),
@@ -186,7 +190,7 @@ class Learner:
             tables.append(table)
         return tables
 
-    def prototypes(self) -> PrototypeTable:
+    def prototypes(self) -> ClassRows:
         """Every class this client knows: the pulled global table plus local and in-flight deltas."""
         return self.memory.union(*self._in_flight())
 
@@ -209,7 +213,7 @@ class Learner:
         predictions = rank(table, self.embed(images), top_k)
         return predictions if threshold is None else with_unknown(predictions, threshold)
 
-    def unknown_threshold(self, unknown: str | float | None, table: PrototypeTable | None = None) -> float | None:
+    def unknown_threshold(self, unknown: str | float | None, table: ClassRows | None = None) -> float | None:
         """The squared distance beyond which `classify` answers unknown: `auto` calibrates it from the prototypes."""
         if unknown is None:
             return None

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedrecon.proto.payloads import Deltas
-from fedrecon.proto.prototypes import PrototypeTable, nearest
+from fedrecon.proto.prototypes import ClassRows, MergedTable, PrototypeTable, nearest
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Prediction:
                 "alternatives": [{"label": c, "distance": d} for c, d in self.alternatives]}
 
 
-def rank(table: PrototypeTable, embeddings: np.ndarray, k: int = 2) -> list[Prediction]:
+def rank(table: ClassRows, embeddings: np.ndarray, k: int = 2) -> list[Prediction]:
     """The `k` nearest classes of each embedding over the table's live classes (`nearest`, squared distances)."""
     rows = table.live_rows()
     if len(rows) == 0:
@@ -44,11 +44,12 @@ def rank(table: PrototypeTable, embeddings: np.ndarray, k: int = 2) -> list[Pred
 
 
 class PrototypeMemory:
-    """Local deltas not yet pushed, and the global prototypes as of `global_version`."""
+    """Local deltas not yet pushed (float64 sums), and the merged prototypes as of `global_version` (the means
+    pulled, kept as they came)."""
 
     def __init__(self, dim: int | None = None) -> None:
         self.local = PrototypeTable(dim)
-        self.global_table = PrototypeTable(dim)
+        self.global_table = MergedTable(dim)
         self.global_version = 0
         self.global_epoch = ""  # the server epoch `global_version` belongs to (Pull names it with its since)
 
@@ -105,19 +106,18 @@ class PrototypeMemory:
         """Replace the pulled classes' global (count, mean) with the server's merged values; `reset` (a full pull
         after the server's history changed, e.g. restored from a backup) replaces the whole table and version."""
         if reset:
-            self.global_table = PrototypeTable(self.dim)
+            self.global_table = MergedTable(self.dim)
             self.global_version = 0
         if len(class_ids):
             self.global_table.set_means(class_ids, counts, means, version)
         self.global_version = max(self.global_version, int(version))
         self.global_epoch = epoch or self.global_epoch
 
-    def union(self, *extra: PrototypeTable) -> PrototypeTable:
-        """Global table plus local deltas (plus `extra` tables, e.g. a push in flight), as one table."""
-        table = self.global_table.copy()
-        for other in (self.local, *extra):
-            table.merge(other)
-        return table
+    def union(self, *extra: PrototypeTable) -> ClassRows:
+        """Global table plus local deltas (plus `extra` tables, e.g. a push in flight), as one table to read: the
+        pulled table itself while nothing was learned since (its means as pulled, nothing converted)."""
+        added = [t for t in (self.local, *extra) if len(t)]
+        return self.global_table.summed(*added) if added else self.global_table
 
     def class_ids(self) -> list[str]:
         """Every class this client can recognise (global and local)."""
@@ -125,5 +125,6 @@ class PrototypeMemory:
         return [table.class_ids[r] for r in table.live_rows()]
 
     def classify(self, embeddings: np.ndarray) -> list[str]:
-        """Nearest-prototype class id for each embedding, over the union of global and local classes."""
-        return (self.union() if len(self.local) else self.global_table).classify(embeddings)
+        """Nearest-prototype class id for each embedding, over the union of global and local classes (the pulled
+        means as they are when nothing was learned since)."""
+        return self.union().classify(embeddings)

@@ -1,30 +1,23 @@
 """A client's `Replica` of a federation's prototypes, and its one `sync`.
 
-The replica owns what a client holds: its local table (un-pushed deltas) and the pulled global table with
-their version and epoch (`PrototypeMemory`), and its numbered outbox (`ClientState`'s pending pushes when it
-has a durable state). `sync(merger)` pushes what is pending exactly once, then pulls what changed since its
-version and applies it (persisted with a state). The CLI's `Learner`, the experiments' simulated clients, the
-demo clients and the Flower ClientApp all sync this way, against any `proto.merger.Merger`.
+The replica owns what a client holds: its local table (un-pushed deltas) and the pulled global table with their
+version and epoch (`PrototypeMemory`), and its numbered outbox (`Outbox`: the pending pushes of its durable
+`ClientState`, delivered exactly once over a stateless `GrpcMerger`). `sync(merger)` pushes what is pending exactly
+once, then pulls what changed since its version and applies it (persisted with a state). The CLI's `Learner`, the
+experiments' simulated clients, the demo clients and the Flower ClientApp all sync this way, against any
+`proto.merger.Merger`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
+from fedrecon.client.grpc_merger import GrpcMerger
 from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.outbox import Outbox
 from fedrecon.client.state import ClientState
 from fedrecon.proto.merger import Merger, next_seq
 from fedrecon.proto.payloads import PushAck, Snapshot
-
-
-@runtime_checkable
-class Courier(Protocol):
-    """A merger that delivers a durable outbox itself (the gRPC client: one stream, retries, reconciliation)."""
-
-    def deliver(self, replica: Replica) -> list[PushAck]:
-        """Send the replica's pending pushes, then its memory's un-pushed deltas, each exactly once."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +40,7 @@ class Replica:
             memory = state.load_memory(space) if state is not None else PrototypeMemory()
         self.memory = memory
         self._last_seq = 0  # the last acknowledged push number of a replica without a state
+        self._outbox: Outbox | None = None
 
     @property
     def last_seq(self) -> int:
@@ -60,10 +54,8 @@ class Replica:
 
     def push(self, merger: Merger) -> list[PushAck]:
         """Push the memory's un-pushed deltas (and what a durable outbox holds) exactly once; the acks."""
-        if isinstance(merger, Courier):
-            return merger.deliver(self)
         if self.state is not None:
-            raise TypeError(f"{type(merger).__name__} cannot deliver a durable outbox (exactly once needs a Courier)")
+            return self.outbox(merger).deliver(self.memory, self.space)
         deltas = self.memory.pending()
         if not deltas.class_ids:
             return []
@@ -71,6 +63,15 @@ class Replica:
         self._last_seq = ack.seq
         self.memory.mark_pushed()
         return [ack]
+
+    def outbox(self, merger: Merger) -> Outbox:
+        """This replica's numbered outbox in its state, delivered over `merger` (exactly once across restarts needs
+        the gRPC protocol's reconciliation: a `GrpcMerger`)."""
+        if self.state is None or not isinstance(merger, GrpcMerger):
+            raise TypeError(f"a durable outbox is delivered over a GrpcMerger, not {type(merger).__name__}")
+        if self._outbox is None or self._outbox.merger is not merger:
+            self._outbox = Outbox(merger, self.state, self.client_id)
+        return self._outbox
 
     def pull(self, merger: Merger) -> Snapshot:
         """Pull the classes merged since this replica's version into its global table (persisted with a state)."""

@@ -23,31 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.client.memory import PrototypeMemory
+from fedrecon.client.state_schema import KIND, LEGACY_TABLES, TABLES, create, upgrade
 from fedrecon.proto import codec
 from fedrecon.proto.digest import push_digest
 from fedrecon.proto.sqlite_files import FileLocked, Transaction, foreign_tables, get_meta, lock_file, set_meta
 from fedrecon.proto.v1 import recon_pb2 as pb
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, space TEXT NOT NULL, request BLOB NOT NULL,
-  at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS dropped (seq INTEGER NOT NULL, space TEXT NOT NULL, request BLOB NOT NULL,
-  code TEXT NOT NULL, details TEXT NOT NULL, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS local (space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL,
-  sum BLOB NOT NULL, PRIMARY KEY (space, class_id));
-CREATE TABLE IF NOT EXISTS global (space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL,
-  sum BLOB NOT NULL, PRIMARY KEY (space, class_id));
-CREATE TABLE IF NOT EXISTS versions (space TEXT PRIMARY KEY, version INTEGER NOT NULL, dim INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, space TEXT NOT NULL, request BLOB NOT NULL,
-  digest TEXT NOT NULL, source TEXT NOT NULL, version INTEGER NOT NULL, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS pending_local (seq INTEGER NOT NULL, space TEXT NOT NULL, class_id TEXT NOT NULL,
-  count INTEGER NOT NULL, sum BLOB NOT NULL, PRIMARY KEY (seq, class_id));
-"""
-ADDED_COLUMNS = [("pending", "source", "TEXT NOT NULL DEFAULT ''"), ("pending", "digest", "TEXT NOT NULL DEFAULT ''"),
-                 ("versions", "epoch", "TEXT NOT NULL DEFAULT ''")]  # states written before they existed
-TABLES = {"meta", "pending", "dropped", "local", "global", "versions", "history", "pending_local", "learned"}
-KIND = "fedrecon-client-state/2"
 HISTORY_KEEP = 1024  # acknowledged pushes a state file keeps (a restored store older than that loses the rest)
 INSERT_PENDING = "INSERT INTO pending (seq, space, request, at, source, digest) VALUES (?, ?, ?, ?, ?, ?)"
 HISTORY_BYTES = 64 << 20  # and at most about this many bytes of them (the newest push is always kept)
@@ -119,15 +100,13 @@ class ClientState:
                 from error
 
     def _open(self) -> None:
-        foreign = foreign_tables(self.db, TABLES)
+        foreign = foreign_tables(self.db, TABLES | LEGACY_TABLES)
         if foreign:
             raise StateError(f"{self.path} is an SQLite file of something else (tables {foreign[:5]}), "
                              "not a fedrecon client state")
-        self.db.executescript(SCHEMA)
-        for table, column, kind in ADDED_COLUMNS:
-            if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        create(self.db)
         with self._transaction():
+            upgrade(self.db)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('kind', ?)", (KIND,))
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('client_id', ?)", (self.client_id,))
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', '0')")
@@ -366,12 +345,11 @@ class ClientState:
         """The memory of one space as last saved (empty for a new space)."""
         row = self.db.execute("SELECT version, dim, epoch FROM versions WHERE space = ?", (space,)).fetchone()
         memory = PrototypeMemory(int(row[1]) if row else None)
-        for table, target in (("global", memory.global_table), ("local", memory.local)):
-            rows = self.db.execute(f"SELECT class_id, count, sum FROM {table} WHERE space = ? ORDER BY rowid",  # noqa: S608
-                                   (space,)).fetchall()
+        for table, target in (("merged", memory.global_table), ("local", memory.local)):  # means; sums
+            rows = self.db.execute(f"SELECT * FROM {table} WHERE space = ? ORDER BY rowid", (space,)).fetchall()  # noqa: S608
             if rows:
-                sums = np.stack([np.frombuffer(r[2], dtype="<f8") for r in rows])
-                target.set_rows([r[0] for r in rows], np.array([r[1] for r in rows], np.int64), sums, 0)
+                vectors = np.stack([np.frombuffer(r[3], dtype="<f8") for r in rows])
+                target.set_rows([r[1] for r in rows], np.array([r[2] for r in rows], np.int64), vectors, 0)
         if row:
             memory.global_version, memory.global_epoch = int(row[0]), str(row[2])
         return memory
@@ -379,7 +357,7 @@ class ClientState:
     def classes_per_space(self) -> dict[str, int]:
         """How many classes (local or pulled) the state holds in each embedding space."""
         rows = self.db.execute("SELECT space, COUNT(*) FROM (SELECT space, class_id FROM local UNION "
-                               "SELECT space, class_id FROM global) GROUP BY space ORDER BY space").fetchall()
+                               "SELECT space, class_id FROM merged) GROUP BY space ORDER BY space").fetchall()
         return {str(space): int(n) for space, n in rows}
 
     def save_local(self, space: str, memory: PrototypeMemory) -> None:
@@ -393,12 +371,13 @@ class ClientState:
         table = memory.global_table
         with self._transaction() as db:
             if reset:
-                db.execute("DELETE FROM global WHERE space = ?", (space,))
+                db.execute("DELETE FROM merged WHERE space = ?", (space,))
             if class_ids:
                 rows = table.rows(class_ids, create=False)
-                db.executemany("INSERT OR REPLACE INTO global VALUES (?, ?, ?, ?)",
-                               [(space, cid, int(table.counts[r]), table.sums[r].astype("<f8").tobytes())
-                                for cid, r in zip(class_ids, rows.tolist(), strict=True)])
+                means = table.means(rows).astype("<f8")
+                db.executemany("INSERT OR REPLACE INTO merged VALUES (?, ?, ?, ?)",
+                               [(space, cid, int(table.counts[r]), mean.tobytes())
+                                for cid, r, mean in zip(class_ids, rows.tolist(), means, strict=True)])
             db.execute("INSERT OR REPLACE INTO versions (space, version, dim, epoch) VALUES (?, ?, ?, ?)",
                        (space, memory.global_version, memory.dim or 0, memory.global_epoch))
 

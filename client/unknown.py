@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedrecon.client.memory import Prediction
-from fedrecon.proto.prototypes import PrototypeTable, nearest
+from fedrecon.proto.prototypes import ClassRows, nearest
 
 AUTO_FACTOR = 1.06
 UNKNOWN = "unknown"
@@ -25,7 +25,7 @@ def nearest_other(means: np.ndarray) -> np.ndarray:
     return np.where(itself, found.distances[:, 1], found.distances[:, 0])
 
 
-def auto_threshold(table: PrototypeTable, factor: float = AUTO_FACTOR) -> float:
+def auto_threshold(table: ClassRows, factor: float = AUTO_FACTOR) -> float:
     """`factor` x the median squared distance from each known class's prototype to its nearest other one."""
     rows = table.live_rows()
     if len(rows) < 2:

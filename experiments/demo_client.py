@@ -71,16 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             test_images, test_labels = gather(data, msg["test"])
             reply["before"] = score(learner, test_images, test_labels)
             t1 = time.perf_counter()
-            ids, counts, means = learner.pending()
+            pending = learner.pending()
             acks = learner.push()
             n = len({cid for cid, _ in msg["visits"]})
             reply["update_ms_per_class"] = 1000.0 * (learn_s + time.perf_counter() - t1) / max(1, n)
             reply["embed_ms_per_class"] = 1000.0 * embed_s / max(1, n)
-            reply["bytes_up"] = push_request_size(args.client_id, space, acks[-1].seq, ids, counts, means,
+            reply["bytes_up"] = push_request_size(args.client_id, space, acks[-1].seq, pending,
                                                   learner.server.merger.dtype) if acks else 0
-            reply["classes_pushed"] = len(ids)
+            reply["classes_pushed"] = len(pending.class_ids)
         elif msg["cmd"] == "sync":
-            pulled = learner.replica.sync(learner.server).pulled  # nothing left to push: the pull
+            pulled = learner.replica.sync(learner.server.merger).pulled  # nothing left to push: the pull
             reply["bytes_down"] = pull_reply_size(pulled, learner.server.merger.dtype)
             reply["classes_known"] = len(learner.class_ids())
             test_images, test_labels = gather(data, msg["test"])

@@ -11,11 +11,10 @@ factory `(config) -> Transport`; other modules (e.g. `experiments/flower_transpo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-import numpy as np
 
 from fedrecon.client.grpc_merger import GrpcMerger, ack_of
 from fedrecon.client.pages import pulled_from_reply
@@ -89,16 +88,15 @@ class ClientMerger:
         return pulled
 
 
-def push_request_size(client_id: str, space: str, seq: int, class_ids: Sequence[str], counts: np.ndarray,
-                      means: np.ndarray, dtype: str) -> int:
+def push_request_size(client_id: str, space: str, seq: int, deltas: Deltas, dtype: str) -> int:
     """Serialized size of the PushRequest these deltas make (what goes up the wire)."""
-    deltas = codec.encode_deltas(class_ids, counts, means, dtype)
-    return pb.PushRequest(client_id=client_id, space=space, seq=seq, deltas=deltas).ByteSize()
+    encoded = codec.encode_deltas(deltas, dtype)
+    return pb.PushRequest(client_id=client_id, space=space, seq=seq, deltas=encoded).ByteSize()
 
 
 def pull_reply_size(pulled: Snapshot, dtype: str) -> int:
     """Serialized size of the PullReply that carried `pulled` (re-encoding gives the same bytes)."""
-    classes = codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means, dtype)
+    classes = codec.encode_deltas(pulled.deltas, dtype)
     return pb.PullReply(space=pulled.space, version=pulled.version, classes=classes, epoch=pulled.epoch).ByteSize()
 
 
@@ -132,7 +130,7 @@ class InprocTransport(Transport):
     def push(self, client_id: str, seq: int, space: str, deltas: Deltas) -> tuple[PushAck, int]:
         """Encode, hand to the service's Push, return (ack, request bytes)."""
         request = pb.PushRequest(client_id=client_id, space=space, seq=seq,
-                                 deltas=codec.encode_deltas(deltas.class_ids, deltas.counts, deltas.means, self.dtype))
+                                 deltas=codec.encode_deltas(deltas, self.dtype))
         return ack_of(self.service.Push(request, self._context)), request.ByteSize()
 
     def pull(self, client_id: str, space: str, since: int, epoch: str = "") -> tuple[Snapshot, int]:

@@ -7,8 +7,6 @@ expected, so the server can answer INVALID_ARGUMENT and change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from fedrecon.proto.payloads import Deltas
@@ -99,20 +97,16 @@ def decode_matrix(message: pb.Matrix, field: str = "means") -> np.ndarray:
     return np.frombuffer(message.data, dtype=dtype).reshape(message.rows, message.dim)
 
 
-def encode_deltas(
-    class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray, dtype: str | int = "float32"
-) -> pb.ClassDeltas:
-    """Build a ClassDeltas message from ids, counts and a (n x dim) array of means."""
-    return encode_deltas_into(pb.ClassDeltas(), class_ids, counts, means, dtype)
+def encode_deltas(deltas: Deltas, dtype: str | int = "float32") -> pb.ClassDeltas:
+    """Build a ClassDeltas message from deltas (means in `dtype` on the wire)."""
+    return encode_deltas_into(pb.ClassDeltas(), deltas, dtype)
 
 
-def encode_deltas_into(
-    target: pb.ClassDeltas, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
-    dtype: str | int = "float32",
-) -> pb.ClassDeltas:
+def encode_deltas_into(target: pb.ClassDeltas, deltas: Deltas, dtype: str | int = "float32") -> pb.ClassDeltas:
     """Like `encode_deltas`, but fills `target` (e.g. `reply.classes`) in place: a large pull is not copied
     from a temporary message into the reply (each copy of megabytes costs milliseconds)."""
-    deltas = Deltas(list(class_ids), np.asarray(counts, dtype=np.int64).reshape(-1), np.asarray(means))
+    deltas = Deltas(list(deltas.class_ids), np.asarray(deltas.counts, dtype=np.int64).reshape(-1),
+                    np.asarray(deltas.means))
     if problem := shape_problem(deltas):
         raise InvalidMessage(problem)
     if len(deltas.counts) and deltas.counts.min() < 0:

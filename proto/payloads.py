@@ -45,6 +45,11 @@ class Snapshot:
     epoch: str = ""
     reset: bool = False
 
+    @property
+    def deltas(self) -> Deltas:
+        """The snapshot's classes as `Deltas` (what the codec encodes)."""
+        return Deltas(self.class_ids, self.counts, self.means)
+
 
 @dataclass(frozen=True)
 class PushAck:

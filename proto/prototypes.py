@@ -86,8 +86,9 @@ def occurrence_rounds(rows: np.ndarray) -> list[np.ndarray]:
     return np.split(by_round, np.cumsum(np.bincount(rank))[:-1])
 
 
-class PrototypeTable:
-    """Per-class float64 sums, integer counts and change versions, stored as growable dense arrays.
+class ClassRows:
+    """Growable per-class rows: ids, one float64 vector, an integer count and a change version per class (the
+    storage `PrototypeTable`, whose vectors are sums, and `MergedTable`, whose vectors are means, share).
 
     Rows are never removed (a class whose count drops to 0 keeps its row with count 0), so row
     indices stay valid for the table's lifetime.
@@ -98,7 +99,7 @@ class PrototypeTable:
         self.class_ids: list[str] = []
         self.index: dict[str, int] = {}
         self._capacity = max(1, capacity)
-        self._sums = np.zeros((self._capacity, dim or 0), dtype=np.float64)
+        self._vectors = np.zeros((self._capacity, dim or 0), dtype=np.float64)
         self._counts = np.zeros(self._capacity, dtype=np.int64)
         self._versions = np.zeros(self._capacity, dtype=np.int64)
         self._id_bytes = np.zeros(self._capacity, dtype=np.int64)
@@ -108,11 +109,6 @@ class PrototypeTable:
 
     def __contains__(self, class_id: object) -> bool:
         return class_id in self.index
-
-    @property
-    def sums(self) -> np.ndarray:
-        """Float64 sums, one row per class (a view; do not resize)."""
-        return self._sums[: len(self.class_ids)]
 
     @property
     def counts(self) -> np.ndarray:
@@ -134,21 +130,21 @@ class PrototypeTable:
             return
         capacity = max(needed, 2 * self._capacity)
         n = min(len(self.class_ids), self._capacity)  # rows() may register ids before growing
-        sums = np.zeros((capacity, self.dim or 0), dtype=np.float64)
-        sums[:n] = self._sums[:n]
+        vectors = np.zeros((capacity, self.dim or 0), dtype=np.float64)
+        vectors[:n] = self._vectors[:n]
         counts = np.zeros(capacity, dtype=np.int64)
         counts[:n] = self._counts[:n]
         versions = np.zeros(capacity, dtype=np.int64)
         versions[:n] = self._versions[:n]
         id_bytes = np.zeros(capacity, dtype=np.int64)
         id_bytes[:n] = self._id_bytes[:n]
-        self._sums, self._counts, self._versions, self._capacity = sums, counts, versions, capacity
+        self._vectors, self._counts, self._versions, self._capacity = vectors, counts, versions, capacity
         self._id_bytes = id_bytes
 
     def _check_dim(self, dim: int) -> None:
         if self.dim is None:
             self.dim = dim
-            self._sums = np.zeros((self._capacity, dim), dtype=np.float64)
+            self._vectors = np.zeros((self._capacity, dim), dtype=np.float64)
         elif dim != self.dim:
             raise ValueError(f"prototype dim {dim} does not match the table's dim {self.dim}")
 
@@ -174,6 +170,76 @@ class PrototypeTable:
                 found[i] = row
         return np.array(found, dtype=np.int64)
 
+    def set_rows(
+        self, class_ids: Sequence[str], counts: np.ndarray, vectors: np.ndarray, versions: np.ndarray | int
+    ) -> np.ndarray:
+        """Overwrite (not add) the vectors, counts and versions of the given classes; returns the rows."""
+        vectors = np.asarray(vectors, dtype=np.float64)
+        if len(class_ids) == 0:
+            return np.empty(0, dtype=np.int64)
+        self._check_dim(vectors.shape[1])
+        rows = self.rows(class_ids)
+        self._vectors[rows] = vectors
+        self._counts[rows] = np.asarray(counts, dtype=np.int64)
+        self._versions[rows] = versions
+        return rows
+
+    def live_rows(self) -> np.ndarray:
+        """Rows whose count is positive (classes that exist)."""
+        return np.nonzero(self.counts > 0)[0]
+
+    def changed_since(self, version: int) -> np.ndarray:
+        """Rows changed after `version` (includes classes whose count dropped to 0)."""
+        return np.nonzero(self.versions > version)[0]
+
+    def means(self, rows: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
+        """Prototypes of `rows` (default all) in `dtype`."""
+        raise NotImplementedError
+
+    def classify(self, embeddings: np.ndarray) -> list[str]:
+        """Class id of the nearest prototype for each embedding (over classes with count > 0)."""
+        rows = self.live_rows()
+        if len(rows) == 0:
+            raise ValueError("classify: the table holds no classes yet")
+        return [self.class_ids[r] for r in rows[nearest(embeddings, self.means(rows)).rows[:, 0]]]
+
+
+class MergedTable(ClassRows):
+    """Merged (count, mean) per class as a server answered them: a client's pulled table, kept as means so that
+    classifying with it converts nothing."""
+
+    def set_means(
+        self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, versions: np.ndarray | int
+    ) -> np.ndarray:
+        """Overwrite the (count, mean) of the given classes with merged values pulled from a server."""
+        return self.set_rows(class_ids, counts, means, versions)
+
+    def means(self, rows: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
+        """The merged means of `rows` (default all), in `dtype`; a class with count 0 has zeros."""
+        means = self._vectors[: len(self.class_ids)] if rows is None else self._vectors[rows]
+        return means.astype(dtype, copy=rows is None)
+
+    def summed(self, *deltas: PrototypeTable) -> PrototypeTable:
+        """These merged classes as sums, plus `deltas` added: the exact combined prototype of a class a client
+        also learned (or is pushing) since its pull, `(count * mean + sum) / (count + n)`."""
+        table = PrototypeTable(self.dim, capacity=max(1, len(self)))
+        if len(self):
+            table.add_sums(self.class_ids, self.counts, sums_of(self.counts, self.means()), unique=True)
+            table._versions[: len(self)] = self.versions
+        for other in deltas:
+            table.merge(other)
+        return table
+
+
+class PrototypeTable(ClassRows):
+    """Per-class float64 sums, integer counts and change versions: where deltas are added (a server's merged
+    table, a client's un-pushed local deltas)."""
+
+    @property
+    def sums(self) -> np.ndarray:
+        """Float64 sums, one row per class (a view; do not resize)."""
+        return self._vectors[: len(self.class_ids)]
+
     def add_sums(
         self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, version: int | np.ndarray = 0,
         unique: bool = False,
@@ -191,12 +257,12 @@ class PrototypeTable:
         rows = self.rows(class_ids)
         rounds = [slice(None)] if unique else occurrence_rounds(rows)
         if len(rounds) == 1:
-            self._sums[rows] += sums
+            self._vectors[rows] += sums
             new_counts = self._counts[rows] + counts
             self._counts[rows] = new_counts
         else:  # the same class twice in one call: add in order, as separate calls would
             for positions in rounds:
-                self._sums[rows[positions]] += sums[positions]
+                self._vectors[rows[positions]] += sums[positions]
                 self._counts[rows[positions]] += counts[positions]
             new_counts = self._counts[rows]
         if np.ndim(version):  # one version per row (several operations applied together): the highest wins
@@ -207,27 +273,7 @@ class PrototypeTable:
         else:
             self._versions[rows] = version
         if not new_counts.all():  # a class removed entirely: drop float residue so it is exactly empty
-            self._sums[rows[new_counts == 0]] = 0.0
-        return rows
-
-    def set_means(
-        self, class_ids: Sequence[str], counts: np.ndarray, means: np.ndarray, versions: np.ndarray | int
-    ) -> np.ndarray:
-        """Overwrite the (count, mean) of the given classes (e.g. with merged values pulled from a server)."""
-        return self.set_rows(class_ids, counts, sums_of(counts, means), versions)
-
-    def set_rows(
-        self, class_ids: Sequence[str], counts: np.ndarray, sums: np.ndarray, versions: np.ndarray | int
-    ) -> np.ndarray:
-        """Overwrite (not add) the sums, counts and versions of the given classes; returns the rows."""
-        sums = np.asarray(sums, dtype=np.float64)
-        if len(class_ids) == 0:
-            return np.empty(0, dtype=np.int64)
-        self._check_dim(sums.shape[1])
-        rows = self.rows(class_ids)
-        self._sums[rows] = sums
-        self._counts[rows] = np.asarray(counts, dtype=np.int64)
-        self._versions[rows] = versions
+            self._vectors[rows[new_counts == 0]] = 0.0
         return rows
 
     def add(
@@ -253,7 +299,7 @@ class PrototypeTable:
     def means(self, rows: np.ndarray | None = None, dtype: type = np.float64) -> np.ndarray:
         """Prototypes `sum / count`, divided in float64 and rounded once to `dtype` (float32 for the wire: the
         same bits as dividing, then converting); classes with count 0 give zeros."""
-        sums = self.sums if rows is None else self._sums[rows]
+        sums = self.sums if rows is None else self._vectors[rows]
         counts = self.counts if rows is None else self._counts[rows]
         divisor = np.where(counts > 0, counts, 1).astype(np.float64)[:, None]
         if rows is not None and dtype == np.float64:  # the gathered rows are a new array: divide in place
@@ -261,18 +307,10 @@ class PrototypeTable:
             return sums
         return np.divide(sums, divisor, out=np.empty(sums.shape, dtype))
 
-    def live_rows(self) -> np.ndarray:
-        """Rows whose count is positive (classes that exist)."""
-        return np.nonzero(self.counts > 0)[0]
-
-    def changed_since(self, version: int) -> np.ndarray:
-        """Rows changed after `version` (includes classes whose count dropped to 0)."""
-        return np.nonzero(self.versions > version)[0]
-
     def get(self, class_id: str) -> tuple[np.ndarray, int]:
         """The (sum, count) of one class; KeyError if unknown."""
         row = self.index[class_id]
-        return self._sums[row].copy(), int(self._counts[row])
+        return self._vectors[row].copy(), int(self._counts[row])
 
     def copy(self) -> PrototypeTable:
         """A deep copy."""
@@ -282,14 +320,7 @@ class PrototypeTable:
             out._versions[: len(self)] = self.versions
         return out
 
-    def classify(self, embeddings: np.ndarray) -> list[str]:
-        """Class id of the nearest prototype for each embedding (over classes with count > 0)."""
-        rows = self.live_rows()
-        if len(rows) == 0:
-            raise ValueError("classify: the table holds no classes yet")
-        return [self.class_ids[r] for r in rows[nearest(embeddings, self.means(rows)).rows[:, 0]]]
-
     def items(self) -> Iterable[tuple[str, np.ndarray, int]]:
         """(class_id, sum, count) for every row."""
         for row, cid in enumerate(self.class_ids):
-            yield cid, self._sums[row], int(self._counts[row])
+            yield cid, self._vectors[row], int(self._counts[row])

@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
@@ -105,10 +106,10 @@ class AdminService(arpc.AdminServicer):
                 rows = table.live_rows()
                 if len(rows):
                     tables.append(apb.ExportTable(client_id=client_id, classes=codec.encode_deltas(
-                        [table.class_ids[r] for r in rows], table.counts[rows], table.means(rows), dtype)))
+                        Deltas([table.class_ids[r] for r in rows], table.counts[rows], table.means(rows)), dtype)))
         else:
             pulled = self.store.pull(space)  # as the store's merge rule answers it
             version = pulled.version
-            tables.append(apb.ExportTable(classes=codec.encode_deltas(pulled.class_ids, pulled.counts, pulled.means,
+            tables.append(apb.ExportTable(classes=codec.encode_deltas(pulled.deltas,
                                                                       dtype)))
         return apb.ExportReply(space=space, version=version, tables=tables)

@@ -215,7 +215,7 @@ class ReconnaissanceService(rpc.ReconnaissanceServicer):
                                  itemsize=codec.DTYPES[code].itemsize)
         reply = pb.PullReply(space=result.space, version=result.version, next_page_token=result.next_page_token,
                              epoch=result.epoch)
-        codec.encode_deltas_into(reply.classes, result.class_ids, result.counts, result.means, code)
+        codec.encode_deltas_into(reply.classes, result.deltas, code)
         return reply
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> pb.PullReply:  # noqa: N802

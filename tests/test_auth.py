@@ -15,6 +15,7 @@ from security_helpers import make_tokens
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
 from fedrecon.proto.channel import ChannelSecurity
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import admin_pb2 as apb
 from fedrecon.proto.v1 import admin_pb2_grpc as arpc
 from fedrecon.proto.v1 import recon_pb2 as pb
@@ -41,7 +42,7 @@ def _bearer(token: str) -> tuple:
 
 def _request(client_id: str = "", seq: int = 1) -> pb.PushRequest:
     return pb.PushRequest(client_id=client_id, space="s", seq=seq,
-                          deltas=codec.encode_deltas(["a"], [2], np.ones((1, 3))))
+                          deltas=codec.encode_deltas(Deltas(["a"], [2], np.ones((1, 3)))))
 
 
 def _code(call) -> grpc.StatusCode:

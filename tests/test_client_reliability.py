@@ -65,7 +65,7 @@ def _sync(address: str, state: Path, client_id: str, token: str | None = None) -
     security = ChannelSecurity(token=token) if token else None
     with ClientState(state, client_id) as st, ReconClient(address, client_id, state=st, security=security) as client:
         replica = Replica(client_id, SPACE, state=st)  # the replica persists its pull
-        synced = replica.sync(client)
+        synced = replica.sync(client.merger)
         acks, pulled = synced.acks, synced.pulled
         reset = pulled.reset
         table = replica.memory.global_table
@@ -512,11 +512,12 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
     server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     try:
         with ReconClient(server.address, "olly", state_path=tmp_path / "o.db") as client:
-            requests = [client._request(SPACE, [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 4)]
+            requests = [client.outbox._request(SPACE, [f"c{i}"], [i], np.ones((1, 4)), None, seq=i)
+                        for i in range(1, 4)]
             client.state.begin_all([(r.seq, SPACE, r.SerializeToString()) for r in requests])
             for request in requests[:2]:
                 client.merger.stub.Push(request, timeout=5)  # merged, answers lost
-            client._stream_pending = lambda requests: []  # noqa: ARG005 - no stream: one at a time
+            client.outbox._stream_pending = lambda requests: []  # noqa: ARG005 - no stream: one at a time
             acks = client.resume()
             assert acks is not None and client.state.last_seq == 3 and client.state.all_pending == []
         assert _counts(server.address) == {"c1": 1, "c2": 2, "c3": 3}

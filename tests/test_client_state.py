@@ -17,6 +17,7 @@ from fedrecon.client.learner import Learner
 from fedrecon.client.recon_client import PushRefused, ReconClient
 from fedrecon.client.state import ClientState, StateError, StoreMismatch
 from fedrecon.proto.limits import Limits
+from fedrecon.proto.payloads import Deltas
 from fedrecon.server.serve import ReconServer, ServerConfig, serve
 from fedrecon.server.store import PrototypeStore
 
@@ -42,7 +43,7 @@ def test_a_state_used_against_a_second_server_never_changes_the_first(tmp_path: 
             client.push("s", ["x"], [1], np.ones((1, 2)))
         # a push recorded for the first store, not yet acknowledged (the process died), then the second server
         with ReconClient(first.address, "alice", state_path=state) as client:
-            request = client._request("s", ["y"], [2], np.ones((1, 2)), None)
+            request = client.outbox._request("s", ["y"], [2], np.ones((1, 2)), None)
             client.state.begin(request.seq, "s", request.SerializeToString())
         with ReconClient(second.address, "alice", state_path=state) as client, \
                 pytest.raises(StoreMismatch, match=f"bound to store {first.store.store_id}"):
@@ -72,7 +73,7 @@ def test_a_crash_between_recording_and_acknowledging_loses_and_doubles_nothing(t
             def die(request):  # noqa: ANN001, ANN202 - recorded as pending, then the process "dies"
                 raise Flaky
 
-            client._send_push = die
+            learner.replica.outbox(client.merger)._send_push = die
             with pytest.raises(Flaky):
                 learner.sync()
             assert client.state.pending is not None and not learner.memory.pending()[0]
@@ -248,7 +249,7 @@ def test_an_oversized_push_never_wedges_the_client(tmp_path: Path) -> None:
             assert client.state.pending is None
             # a pending push too large for the server (recorded by an older client, or before a limit change)
             big = pb.PushRequest(client_id="olga", space="s", seq=1,
-                                 deltas=codec.encode_deltas(["big"], [1], np.zeros((1, 2000))))
+                                 deltas=codec.encode_deltas(Deltas(["big"], [1], np.zeros((1, 2000)))))
             client.state.begin(1, "s", big.SerializeToString())
             with pytest.raises(PushRefused, match="RESOURCE_EXHAUSTED"):
                 client.push("s", ["a"], [1], np.ones((1, 2)))
@@ -365,7 +366,7 @@ def test_a_backlog_whose_answers_were_lost_is_resumed_without_doubles(tmp_path: 
         memory, expected = _memory(250)
         with ReconClient(server.address, "alice", state_path=state) as client:
             class_ids, counts, means = memory.pending()
-            requests = [client._request("s", class_ids[i:i + 100], counts[i:i + 100], means[i:i + 100], None,
+            requests = [client.outbox._request("s", class_ids[i:i + 100], counts[i:i + 100], means[i:i + 100], None,
                                         seq=1 + i // 100) for i in range(0, 250, 100)]
             memory.mark_pushed()
             _record(client, requests, memory)
@@ -383,9 +384,9 @@ def test_a_refused_push_in_a_backlog_is_dropped_and_the_rest_renumbered(tmp_path
     state = tmp_path / "alice.db"
     try:
         with ReconClient(server.address, "alice", state_path=state) as client:
-            first = client._request("s", ["a"], [1], np.ones((1, 4)), None, seq=1)
-            wrong = client._request("s", ["b"], [2], np.ones((1, 3)), None, seq=2)  # another dim: refused for good
-            last = client._request("s", ["c"], [3], np.ones((1, 4)), None, seq=3)
+            first = client.outbox._request("s", ["a"], [1], np.ones((1, 4)), None, seq=1)
+            wrong = client.outbox._request("s", ["b"], [2], np.ones((1, 3)), None, seq=2)  # another dim: refused
+            last = client.outbox._request("s", ["c"], [3], np.ones((1, 4)), None, seq=3)
             _record(client, [first, wrong, last])
             with pytest.raises(PushRefused, match="push 2 refused"):
                 client.resume()
@@ -404,7 +405,7 @@ def test_a_stream_whose_last_answers_were_lost_is_confirmed_not_refused(tmp_path
     server = _server(tmp_path / "s.db")
     try:
         with ReconClient(server.address, "alice", state_path=tmp_path / "alice.db") as client:
-            requests = [client._request("s", [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 5)]
+            requests = [client.outbox._request("s", [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 5)]
             _record(client, requests)
             for request in requests[:3]:
                 client.merger.stub.Push(request, timeout=5)
@@ -414,3 +415,50 @@ def test_a_stream_whose_last_answers_were_lost_is_confirmed_not_refused(tmp_path
         assert _counts(server) == {"c1": 1, "c2": 2, "c3": 3, "c4": 4}
     finally:
         server.stop(1)
+
+
+def test_pulled_means_are_kept_as_the_server_sent_them_through_a_restart(tmp_path: Path) -> None:
+    """A client keeps merged means as pulled, to the bit, in memory and in its state file, and classifies with the
+    pulled table itself while it learned nothing since (no copy, no conversion)."""
+    from fedrecon.client.replica import Replica
+
+    store = PrototypeStore()
+    means = np.array([[0.1, 1 / 3], [0.7, 2 / 3]])
+    store.push("a", 1, "s", Deltas(["x", "y"], np.array([3, 7]), means))
+    means = store.pull("s", 0).means  # what the server sends: its sum / count
+    with ClientState(tmp_path / "b.db", "b") as state:
+        replica = Replica("b", "s", state=state)
+        replica.pull(store)
+        assert replica.memory.global_table.means().tobytes() == means.tobytes()
+    with ClientState(tmp_path / "b.db", "b") as state:
+        memory = state.load_memory("s")
+        assert memory.global_table.means().tobytes() == means.tobytes()
+        assert memory.union() is memory.global_table  # nothing learned since: the pulled table itself
+        assert memory.classify(means[::-1]) == ["y", "x"]
+
+
+def test_a_state_written_with_pulled_sums_is_upgraded_to_means_once(tmp_path: Path) -> None:
+    """A state file from before pulled classes were kept as means (a `global` table of sums) opens with the same
+    classes, counts and means, and without the old table; opening it again changes nothing."""
+    path = tmp_path / "old.db"
+    with ClientState(path, "c") as state:
+        state.bind("store-1", "addr")
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE merged")
+    db.execute("CREATE TABLE global (space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL, "
+               "sum BLOB NOT NULL, PRIMARY KEY (space, class_id))")
+    sums = np.array([[3.0, 6.0], [0.0, 0.0]])
+    db.executemany("INSERT INTO global VALUES (?, ?, ?, ?)",
+                   [("s", "x", 3, sums[0].astype("<f8").tobytes()), ("s", "gone", 0, sums[1].tobytes())])
+    db.execute("INSERT INTO versions (space, version, dim, epoch) VALUES ('s', 5, 2, 'e1')")
+    db.commit()
+    db.close()
+    for _ in range(2):
+        with ClientState(path, "c") as state:
+            memory = state.load_memory("s")
+            assert memory.global_table.class_ids == ["x", "gone"]
+            np.testing.assert_array_equal(memory.global_table.counts, [3, 0])
+            np.testing.assert_array_equal(memory.global_table.means(), [[1.0, 2.0], [0.0, 0.0]])
+            assert (memory.global_version, memory.global_epoch, state.store_id) == (5, "e1", "store-1")
+            tables = {r[0] for r in state.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert "global" not in tables

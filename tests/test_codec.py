@@ -11,7 +11,7 @@ from fedrecon.proto.v1 import recon_pb2 as pb
 @pytest.mark.parametrize("dtype,tol", [("float64", 0), ("float32", 1e-7), ("float16", 1e-3), ("bfloat16", 1e-2)])
 def test_round_trip_every_dtype(dtype: str, tol: float) -> None:
     means = np.random.default_rng(0).normal(size=(5, 64))
-    message = codec.encode_deltas([f"c{i}" for i in range(5)], [1, 2, 3, 4, 5], means, dtype)
+    message = codec.encode_deltas(Deltas([f"c{i}" for i in range(5)], [1, 2, 3, 4, 5], means), dtype)
     itemsize = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}[dtype]
     assert len(message.means.data) == 5 * 64 * itemsize
     decoded = codec.decode_deltas(pb.ClassDeltas.FromString(message.SerializeToString()))
@@ -27,7 +27,7 @@ def test_bytes_are_little_endian_row_major() -> None:
 
 
 def _deltas(**changes):
-    message = codec.encode_deltas(["a", "b"], [1, 2], np.zeros((2, 4)))
+    message = codec.encode_deltas(Deltas(["a", "b"], [1, 2], np.zeros((2, 4))))
     for key, value in changes.items():
         target, _, field = key.partition("__")
         setattr(message.means if field else message, field or target, value)

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 from fedrecon.client.recon_client import ReconClient
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 address, state, data = sys.argv[1:4]
 acks = []
@@ -28,14 +29,14 @@ with ReconClient(address, "b", state_path=state, dtype="float64") as client:
             acks.append(client.push("space-1", ids, d[f"counts{{k}}"], d[f"means{{k}}"]).to_dict())
         last = acks[-1]  # the same seq with other content is refused; with the same content, answered again
         other = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"],
-                               deltas=codec.encode_deltas(["x"], [1], np.zeros((1, {DIM})), "float64"))
+                               deltas=codec.encode_deltas(Deltas(["x"], [1], np.zeros((1, {DIM}))), "float64"))
         try:
             client.merger.stub.Push(other, timeout=10)
             raise SystemExit("a reused seq with other content was accepted")
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
         retry = pb.PushRequest(client_id="b", space="space-1", seq=last["seq"], deltas=codec.encode_deltas(
-            ids, d[f"counts{{k}}"], d[f"means{{k}}"], "float64"))
+            Deltas(ids, d[f"counts{{k}}"], d[f"means{{k}}"]), "float64"))
     reply = client.merger.stub.Push(retry, timeout=10)
     acks.append({{"seq": reply.seq, "version": reply.version, "duplicate": reply.duplicate}})
 print(json.dumps(acks))

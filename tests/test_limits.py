@@ -19,7 +19,7 @@ from fedrecon.server.store import PrototypeStore
 def _push(stub, client: str, seq: int, n: int = 1, dim: int = 2, class_len: int = 1) -> grpc.StatusCode:
     ids = [f"{i:0{class_len}d}" for i in range(n)]
     request = pb.PushRequest(client_id=client, space="s", seq=seq,
-                             deltas=codec.encode_deltas(ids, [1] * n, np.zeros((n, dim))))
+                             deltas=codec.encode_deltas(Deltas(ids, [1] * n, np.zeros((n, dim)))))
     try:
         stub.Push(request, timeout=5)
         return grpc.StatusCode.OK
@@ -62,12 +62,14 @@ def _refusal(call) -> grpc.RpcError:  # noqa: ANN001
 
 def test_transient_refusals_carry_retry_after_and_size_refusals_do_not(limited) -> None:
     store, stub = limited
-    big = pb.PushRequest(client_id="c", space="s", seq=1, deltas=codec.encode_deltas(["0"], [1], np.zeros((1, 2000))))
+    big = pb.PushRequest(client_id="c", space="s", seq=1, deltas=codec.encode_deltas(
+        Deltas(["0"], [1], np.zeros((1, 2000)))))
     too_big = _refusal(lambda: stub.Push(big, timeout=5))
     assert too_big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "fedrecon-retry-after-ms" not in dict(too_big.trailing_metadata() or ())  # permanent: never retry it
     assert [_push(stub, "a", s) for s in (1, 2)] == [grpc.StatusCode.OK] * 2
-    small = pb.PushRequest(client_id="a", space="s", seq=3, deltas=codec.encode_deltas(["0"], [1], np.zeros((1, 2))))
+    small = pb.PushRequest(client_id="a", space="s", seq=3, deltas=codec.encode_deltas(
+        Deltas(["0"], [1], np.zeros((1, 2)))))
     limited_rate = _refusal(lambda: stub.Push(small, timeout=5))
     assert limited_rate.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert int(dict(limited_rate.trailing_metadata())["fedrecon-retry-after-ms"]) > 0  # transient: retry later
@@ -127,7 +129,7 @@ def test_totals_never_overflow_info_or_stats() -> None:
 
     n = 65_536
     server = serve(ServerConfig(insecure=True), PrototypeStore(None))
-    deltas = codec.encode_deltas([f"c{i}" for i in range(n)], [2**40] * n, np.zeros((n, 1)))
+    deltas = codec.encode_deltas(Deltas([f"c{i}" for i in range(n)], [2**40] * n, np.zeros((n, 1))))
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = rpc.ReconnaissanceStub(channel)
@@ -191,7 +193,7 @@ def test_a_served_store_keeps_its_own_limits() -> None:
                     info.limits.max_reply_bytes) == (3, 16, 4, 2048)
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Push(pb.PushRequest(client_id="a", space="s", seq=1, deltas=codec.encode_deltas(
-                    ["a", "b", "c", "d"], [1] * 4, np.zeros((4, 2)))), timeout=10)
+                    Deltas(["a", "b", "c", "d"], [1] * 4, np.zeros((4, 2))))), timeout=10)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         server.stop(grace=1)

@@ -12,6 +12,7 @@ import numpy as np
 from helpers import free_port, start_server, wait_until
 
 from fedrecon.proto import codec
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.proto.v1 import recon_pb2_grpc as rpc
 
@@ -32,7 +33,7 @@ def push(stub: rpc.ReconnaissanceStub, client: str, seq: int, classes: list[str]
     """One push of `classes` (4 examples each, 8-d) as `client` with sequence number `seq`."""
     means = np.random.default_rng(seq).normal(size=(len(classes), 8))
     request = pb.PushRequest(client_id=client, space="space-m", seq=seq,
-                             deltas=codec.encode_deltas(classes, [4] * len(classes), means, "float32"))
+                             deltas=codec.encode_deltas(Deltas(classes, [4] * len(classes), means), "float32"))
     return stub.Push(request, timeout=10)
 
 
@@ -95,7 +96,7 @@ def test_authentication_refusals_are_counted(tmp_path: Path) -> None:
                 assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             means = np.zeros((1, 8))
             request = pb.PushRequest(client_id="alice", space="space-m", seq=1,
-                                     deltas=codec.encode_deltas(["a"], [1], means, "float32"))
+                                     deltas=codec.encode_deltas(Deltas(["a"], [1], means), "float32"))
             stub.Push(request, timeout=10, metadata=(("authorization", f"Bearer {token}"),))
         values = scrape(port)
         assert values['fedrecon_rpc_refusals_total{code="UNAUTHENTICATED",method="Push"}'] == 1

@@ -92,7 +92,7 @@ def test_100k_classes_through_a_plain_stub_with_default_limits() -> None:
             half = n // 2
             for seq, part in ((1, slice(0, half)), (2, slice(half, n))):
                 stub.Push(pb.PushRequest(client_id="a", space="s", seq=seq, deltas=codec.encode_deltas(
-                    ids[part], np.arange(n)[part] % 7 + 1, means[part])), timeout=120)
+                    Deltas(ids[part], np.arange(n)[part] % 7 + 1, means[part]))), timeout=120)
             replies, token = [], ""
             while True:
                 reply = stub.Pull(pb.PullRequest(space="s", page_token=token), timeout=60)
@@ -183,7 +183,7 @@ def test_watch_ends_the_stream_of_a_revoked_or_removed_client(tmp_path) -> None:
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub, admin = rpc.ReconnaissanceStub(channel), arpc.AdminStub(channel)
-            stub.Push(pb.PushRequest(space="s", seq=1, deltas=codec.encode_deltas(["b"], [1], np.ones((1, 2)))),
+            stub.Push(pb.PushRequest(space="s", seq=1, deltas=codec.encode_deltas(Deltas(["b"], [1], np.ones((1, 2))))),
                       metadata=bearer("bob"), timeout=10)
             streams = {name: stub.Watch(pb.WatchRequest(space="s"), metadata=bearer(name), timeout=60)
                        for name in ("bob", "carol", "dave")}

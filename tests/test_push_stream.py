@@ -28,7 +28,7 @@ DIM = 4
 
 def _request(seq: int, client_id: str = "alice", good: bool = True) -> pb.PushRequest:
     means = np.full((2, DIM), float(seq), dtype=np.float32)
-    deltas = codec.encode_deltas([f"c{seq % 3}", "shared"], [seq, 1], means)
+    deltas = codec.encode_deltas(Deltas([f"c{seq % 3}", "shared"], [seq, 1], means))
     if not good:  # a NaN, packed by hand (the encoder refuses one)
         means[0, 0] = np.nan
         deltas.means.data = means.tobytes()

@@ -73,7 +73,7 @@ def _request(client: str, seq: int, ids: list[str], dim: int = 4):
     from fedrecon.proto.v1 import recon_pb2 as pb
 
     rng = np.random.default_rng(seq)
-    deltas = codec.encode_deltas(ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), dim)), "float32")
+    deltas = codec.encode_deltas(Deltas(ids, rng.integers(1, 9, len(ids)), rng.normal(size=(len(ids), dim))), "float32")
     return pb.PushRequest(client_id=client, space="s", seq=seq, deltas=deltas)
 
 

@@ -54,7 +54,7 @@ def stop_all(servers: list[ServerProcess]) -> None:
 def request(client_id: str, seq: int, class_ids: list[str], counts: list[int], means: np.ndarray) -> pb.PushRequest:
     """A raw push (float64 on the wire, so integer-valued means stay exact)."""
     return pb.PushRequest(client_id=client_id, space=SPACE, seq=seq,
-                          deltas=codec.encode_deltas(class_ids, counts, means, "float64"))
+                          deltas=codec.encode_deltas(Deltas(class_ids, counts, means), "float64"))
 
 
 def pull_all(address: str, min_version: int = 0) -> tuple[int, dict[str, tuple[int, np.ndarray]]]:
@@ -354,7 +354,7 @@ def test_replicas_hold_bit_identical_tables(pg_url: str) -> None:
             for c in range(3):
                 ids = [f"k{int(i)}" for i in rng.choice(8, size=3, replace=False)]
                 push = pb.PushRequest(client_id=f"c{c}", space=SPACE, seq=seq, deltas=codec.encode_deltas(
-                    ids, rng.integers(1, 9, 3), rng.normal(size=(3, DIM)).astype(np.float32), "float32"))
+                    Deltas(ids, rng.integers(1, 9, 3), rng.normal(size=(3, DIM)).astype(np.float32)), "float32"))
                 top = max(top, stubs[(seq + c) % 2].Push(push, timeout=30).version)
         tables = [pull_all(s.address, min_version=top) for s in servers]
         assert tables[0][0] == tables[1][0] == top == 60

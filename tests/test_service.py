@@ -16,6 +16,7 @@ from fedrecon.client.reconcile import SequenceError
 from fedrecon.client.replica import Replica
 from fedrecon.proto import codec
 from fedrecon.proto.limits import Limits
+from fedrecon.proto.payloads import Deltas
 from fedrecon.proto.trailers import EXPECTED_SEQ
 from fedrecon.proto.v1 import recon_pb2 as pb
 from fedrecon.server.serve import ServerConfig, serve
@@ -52,12 +53,13 @@ def test_push_pull_info(client, server) -> None:
 
 
 BAD = [
-    (dict(deltas=codec.encode_deltas(["a"], [1], np.zeros((1, 4)))), "dim 2"),
-    (dict(deltas=codec.encode_deltas(["a"], [0], np.zeros((1, 2)))), "is 0"),
-    (dict(deltas=codec.encode_deltas([""], [1], np.zeros((1, 2)))), "class_id must not be empty"),
-    (dict(deltas=codec.encode_deltas(["x" * 33], [1], np.zeros((1, 2)))), "longer than 32"),
-    (dict(deltas=codec.encode_deltas([f"c{i}" for i in range(101)], [1] * 101, np.zeros((101, 2)))), "limit is 100"),
-    (dict(deltas=codec.encode_deltas(["a"], [1], np.zeros((1, 200)))), "exceeds the limit 128"),
+    (dict(deltas=codec.encode_deltas(Deltas(["a"], [1], np.zeros((1, 4))))), "dim 2"),
+    (dict(deltas=codec.encode_deltas(Deltas(["a"], [0], np.zeros((1, 2))))), "is 0"),
+    (dict(deltas=codec.encode_deltas(Deltas([""], [1], np.zeros((1, 2))))), "class_id must not be empty"),
+    (dict(deltas=codec.encode_deltas(Deltas(["x" * 33], [1], np.zeros((1, 2))))), "longer than 32"),
+    (dict(deltas=codec.encode_deltas(Deltas([f"c{i}" for i in range(101)], [1] * 101, np.zeros((101, 2))))),
+     "limit is 100"),
+    (dict(deltas=codec.encode_deltas(Deltas(["a"], [1], np.zeros((1, 200))))), "exceeds the limit 128"),
     (dict(deltas=pb.ClassDeltas(class_ids=["a"], counts=[1], means=pb.Matrix(dtype=1, dim=2, rows=1, data=b"1"))),
      "bytes"),
     (dict(deltas=pb.ClassDeltas(class_ids=["a"], counts=[1], means=pb.Matrix(
@@ -71,7 +73,8 @@ BAD = [
 def test_bad_input_gets_invalid_argument_and_changes_nothing(client, fields, message) -> None:
     client.push("s", ["a"], [1], np.zeros((1, 2)))
     before = client.pull("s", since=0, dtype="float64")
-    request = dict(client_id="alice", space="s", seq=2, deltas=codec.encode_deltas(["a"], [1], np.zeros((1, 2))))
+    request = dict(client_id="alice", space="s", seq=2, deltas=codec.encode_deltas(Deltas(
+        ["a"], [1], np.zeros((1, 2)))))
     request.update(fields)
     with pytest.raises(grpc.RpcError) as info:
         client.merger.stub.Push(pb.PushRequest(**request), timeout=5)
@@ -85,7 +88,7 @@ def test_bad_input_gets_invalid_argument_and_changes_nothing(client, fields, mes
 def test_gap_is_failed_precondition_naming_expected(client) -> None:
     client.push("s", ["a"], [1], np.zeros((1, 2)))
     with pytest.raises(grpc.RpcError) as info:
-        _push(client, 5, codec.encode_deltas(["a"], [1], np.zeros((1, 2))))
+        _push(client, 5, codec.encode_deltas(Deltas(["a"], [1], np.zeros((1, 2)))))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "expected seq 2" in info.value.details()
     assert dict(info.value.trailing_metadata())[EXPECTED_SEQ] == "2"
     client.state.last_seq = 7  # a state ahead of the store, with no copy of pushes 2..7: it follows the store
@@ -96,11 +99,11 @@ def test_gap_is_failed_precondition_naming_expected(client) -> None:
 def test_reused_seq_with_other_content_is_already_exists(client) -> None:
     client.push("s", ["a"], [50], np.zeros((1, 2)))
     with pytest.raises(grpc.RpcError) as info:
-        _push(client, 1, codec.encode_deltas(["a"], [10], np.zeros((1, 2))))
+        _push(client, 1, codec.encode_deltas(Deltas(["a"], [10], np.zeros((1, 2)))))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and "seq 1" in info.value.details()
     assert dict(info.value.trailing_metadata())[EXPECTED_SEQ] == "2"
     assert client.pull("s", since=0).counts.tolist() == [50]
-    again = _push(client, 1, codec.encode_deltas(["a"], [50], np.zeros((1, 2))))
+    again = _push(client, 1, codec.encode_deltas(Deltas(["a"], [50], np.zeros((1, 2)))))
     assert again.duplicate and again.version == 1
 
 
@@ -187,9 +190,9 @@ def test_memory_sync_through_server(server) -> None:
     with ReconClient(server.address, "c0", dtype="float64") as c0, \
             ReconClient(server.address, "c1", dtype="float64") as c1:
         replicas = [Replica("c0", "s", memories[0], c0.state), Replica("c1", "s", memories[1], c1.state)]
-        replicas[0].sync(c0)
-        replicas[1].sync(c1)
-        replicas[0].sync(c0)
+        replicas[0].sync(c0.merger)
+        replicas[1].sync(c1.merger)
+        replicas[0].sync(c0.merger)
     for memory in memories:
         table = memory.union()
         assert sorted(memory.class_ids()) == ["own0", "own1", "shared"]
@@ -206,7 +209,7 @@ def test_client_resumes_pending_push_after_crash(server, tmp_path: Path) -> None
         first.push("s", ["a"], [1], np.ones((1, 2)))
         # The process "dies" after recording push 2 as pending and before hearing the answer:
         request = pb.PushRequest(client_id="alice", space="s", seq=2,
-                                 deltas=codec.encode_deltas(["b"], [4], np.ones((1, 2))))
+                                 deltas=codec.encode_deltas(Deltas(["b"], [4], np.ones((1, 2)))))
         first.state.begin(2, "s", request.SerializeToString())
         first.merger.stub.Push(request, timeout=5)  # the server applied it; the ack was lost
     with ReconClient(server.address, "alice", state_path=state) as second:

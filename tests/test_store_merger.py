@@ -31,8 +31,9 @@ def test_replicas_sync_through_a_bare_store() -> None:
         assert alice.sync(store).pulled.class_ids == ["b"]  # incremental: only what changed since its version
         _learned(alice, "a", 2.0)
         assert [ack.seq for ack in alice.sync(store).acks] == [2]  # the replica numbers its pushes
-        total, count = alice.memory.global_table.get("a")  # (sum, count): 2 x 1.0 and 2 x 2.0
-        assert count == 4 and np.allclose(total, 6.0)
+        table = alice.memory.global_table  # (count, mean) as pulled: 2 x 1.0 and 2 x 2.0
+        (row,) = table.rows(["a"], create=False)
+        assert table.counts[row] == 4 and np.allclose(table.means()[row], 1.5)
         assert bob.memory.global_epoch == alice.memory.global_epoch == store.epoch
 
 
@@ -51,3 +52,15 @@ def test_a_pull_of_another_history_is_refused_as_over_grpc() -> None:
             store.pull("s", since=3)
         assert store.pull("s", since=1, epoch=store.epoch).class_ids == ["x2"]
         assert store.pull("s", since=1).class_ids == ["x2"]  # no epoch named: only `since` is checked
+
+
+def test_a_durable_replica_delivers_its_outbox_only_over_grpc_and_sends_nothing_otherwise() -> None:
+    """A replica with a client state delivers its numbered outbox over a `GrpcMerger` (exactly once across restarts
+    needs the gRPC protocol's reconciliation); handed a bare store it refuses in one line and keeps its deltas."""
+    from fedrecon.client.state import ClientState
+
+    with PrototypeStore() as store, ClientState(None, "c") as state:
+        replica = _learned(Replica("c", "s", state=state), "a", 1.0)
+        with pytest.raises(TypeError, match="over a GrpcMerger, not PrototypeStore"):
+            replica.sync(store)
+        assert store.version == 0 and replica.memory.pending().class_ids == ["a"] and state.all_pending == []

@@ -16,7 +16,7 @@ import numpy as np
 from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.replica import Replica
 from fedrecon.experiments.methods.base import Method, check_batch
-from fedrecon.proto.prototypes import PrototypeTable
+from fedrecon.proto.prototypes import ClassRows, PrototypeTable
 
 
 class EmbeddingCache:
@@ -120,7 +120,7 @@ class FedRecon(_Embedding):
         replica = self.server if client is None else self.replicas[client]
         return replica.memory.classify(self._embed_eval(images))
 
-    def prototypes(self, client: int | None = None) -> PrototypeTable:
+    def prototypes(self, client: int | None = None) -> ClassRows:
         """The table a client (or the server) classifies with."""
         return (self.server if client is None else self.replicas[client]).memory.union()
 
