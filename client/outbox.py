@@ -19,7 +19,7 @@ import numpy as np
 from fedrecon.client import reconcile
 from fedrecon.client.grpc_merger import AUTH_CODES, GrpcMerger, ack_of, is_permanent
 from fedrecon.client.memory import PrototypeMemory
-from fedrecon.client.state import ClientState, PendingPush
+from fedrecon.client.state import ClientState, PendingPush, request_digest
 from fedrecon.proto import codec
 from fedrecon.proto.merger import next_seq
 from fedrecon.proto.payloads import Deltas, PushAck
@@ -190,7 +190,7 @@ class Outbox:
             return ack or PushAck(earlier.seq, earlier.version, reconcile.classes_of(earlier), True)
         request = self._request(space, class_ids, counts, means, dtype)
         serialized = request.SerializeToString()
-        self.state.begin(request.seq, space, serialized, source=source)
+        self.state.begin(request.seq, space, serialized, source=source, digest=request_digest(space, request))
         return self._send_pending(fresh={serialized: request})[-1]
 
     def push_many(self, space: str, pushes: Sequence[tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]],
@@ -210,12 +210,13 @@ class Outbox:
             return acks
         fresh = {r.SerializeToString(): r for r in requests}
         records = [(r.seq, space, serialized) for serialized, r in fresh.items()]
+        digests = [request_digest(space, r) for r in fresh.values()]  # from the messages: nothing parsed back
         if memory is None:
-            self.state.begin_all(records)
+            self.state.begin_all(records, digests=digests)
         else:
             rest = memory.without([c for ids, _, _ in pushes for c in ids])
             returned = [(r.seq, *memory.returned(list(ids))) for r, (ids, _, _) in zip(requests, pushes, strict=True)]
-            self.state.begin_all(records, rest, returned)
+            self.state.begin_all(records, rest, returned, digests=digests)
             memory.local = rest.local
         return acks + self._send_pending(memory, space, fresh)
 

@@ -55,9 +55,10 @@ class PendingPush:
     version: int = 0
 
 
-def request_digest(space: str, request: bytes) -> str:
-    """The content digest the server records for a serialized PushRequest."""
-    deltas = codec.decode_deltas(pb.PushRequest.FromString(request).deltas, float64=False, wire_only=True)
+def request_digest(space: str, request: bytes | pb.PushRequest) -> str:
+    """The content digest the server records for a PushRequest: a message just built, or one stored serialized."""
+    message = pb.PushRequest.FromString(request) if isinstance(request, bytes) else request
+    deltas = codec.decode_deltas(message.deltas, float64=False, wire_only=True)
     return push_digest(space, deltas.class_ids, deltas.counts, deltas.means)
 
 
@@ -186,21 +187,23 @@ class ClientState:
             set_meta(db, "server_epoch", epoch)
 
     def begin(self, seq: int, space: str, request: bytes, memory: PrototypeMemory | None = None,
-              source: str = "") -> None:
+              source: str = "", digest: str = "") -> None:
         """Record push `seq` as pending; with `memory`, persist its remaining local deltas in the same transaction."""
-        self.begin_all([(seq, space, request)], memory, source=source)
+        self.begin_all([(seq, space, request)], memory, source=source, digests=[digest] if digest else None)
 
     def begin_all(self, pushes: list[tuple[int, str, bytes]], memory: PrototypeMemory | None = None,
-                  returned: list[Returned] | None = None, source: str = "") -> None:
+                  returned: list[Returned] | None = None, source: str = "", digests: list[str] | None = None) -> None:
         """Record consecutive pushes (seq, space, request) as pending at once, with the memory's remaining deltas
-        and (`returned`) the exact deltas each took from it, given back if the push is refused for auth."""
+        and (`returned`) the exact deltas each took from it, given back if the push is refused for auth. `digests`:
+        each push's `request_digest`, when the caller made it from the message (else it is read from the bytes)."""
         if not pushes:
             return
         seqs = [seq for seq, _, _ in pushes]
         if seqs != list(range(self.last_seq + 1, self.last_seq + 1 + len(pushes))):
             raise StateError(f"pushes {seqs[0]}..{seqs[-1]} do not follow the last acknowledged push {self.last_seq}")
-        rows = [(seq, space, request, time.time(), source, request_digest(space, request))
-                for seq, space, request in pushes]
+        digests = digests or [request_digest(space, request) for _, space, request in pushes]
+        rows = [(seq, space, request, time.time(), source, digest)
+                for (seq, space, request), digest in zip(pushes, digests, strict=True)]
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM pending").fetchone():
                 raise StateError("a push is still pending; it must be resumed first")

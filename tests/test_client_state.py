@@ -462,3 +462,30 @@ def test_a_state_written_with_pulled_sums_is_upgraded_to_means_once(tmp_path: Pa
             assert (memory.global_version, memory.global_epoch, state.store_id) == (5, "e1", "store-1")
             tables = {r[0] for r in state.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             assert "global" not in tables
+
+
+def test_a_sync_never_parses_back_a_push_it_just_serialized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push is built once from the client's deltas: it is recorded (bytes and content digest) and sent without
+    parsing its own bytes back (the server, started first, keeps its own parser)."""
+    from fedrecon.client.grpc_merger import GrpcMerger
+    from fedrecon.client.replica import Replica
+    from fedrecon.proto.v1 import recon_pb2 as pb
+
+    server = serve(ServerConfig(insecure=True), PrototypeStore(None))
+    parsed: list[bytes] = []
+    original = pb.PushRequest.FromString
+    try:
+        with ClientState(tmp_path / "c.db", "c") as state:
+            replica = Replica("c", "s", state=state)
+            replica.memory.add_examples(["a", "b", "a"], np.arange(12.0).reshape(3, 4))
+            merger = GrpcMerger(server.address)
+            monkeypatch.setattr(pb.PushRequest, "FromString",
+                                staticmethod(lambda data: parsed.append(data) or original(data)))
+            synced = replica.sync(merger)
+            monkeypatch.undo()
+            merger.close()
+            assert [(a.seq, a.classes) for a in synced.acks] == [(1, 2)] and state.all_pending == []
+            assert state.pushed(1).digest == server.store.client_record("c").last_digest  # as the server has it
+        assert parsed == []
+    finally:
+        server.stop(1)
