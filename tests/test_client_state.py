@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -437,31 +438,65 @@ def test_pulled_means_are_kept_as_the_server_sent_them_through_a_restart(tmp_pat
         assert memory.classify(means[::-1]) == ["y", "x"]
 
 
-def test_a_state_written_with_pulled_sums_is_upgraded_to_means_once(tmp_path: Path) -> None:
-    """A state file from before pulled classes were kept as means (a `global` table of sums) opens with the same
-    classes, counts and means, and without the old table; opening it again changes nothing."""
-    path = tmp_path / "old.db"
+def _old_state(path: Path) -> None:
+    """A state file as written before pulled classes were kept as means: a `global` table of (count, sum)."""
     with ClientState(path, "c") as state:
         state.bind("store-1", "addr")
     db = sqlite3.connect(path)
     db.execute("DROP TABLE merged")
     db.execute("CREATE TABLE global (space TEXT NOT NULL, class_id TEXT NOT NULL, count INTEGER NOT NULL, "
                "sum BLOB NOT NULL, PRIMARY KEY (space, class_id))")
-    sums = np.array([[3.0, 6.0], [0.0, 0.0]])
-    db.executemany("INSERT INTO global VALUES (?, ?, ?, ?)",
-                   [("s", "x", 3, sums[0].astype("<f8").tobytes()), ("s", "gone", 0, sums[1].tobytes())])
+    db.executemany("INSERT INTO global VALUES (?, ?, ?, ?)", [("s", "x", 3, np.array([3.0, 6.0]).tobytes()),
+                                                              ("s", "gone", 0, np.zeros(2).tobytes())])
     db.execute("INSERT INTO versions (space, version, dim, epoch) VALUES ('s', 5, 2, 'e1')")
     db.commit()
     db.close()
+
+
+def _check_upgraded(path: Path) -> None:
+    with ClientState(path, "c") as state:
+        memory = state.load_memory("s")
+        assert memory.global_table.class_ids == ["x", "gone"]
+        np.testing.assert_array_equal(memory.global_table.counts, [3, 0])
+        np.testing.assert_array_equal(memory.global_table.means(), [[1.0, 2.0], [0.0, 0.0]])
+        assert (memory.global_version, memory.global_epoch, state.store_id) == (5, "e1", "store-1")
+        tables = {r[0] for r in state.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "global" not in tables
+
+
+def test_a_state_written_with_pulled_sums_is_upgraded_to_means_once(tmp_path: Path) -> None:
+    """A state file from before pulled classes were kept as means opens with the same classes, counts and means,
+    and without the old table; opening it again changes nothing."""
+    _old_state(tmp_path / "old.db")
     for _ in range(2):
-        with ClientState(path, "c") as state:
-            memory = state.load_memory("s")
-            assert memory.global_table.class_ids == ["x", "gone"]
-            np.testing.assert_array_equal(memory.global_table.counts, [3, 0])
-            np.testing.assert_array_equal(memory.global_table.means(), [[1.0, 2.0], [0.0, 0.0]])
-            assert (memory.global_version, memory.global_epoch, state.store_id) == (5, "e1", "store-1")
-            tables = {r[0] for r in state.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            assert "global" not in tables
+        _check_upgraded(tmp_path / "old.db")
+
+
+def test_a_process_killed_in_the_middle_of_the_upgrade_leaves_a_state_that_upgrades_whole(tmp_path: Path) -> None:
+    """SIGKILL-like death after the means are written and before the old table goes: nothing of it was committed,
+    and the next open upgrades the file whole."""
+    path = tmp_path / "old.db"
+    _old_state(path)
+    script = f"""
+import os
+from fedrecon.client import state, state_schema
+
+def dying(db):
+    rows = db.execute("SELECT space, class_id, count, sum FROM global").fetchall()
+    db.executemany("INSERT OR REPLACE INTO merged VALUES (?, ?, ?, ?)",
+                   [(s, c, n, state_schema._mean_bytes(t, n)) for s, c, n, t in rows])
+    os._exit(9)
+
+state.upgrade = dying
+state.ClientState({str(path)!r}, "c")
+"""
+    died = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert died.returncode == 9, died.stderr.decode()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*) FROM global").fetchone() == (2,)
+    assert db.execute("SELECT COUNT(*) FROM merged").fetchone() == (0,)
+    db.close()
+    _check_upgraded(path)
 
 
 def test_a_sync_never_parses_back_a_push_it_just_serialized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
