@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-import numpy as np
 
 from fedrecon.client import reconcile
 from fedrecon.client.grpc_merger import AUTH_CODES, GrpcMerger, ack_of, is_permanent
@@ -164,18 +163,17 @@ class Outbox:
                      len(requests), error.code().name)
         return acks
 
-    def _request(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
-                 dtype: str | None, seq: int | None = None) -> pb.PushRequest:
+    def _request(self, space: str, deltas: Deltas, dtype: str | None, seq: int | None = None) -> pb.PushRequest:
         number = next_seq(self.state.last_seq) if seq is None else seq
-        request = self.merger.request(self.client_id, number, space, Deltas(list(class_ids), counts, means), dtype)
+        request = self.merger.request(self.client_id, number, space, deltas, dtype)
         limit = int(self.merger.server_info()["limits"]["max_message_bytes"] or 0)
         if limit and request.ByteSize() > limit:
-            raise PushRefused(f"a push of {len(class_ids)} classes is {request.ByteSize():,} bytes; the server at "
-                              f"{self.address} accepts at most {limit:,} (push fewer classes at a time)")
+            raise PushRefused(f"a push of {len(deltas.class_ids)} classes is {request.ByteSize():,} bytes; the server "
+                              f"at {self.address} accepts at most {limit:,} (push fewer classes at a time)")
         return request
 
-    def push(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
-             dtype: str | None = None, source: str = "", again: bool = False) -> PushAck:
+    def push(self, space: str, deltas: Deltas, dtype: str | None = None, source: str = "", again: bool = False
+             ) -> PushAck:
         """Push per-class deltas (count, mean) for one space; returns after the server made them durable.
 
         `source` names what the deltas were made from (e.g. a file's digest): a push of that source left pending
@@ -188,14 +186,14 @@ class Outbox:
         if earlier is not None and (resumed or not again):
             ack = next((a for a in acks if a.seq == earlier.seq), None) if resumed else None
             return ack or PushAck(earlier.seq, earlier.version, reconcile.classes_of(earlier), True)
-        request = self._request(space, class_ids, counts, means, dtype)
+        request = self._request(space, deltas, dtype)
         serialized = request.SerializeToString()
         self.state.begin(request.seq, space, serialized, source=source, digest=request_digest(space, request))
         return self._send_pending(fresh={serialized: request})[-1]
 
-    def push_many(self, space: str, pushes: Sequence[tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]],
-                  dtype: str | None = None, memory: PrototypeMemory | None = None) -> list[PushAck]:
-        """Push several deltas (class_ids, counts, means) as consecutive numbered pushes on one PushStream call.
+    def push_many(self, space: str, pushes: Sequence[Deltas], dtype: str | None = None,
+                  memory: PrototypeMemory | None = None) -> list[PushAck]:
+        """Push several deltas as consecutive numbered pushes on one PushStream call.
 
         All are recorded as pending in one transaction first (with `memory`: the pushes' classes leave its local
         deltas in that transaction, and only once it commits in memory), so a failure or crash at any point loses
@@ -204,8 +202,8 @@ class Outbox:
         self.bind()
         acks = self._send_pending(memory, space)
         first = next_seq(self.state.last_seq)
-        requests = [self._request(space, ids, counts, means, dtype, seq=first + i)
-                    for i, (ids, counts, means) in enumerate(pushes)]
+        pushes = [Deltas(*push) for push in pushes]  # plain (class_ids, counts, means) tuples are taken too
+        requests = [self._request(space, deltas, dtype, seq=first + i) for i, deltas in enumerate(pushes)]
         if not requests:
             return acks
         fresh = {r.SerializeToString(): r for r in requests}
@@ -214,8 +212,9 @@ class Outbox:
         if memory is None:
             self.state.begin_all(records, digests=digests)
         else:
-            rest = memory.without([c for ids, _, _ in pushes for c in ids])
-            returned = [(r.seq, *memory.returned(list(ids))) for r, (ids, _, _) in zip(requests, pushes, strict=True)]
+            rest = memory.without([c for deltas in pushes for c in deltas.class_ids])
+            returned = [(r.seq, *memory.returned(list(deltas.class_ids)))
+                        for r, deltas in zip(requests, pushes, strict=True)]
             self.state.begin_all(records, rest, returned, digests=digests)
             memory.local = rest.local
         return acks + self._send_pending(memory, space, fresh)
@@ -233,7 +232,7 @@ class Outbox:
             while end - start > 1 and push_size(self.client_id, space, class_ids[start:end], means.shape[1],
                                                 itemsize) > budget:
                 end = start + (end - start) // 2
-            chunks.append((class_ids[start:end], counts[start:end], means[start:end]))
+            chunks.append(Deltas(class_ids[start:end], counts[start:end], means[start:end]))
             start = end
         return self.push_many(space, chunks, dtype, memory)
 

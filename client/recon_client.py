@@ -13,7 +13,7 @@ from fedrecon.client.memory import PrototypeMemory
 from fedrecon.client.outbox import AuthRefused, Outbox, PushRefused, push_size
 from fedrecon.client.state import ClientState
 from fedrecon.proto.channel import ChannelSecurity
-from fedrecon.proto.payloads import PushAck, Snapshot
+from fedrecon.proto.payloads import Deltas, PushAck, Snapshot
 
 __all__ = ["AuthRefused", "PushRefused", "ReconClient", "push_size"]  # the library's names, defined in `outbox`
 
@@ -74,11 +74,12 @@ class ReconClient:
     def push(self, space: str, class_ids: Sequence[str], counts: Sequence[int] | np.ndarray, means: np.ndarray,
              dtype: str | None = None, source: str = "", again: bool = False) -> PushAck:
         """Push per-class deltas (count, mean) for one space, once durable (`Outbox.push`)."""
-        return self.outbox.push(space, class_ids, counts, means, dtype, source, again)
+        return self.outbox.push(space, Deltas(list(class_ids), counts, means), dtype, source, again)
 
-    def push_many(self, space: str, pushes: Sequence[tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]],
-                  dtype: str | None = None, memory: PrototypeMemory | None = None) -> list[PushAck]:
-        """Push several deltas as consecutive numbered pushes on one stream (`Outbox.push_many`)."""
+    def push_many(self, space: str, pushes: Sequence[Deltas], dtype: str | None = None,
+                  memory: PrototypeMemory | None = None) -> list[PushAck]:
+        """Push several deltas (`Deltas`, or (class_ids, counts, means) tuples) as consecutive numbered pushes on
+        one stream (`Outbox.push_many`)."""
         return self.outbox.push_many(space, pushes, dtype, memory)
 
     def push_memory(self, memory: PrototypeMemory, space: str, dtype: str | None = None) -> list[PushAck]:

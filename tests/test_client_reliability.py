@@ -512,7 +512,7 @@ def test_lost_answers_are_confirmed_by_a_retry_on_a_server_that_sends_no_digest(
     server = serve(ServerConfig(insecure=True), PrototypeStore(None))
     try:
         with ReconClient(server.address, "olly", state_path=tmp_path / "o.db") as client:
-            requests = [client.outbox._request(SPACE, [f"c{i}"], [i], np.ones((1, 4)), None, seq=i)
+            requests = [client.outbox._request(SPACE, Deltas([f"c{i}"], [i], np.ones((1, 4))), None, seq=i)
                         for i in range(1, 4)]
             client.state.begin_all([(r.seq, SPACE, r.SerializeToString()) for r in requests])
             for request in requests[:2]:

@@ -44,7 +44,7 @@ def test_a_state_used_against_a_second_server_never_changes_the_first(tmp_path: 
             client.push("s", ["x"], [1], np.ones((1, 2)))
         # a push recorded for the first store, not yet acknowledged (the process died), then the second server
         with ReconClient(first.address, "alice", state_path=state) as client:
-            request = client.outbox._request("s", ["y"], [2], np.ones((1, 2)), None)
+            request = client.outbox._request("s", Deltas(["y"], [2], np.ones((1, 2))), None)
             client.state.begin(request.seq, "s", request.SerializeToString())
         with ReconClient(second.address, "alice", state_path=state) as client, \
                 pytest.raises(StoreMismatch, match=f"bound to store {first.store.store_id}"):
@@ -367,8 +367,8 @@ def test_a_backlog_whose_answers_were_lost_is_resumed_without_doubles(tmp_path: 
         memory, expected = _memory(250)
         with ReconClient(server.address, "alice", state_path=state) as client:
             class_ids, counts, means = memory.pending()
-            requests = [client.outbox._request("s", class_ids[i:i + 100], counts[i:i + 100], means[i:i + 100], None,
-                                        seq=1 + i // 100) for i in range(0, 250, 100)]
+            requests = [client.outbox._request("s", Deltas(class_ids[i:i + 100], counts[i:i + 100], means[i:i + 100]),
+                                               None, seq=1 + i // 100) for i in range(0, 250, 100)]
             memory.mark_pushed()
             _record(client, requests, memory)
             client.merger.stub.Push(requests[0], timeout=5)  # merged; the state never heard of it
@@ -385,9 +385,9 @@ def test_a_refused_push_in_a_backlog_is_dropped_and_the_rest_renumbered(tmp_path
     state = tmp_path / "alice.db"
     try:
         with ReconClient(server.address, "alice", state_path=state) as client:
-            first = client.outbox._request("s", ["a"], [1], np.ones((1, 4)), None, seq=1)
-            wrong = client.outbox._request("s", ["b"], [2], np.ones((1, 3)), None, seq=2)  # another dim: refused
-            last = client.outbox._request("s", ["c"], [3], np.ones((1, 4)), None, seq=3)
+            first = client.outbox._request("s", Deltas(["a"], [1], np.ones((1, 4))), None, seq=1)
+            wrong = client.outbox._request("s", Deltas(["b"], [2], np.ones((1, 3))), None, seq=2)  # another dim
+            last = client.outbox._request("s", Deltas(["c"], [3], np.ones((1, 4))), None, seq=3)
             _record(client, [first, wrong, last])
             with pytest.raises(PushRefused, match="push 2 refused"):
                 client.resume()
@@ -406,7 +406,8 @@ def test_a_stream_whose_last_answers_were_lost_is_confirmed_not_refused(tmp_path
     server = _server(tmp_path / "s.db")
     try:
         with ReconClient(server.address, "alice", state_path=tmp_path / "alice.db") as client:
-            requests = [client.outbox._request("s", [f"c{i}"], [i], np.ones((1, 4)), None, seq=i) for i in range(1, 5)]
+            requests = [client.outbox._request("s", Deltas([f"c{i}"], [i], np.ones((1, 4))), None, seq=i)
+                        for i in range(1, 5)]
             _record(client, requests)
             for request in requests[:3]:
                 client.merger.stub.Push(request, timeout=5)
