@@ -43,8 +43,10 @@ encoder: venv
 # Issue #26's candidate: supervised proxy pretraining (5,000 steps), then 15,000 episodic 100-way steps from it,
 # the same 20,000-step budget (docs/experiments.md, "Proxy, then episodic, at full length"). Resumable.
 PROXY_OUT ?= runs/encoder-proxy
+HIDDEN ?= 64# channels per Conv4 block; the wider arm of #26: make encoder-proxy HIDDEN=128 PROXY_OUT=runs/encoder-wide
 PROXY_COMMON = $(BIN)/fedrecon pretrain --dataset omniglot --data-dir $(DATA_DIR)/omniglot --val-alphabets 5 \
-	--val-every 500 --val-episodes 1000 --save-every 50 --keep best --augment --device $(DEVICE) --resume
+	--val-every 500 --val-episodes 1000 --save-every 50 --keep best --augment --device $(DEVICE) --resume \
+	--hidden $(HIDDEN)
 encoder-proxy: venv
 	$(PROXY_COMMON) --out $(PROXY_OUT)/proxy.pt --method proxy --batch-size 600 --episodes 5000 --lr 1e-3 --seed 0
 	$(PROXY_COMMON) --out $(PROXY_OUT)/episodic.pt --init $(PROXY_OUT)/proxy.last.pt --method proto --ways 100 \

@@ -65,7 +65,7 @@ def build_model(config: dict[str, Any]) -> Conv4:
 
 
 def default_config(dataset: str, image_size: int, channels: int,
-                   preprocessing: Preprocessing | None = None, arch: str = "conv4") -> dict[str, Any]:
+                   preprocessing: Preprocessing | None = None, arch: str = "conv4", hidden: int = 64) -> dict[str, Any]:
     """The config that rebuilds a Conv4 and says how raw images must be preprocessed (the data set's native look)."""
     pre = preprocessing or native(dataset, image_size, "RGB" if channels == 3 else "L")
     if (pre.size, pre.channels) != (image_size, channels):
@@ -73,7 +73,9 @@ def default_config(dataset: str, image_size: int, channels: int,
                          f"{image_size}px Conv4")
     if arch not in ARCHS:
         raise ValueError(f"unknown encoder arch {arch!r} (known: {', '.join(ARCHS)})")
-    config = {"arch": arch, "hidden": 64, "depth": 4, "image_size": image_size, "channels": channels,
+    if hidden < 1:
+        raise ValueError(f"a Conv4 needs at least 1 channel per block, not {hidden}")
+    config = {"arch": arch, "hidden": hidden, "depth": 4, "image_size": image_size, "channels": channels,
               "dataset": dataset, "preprocessing": pre.to_dict()}
     return {**config, "domain": domain_of(config)}
 

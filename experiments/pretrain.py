@@ -102,9 +102,9 @@ def lr_at(args: argparse.Namespace, step: int) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, args.episodes)))
 
 
-RECIPE = ("dataset", "arch", "method", "ways", "shots", "queries", "batch_size", "centre_lr_scale", "lr", "decay",
-          "decay_every", "augment", "aug_rotate", "aug_shear", "aug_scale", "aug_translate", "seed", "image_size",
-          "rotations", "val_alphabets", "glyph_classes", "episodes")
+RECIPE = ("dataset", "arch", "hidden", "method", "ways", "shots", "queries", "batch_size", "centre_lr_scale", "lr",
+          "decay", "decay_every", "augment", "aug_rotate", "aug_shear", "aug_scale", "aug_translate", "seed",
+          "image_size", "rotations", "val_alphabets", "glyph_classes", "episodes")
 
 
 def recipe(args: argparse.Namespace) -> dict:
@@ -116,8 +116,17 @@ def recipe(args: argparse.Namespace) -> dict:
     return core
 
 
+RECIPE_BEFORE = {"hidden": 64}  # what states saved before a recipe field existed were trained with
+
+
+def saved_recipe(saved: dict) -> dict:
+    """A recorded recipe with the fields it predates filled in as they were (`RECIPE_BEFORE`)."""
+    return {**RECIPE_BEFORE, **saved}
+
+
 def check_recipe(saved: dict | None, now: dict, state_path: Path) -> None:
     """Refuse (ValueError, one line naming the field) to resume a state trained with another recipe."""
+    saved = None if saved is None else saved_recipe(saved)
     for key in sorted(set(saved or {}) | set(now)):
         if saved is not None and saved.get(key) != now.get(key):
             flag = "--" + key.replace("_", "-")
@@ -245,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
         raise ValueError(KEEP_BEST_NEEDS_SPLIT)
     c, s = train_set.image_shape[0], train_set.image_shape[1]
     pre = folder_preprocessing(args) if args.dataset == "folder" else None
-    config = default_config(args.dataset, s, c, pre, arch=args.arch)
+    config = default_config(args.dataset, s, c, pre, arch=args.arch, hidden=args.hidden)
     model = build_model(config).to(device)
     prior = init_from(model, args.init, config) if args.init else []
     dim = output_dim(s, config["hidden"], config["depth"], args.arch)
@@ -378,6 +387,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="proto: episodic prototypical loss; proxy: one learned centre per training class")
     p.add_argument("--arch", default="conv4", choices=list(ARCHS),
                    help="conv4: the paper's (64-d at 28px); conv4-nopool: no last max-pool (576-d at 28px)")
+    p.add_argument("--hidden", type=int, default=64,
+                   help="channels of each Conv4 block (64: the paper's; at 28px conv4 embeds to this many floats)")
     p.add_argument("--augment", action="store_true",
                    help="small random affine distortion of every training image (drawn from the training RNG)")
     p.add_argument("--aug-rotate", type=float, default=10.0, help="--augment: max rotation, degrees")

@@ -146,6 +146,26 @@ def test_nopool_arch_round_trips_with_its_width(tmp_path: Path) -> None:
     assert load_encoder("glyphs", device="cpu").describe()["bytes_per_class_float32"] == 256
 
 
+def test_a_wider_conv4_round_trips_and_its_width_is_part_of_the_recipe(tmp_path: Path) -> None:
+    """`--hidden` widens every block: the checkpoint rebuilds the wider net (96 floats per class at 28px); a state
+    cannot be resumed at another width; a state saved before the flag existed resumes as the 64 it was."""
+    out = tmp_path / "wide.pt"
+    summary = pretrain.train(_args(out, tmp_path, 2, False, "--hidden", "96"))
+    enc = load_encoder(out, device="cpu")
+    assert enc.dim == 96 and enc.config["hidden"] == 96 and summary["bytes_per_class"] == 384
+    assert enc.embed(np.zeros((2, 1, 28, 28), np.uint8)).shape == (2, 96)
+    with pytest.raises(ValueError, match="--hidden 96, not 64"):
+        pretrain.train(_args(out, tmp_path, 3, True))
+    with pytest.raises(ValueError, match="at least 1 channel"):
+        pretrain.train(_args(tmp_path / "none.pt", tmp_path, 2, False, "--hidden", "0"))
+    old = tmp_path / "old.pt"
+    pretrain.train(_args(old, tmp_path, 2))
+    state = torch.load(f"{old}.state.pt", weights_only=False)
+    del state["recipe"]["hidden"]  # as written before --hidden existed
+    torch.save(state, f"{old}.state.pt")
+    assert pretrain.train(_args(old, tmp_path, 3, True))["steps"] == 3
+
+
 def test_shipped_glyph_weights_beat_an_untrained_conv4() -> None:
     held_out = make_glyphs(60, 20, seed=987_654)  # classes never seen in training
     trained = evaluate(load_encoder("glyphs", device="cpu"), held_out, 5, 1, 5, 150, seed=1)
@@ -202,4 +222,4 @@ def test_make_encoder_repeats_the_recipe_recorded_in_the_shipped_weights() -> No
     shipped_first = parser.parse_args(shlex.split(first["command"])[2:])
     assert pretrain.recipe(long) == pretrain.recipe(shipped_first)
     assert long.stop_after == last_init["end_step"] and anneal.init == str(Path(long.out).with_suffix("")) + ".last.pt"
-    assert pretrain.recipe(anneal) == training["recipe"] and final["end_step"] == anneal.episodes
+    assert pretrain.recipe(anneal) == pretrain.saved_recipe(training["recipe"]) and final["end_step"] == anneal.episodes
