@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_DIR ?= $(abspath ../shared/data)
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint stubs clean encoder encoder-proxy
+.PHONY: venv demo test lint stubs clean encoder encoder-v2 encoder-proxy
 
 $(BIN)/fedrecon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,19 +29,24 @@ lint: venv
 	$(BIN)/python .ci/lint_imports.py
 	$(BIN)/ruff check .
 
-# Reproduces the shipped client/weights/omniglot.pt (client/weights/README.md): the first 7,800 steps of a
-# 20,000-step cosine schedule, then its step-7800 weights annealed over 2,000 steps. Resumable: run it again.
+# Reproduces the shipped client/weights/omniglot.pt (client/weights/README.md): omniglot-v2 and the proxy-then-
+# episodic Conv4 side by side. Both trainings are resumable: run it again after a stop.
 ENCODER_OUT ?= runs/encoder
+encoder: encoder-v2 encoder-proxy
+	$(BIN)/fedrecon encoder combine $(ENCODER_OUT)/omniglot-v2.pt $(PROXY_OUT)/episodic.pt --out $(ENCODER_OUT)/omniglot.pt
+
+# Reproduces client/weights/omniglot-v2.pt: the first 7,800 steps of a 20,000-step cosine schedule, then its
+# step-7800 weights annealed over 2,000 steps.
 DEVICE ?= auto
 PRETRAIN = $(BIN)/fedrecon pretrain --dataset omniglot --data-dir $(DATA_DIR)/omniglot --val-alphabets 5 \
 	--method proto --ways 100 --shots 1 --queries 5 --augment --val-every 500 --val-episodes 1000 \
 	--save-every 50 --keep best --device $(DEVICE) --resume
-encoder: venv
+encoder-v2: venv
 	$(PRETRAIN) --out $(ENCODER_OUT)/long.pt --episodes 20000 --stop-after 7800 --lr 1e-3 --seed 0
-	$(PRETRAIN) --out $(ENCODER_OUT)/omniglot.pt --init $(ENCODER_OUT)/long.last.pt --episodes 2000 --lr 6.7e-4 --seed 1
+	$(PRETRAIN) --out $(ENCODER_OUT)/omniglot-v2.pt --init $(ENCODER_OUT)/long.last.pt --episodes 2000 --lr 6.7e-4 --seed 1
 
-# Issue #26's candidate: supervised proxy pretraining (5,000 steps), then 15,000 episodic 100-way steps from it,
-# the same 20,000-step budget (docs/experiments.md, "Proxy, then episodic, at full length"). Resumable.
+# The second member of omniglot: supervised proxy pretraining (5,000 steps), then 15,000 episodic 100-way steps
+# from it, the same 20,000-step budget (docs/experiments.md, "Proxy, then episodic, at full length"). Resumable.
 PROXY_OUT ?= runs/encoder-proxy
 HIDDEN ?= 64# channels per Conv4 block; the wider arm of #26: make encoder-proxy HIDDEN=128 PROXY_OUT=runs/encoder-wide
 PROXY_COMMON = $(BIN)/fedrecon pretrain --dataset omniglot --data-dir $(DATA_DIR)/omniglot --val-alphabets 5 \

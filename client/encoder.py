@@ -2,6 +2,8 @@
 
 Conv4 = 4 x [3x3 conv 64, BatchNorm, ReLU, 2x2 max-pool], flattened: 64-d at 28x28, 1600-d at 84x84.
 `conv4-nopool` drops the last max-pool (wider embedding: 576-d at 28x28), same weights layout.
+A config with `members: N` (N > 1) is N such networks side by side on the same input, their embeddings
+concatenated (`fedrecon encoder combine`): a wider network whose parts do not mix.
 The fingerprint is a hash of the config and the float32 weights, so two clients agree on it exactly
 when they embed into the same space.
 """
@@ -51,6 +53,17 @@ class Conv4(nn.Module):
         return self.blocks(x).flatten(1)
 
 
+class SideBySide(nn.Module):
+    """Several networks on the same input, their embeddings concatenated (one space, N times the width)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([member(x) for member in self.members], dim=1)
+
+
 def output_dim(image_size: int, hidden: int = 64, depth: int = 4, arch: str = "conv4") -> int:
     """Embedding width of Conv4 (or `conv4-nopool`) for a square input."""
     s = image_size
@@ -59,9 +72,22 @@ def output_dim(image_size: int, hidden: int = 64, depth: int = 4, arch: str = "c
     return hidden * s * s
 
 
-def build_model(config: dict[str, Any]) -> Conv4:
-    """An untrained network of the config's arch, channels, width and depth."""
-    return Conv4(config["channels"], config["hidden"], config["depth"], config.get("arch", "conv4"))
+def members(config: dict[str, Any]) -> int:
+    """How many Conv4 the config puts side by side (1 unless combined)."""
+    return int(config.get("members", 1))
+
+
+def embedding_dim(config: dict[str, Any]) -> int:
+    """Width of the config's embedding: one Conv4's output times its members."""
+    arch = config.get("arch", "conv4")
+    return output_dim(config["image_size"], config["hidden"], config["depth"], arch) * members(config)
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """An untrained network of the config's arch, channels, width and depth (members side by side if several)."""
+    def one() -> Conv4:
+        return Conv4(config["channels"], config["hidden"], config["depth"], config.get("arch", "conv4"))
+    return one() if members(config) == 1 else SideBySide([one() for _ in range(members(config))])
 
 
 def default_config(dataset: str, image_size: int, channels: int,
@@ -103,6 +129,8 @@ def fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor], legacy: 
     """
     h = hashlib.sha256()
     core = {k: config[k] for k in ("arch", "hidden", "depth", "image_size", "channels")}
+    if members(config) != 1:  # absent for one Conv4, so single encoders keep the fingerprint they always had
+        core["members"] = members(config)
     fields = ("mean", "std") if legacy else sorted(Preprocessing.__dataclass_fields__)
     core["preprocessing"] = {k: config["preprocessing"][k] for k in fields}
     h.update(json.dumps(core, sort_keys=True).encode())
@@ -111,7 +139,8 @@ def fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor], legacy: 
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().astype("<f4").tobytes())
-    return f"{config['arch']}-{h.hexdigest()[:16]}"
+    kind = config["arch"] if members(config) == 1 else f"{config['arch']}x{members(config)}"
+    return f"{kind}-{h.hexdigest()[:16]}"
 
 
 def default_device() -> torch.device:
@@ -135,11 +164,13 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
-def fold_batchnorm(model: Conv4) -> nn.Module:
+def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` for embedding: BatchNorm folded into each conv, channels-last memory.
 
     Same outputs to ~1e-6; on CPU about 2x faster than the training module for small batches.
     """
+    if isinstance(model, SideBySide):
+        return SideBySide([fold_batchnorm(member) for member in model.members]).eval()
     blocks = []
     for conv, norm, *rest in copy.deepcopy(model).eval().blocks:
         blocks.append(nn.Sequential(fuse_conv_bn_eval(conv, norm), *rest))
@@ -152,14 +183,14 @@ class Encoder(ImageEncoder):
     `embed` runs a BatchNorm-folded snapshot of `model` taken here; build a new Encoder after changing weights.
     """
 
-    def __init__(self, model: Conv4, config: dict[str, Any], device: str | torch.device | None = None,
+    def __init__(self, model: nn.Module, config: dict[str, Any], device: str | torch.device | None = None,
                  name: str = "conv4") -> None:
         self.config = config
         self.name = name
         self.domain = domain_of(config)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.dim = output_dim(config["image_size"], config["hidden"], config["depth"], config["arch"])
+        self.dim = embedding_dim(config)
         self.preprocessing = Preprocessing.from_dict(config["preprocessing"])
         pre = self.preprocessing
         if (pre.size, pre.channels) != (config["image_size"], config["channels"]):

@@ -1,4 +1,5 @@
-"""`fedrecon encoder info|import|export`: what an encoder is, bring your own backbone, export one for devices."""
+"""`fedrecon encoder info|import|export|combine`: what an encoder is, bring your own backbone, export one for
+devices, put trained ones side by side."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("encoder", metavar="NAME|PATH")
     exp.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
     exp.add_argument("--out", type=Path, required=True, help="the file to write (e.g. omniglot.onnx)")
+    comb = sub.add_parser("combine", help="put trained Conv4 checkpoints side by side as one encoder (their "
+                          "embeddings concatenated; one new space)")
+    comb.add_argument("members", nargs="+", metavar="NAME|PATH", help="two or more checkpoints of one shape")
+    comb.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -61,6 +66,9 @@ def short_training(training: dict) -> dict[str, Any]:
     for key in ("kept", "val", "best", "result", "fewshot"):
         if isinstance(training.get(key), dict):
             keep[key] = training[key]
+    if isinstance(training.get("members"), list):  # a combined encoder: each member's own summary
+        keep["members"] = [{"fingerprint": m.get("fingerprint"), **short_training(m.get("training") or {})}
+                           for m in training["members"]]
     return keep
 
 
@@ -79,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
                             args.std or (1.0,) * channels)
         encoder = import_model(args.model, args.name, pre, args.domain)
         print(json.dumps({**encoder.summary(), "path": str(encoder.path)}))
+    elif args.action == "combine":
+        from fedrecon.client.combine import combine
+
+        command = f"fedrecon encoder combine {' '.join(args.members)} --out {args.out}"
+        print(json.dumps(combine(args.members, args.out, command)))
     else:
         from fedrecon.client.export import export_onnx
 

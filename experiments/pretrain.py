@@ -31,6 +31,7 @@ from fedrecon.client.encoder import (
     Encoder,
     build_model,
     default_config,
+    members,
     output_dim,
     read_checkpoint,
     resolve_device,
@@ -217,6 +218,9 @@ KEEP_BEST_NEEDS_SPLIT = ("--keep best needs a validation set held out of the tra
 def init_from(model: Conv4, path: str, config: dict) -> list[dict]:
     """Load an encoder checkpoint's weights into `model` (e.g. proxy-pretrained); returns its recorded phases."""
     blob = read_checkpoint(path)
+    if members(blob["config"]) != 1:
+        raise ValueError(f"--init {path}: a combined encoder ({members(blob['config'])} members); "
+                         "train from one of its members")
     core = ("arch", "hidden", "depth", "image_size", "channels", "preprocessing")
     if any(blob["config"].get(k) != config.get(k) for k in core):
         raise ValueError(f"--init {path}: its network or preprocessing differs from this run's "

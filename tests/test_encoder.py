@@ -75,22 +75,30 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
         load_encoder("no-such-weights")
 
 
-@pytest.mark.parametrize("name", ["omniglot", "omniglot-paper", "glyphs"])
+SHIPPED = {"omniglot": 2, "omniglot-v2": 1, "omniglot-paper": 1, "glyphs": 1}  # name -> Conv4 side by side
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_weights_load_with_recorded_fingerprint(name: str) -> None:
     path = WEIGHTS_DIR / f"{name}.pt"
-    assert path.exists() and path.stat().st_size < 600_000
+    assert path.exists() and path.stat().st_size < 500_000 * SHIPPED[name]
     enc = load_encoder(name, device="cpu")
     blob = read_checkpoint(path)
-    assert enc.fingerprint == blob["fingerprint"] and enc.dim == 64
+    assert enc.fingerprint == blob["fingerprint"] and enc.dim == 64 * SHIPPED[name]
     assert enc.config["dataset"] == name.split("-")[0] and enc.config["image_size"] == 28
     assert all(t.dtype == torch.float32 for t in blob["state_dict"].values())
-    assert blob["extra"]["training"]["command"].startswith("fedrecon pretrain")
+    training = blob["extra"]["training"]
+    records = [m["training"] for m in training["members"]] if SHIPPED[name] > 1 else [training]
+    assert len(records) == SHIPPED[name] and all(r["command"].startswith("fedrecon pretrain") for r in records)
 
 
 def test_paper_baseline_stays_shipped_beside_the_default() -> None:
-    """The paper's plain Conv4 stays loadable as `omniglot-paper`; `omniglot` is the newer encoder."""
+    """The paper's plain Conv4 stays loadable as `omniglot-paper`, the one of 2026-12-01 as `omniglot-v2`; `omniglot`
+    is both that one and the proxy-then-episodic Conv4 side by side."""
     assert load_encoder("omniglot-paper", device="cpu").fingerprint == "conv4-e42d33d5b932461c"
-    assert load_encoder("omniglot", device="cpu").fingerprint != "conv4-e42d33d5b932461c"
+    assert load_encoder("omniglot-v2", device="cpu").fingerprint == "conv4-6690f73049ae7293"
+    members = read_checkpoint("omniglot")["extra"]["training"]["members"]
+    assert [m["fingerprint"] for m in members] == ["conv4-6690f73049ae7293", "conv4-a94884522a95d1ab"]
 
 
 def test_nearest_prototype_and_learner_on_separable_images() -> None:

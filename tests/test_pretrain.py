@@ -204,22 +204,36 @@ def test_mini_imagenet_pretrain_smoke(tmp_path: Path) -> None:
     assert enc.dim == 1600 and enc.config["channels"] == 3 and enc.config["image_size"] == 84
 
 
-def test_make_encoder_repeats_the_recipe_recorded_in_the_shipped_weights() -> None:
-    """`make encoder` (the documented reproduction) runs the phases client/weights/omniglot.pt records."""
-    import shlex
+def _make_dry_run(target: str) -> list[str]:
+    """The fedrecon command lines `make -n TARGET` would run (the venv's path dropped)."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    dry = subprocess.run(["make", "-n", "encoder", "DATA_DIR=/data"], cwd=root, capture_output=True, text=True,
-                         check=True).stdout
-    commands = [shlex.split(line)[2:] for line in dry.splitlines() if " pretrain " in line]
+    dry = subprocess.run(["make", "-n", target, "DATA_DIR=/data"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.replace("\\\n", " ")
+    return [line.split("/fedrecon ", 1)[1] for line in dry.splitlines() if "/fedrecon " in line and "pip" not in line]
+
+
+def test_make_encoder_repeats_the_recipe_recorded_in_the_shipped_weights() -> None:
+    """`make encoder` (the documented reproduction) runs the phases each member of client/weights/omniglot.pt
+    records, then combines them in the recorded order."""
+    import shlex
+
     parser = argparse.ArgumentParser()
     pretrain.register(parser)
-    long, anneal = (parser.parse_args(argv) for argv in commands)
-    anneal.image_size = 28  # what train() picks for omniglot; the recorded recipe has it filled in
-    training = read_checkpoint(root / "client" / "weights" / "omniglot.pt")["extra"]["training"]
-    first, *_, last_init, final = training["phases"]
-    shipped_first = parser.parse_args(shlex.split(first["command"])[2:])
-    assert pretrain.recipe(long) == pretrain.recipe(shipped_first)
+    lines = _make_dry_run("encoder")
+    runs = [parser.parse_args(shlex.split(line)[1:]) for line in lines if line.startswith("pretrain ")]
+    long, anneal, proxy, episodic = runs
+    anneal.image_size = episodic.image_size = 28  # what train() picks for omniglot; records have it filled in
+    combined = read_checkpoint(Path(__file__).resolve().parents[1] / "client" / "weights" / "omniglot.pt")
+    v2, second = (m["training"] for m in combined["extra"]["training"]["members"])
+    first, *_, last_init, final = v2["phases"]
+    assert pretrain.recipe(long) == pretrain.recipe(parser.parse_args(shlex.split(first["command"])[2:]))
     assert long.stop_after == last_init["end_step"] and anneal.init == str(Path(long.out).with_suffix("")) + ".last.pt"
-    assert pretrain.recipe(anneal) == pretrain.saved_recipe(training["recipe"]) and final["end_step"] == anneal.episodes
+    assert pretrain.recipe(anneal) == pretrain.saved_recipe(v2["recipe"]) and final["end_step"] == anneal.episodes
+    assert pretrain.recipe(episodic) == pretrain.saved_recipe(second["recipe"])
+    assert episodic.init == str(Path(proxy.out).with_suffix("")) + ".last.pt"
+    proxy_phase = second["phases"][0]
+    assert pretrain.recipe(proxy) == pretrain.recipe(parser.parse_args(shlex.split(proxy_phase["command"])[2:]))
+    assert lines[-1].split()[:2] == ["encoder", "combine"]
+    assert lines[-1].split()[2:4] == [anneal.out, episodic.out]
