@@ -144,19 +144,20 @@ def test_readme_python_example_runs_as_written(shared_data, tmp_path) -> None:
         server.wait(15)
 
 
-def test_classes_learned_with_another_encoder_are_named_not_silently_missing(shared_data, tmp_path) -> None:
-    """After the default `omniglot` encoder changed, a state built with the old one says which encoder to use."""
+@pytest.mark.parametrize("before", ["omniglot-paper", "omniglot-v2"])  # the default until 2026-12-01, then -05
+def test_classes_learned_with_another_encoder_are_named_not_silently_missing(shared_data, tmp_path, before) -> None:
+    """After the default `omniglot` encoder changed, a state built with an old one says which encoder to use."""
     train, test = write_pngs(shared_data, tmp_path / "png", classes=3, train=5, test=1)
     offline = ["--server", "127.0.0.1:1", "--client-id", "dana", "--state-dir", str(tmp_path / "state")]
-    learned = subprocess.run([*FEDRECON, "client", "learn", "--offline", *offline, "--encoder", "omniglot-paper",
+    learned = subprocess.run([*FEDRECON, "client", "learn", "--offline", *offline, "--encoder", before,
                               str(tmp_path / "png" / "train")], capture_output=True, text=True, timeout=300)
     assert learned.returncode == 0, learned.stderr
     queries = [str(f) for files in test.values() for f in files]
     new = subprocess.run([*FEDRECON, "client", "classify", "--offline", *offline, "--encoder", "omniglot", *queries],
                          capture_output=True, text=True, timeout=300)
     assert new.returncode != 0 and len(new.stderr.strip().splitlines()) == 1
-    paper = load_encoder("omniglot-paper", device="cpu").fingerprint
-    assert f"holds 3 in space {paper}" in new.stderr and "--encoder omniglot-paper" in new.stderr
-    old = subprocess.run([*FEDRECON, "client", "classify", "--offline", *offline, "--encoder", "omniglot-paper",
-                          *queries], capture_output=True, text=True, timeout=300)
+    space = load_encoder(before, device="cpu").fingerprint
+    assert f"holds 3 in space {space}" in new.stderr and f"--encoder {before}" in new.stderr
+    old = subprocess.run([*FEDRECON, "client", "classify", "--offline", *offline, "--encoder", before, *queries],
+                         capture_output=True, text=True, timeout=300)
     assert old.returncode == 0 and len(old.stdout.splitlines()) == 3, old.stderr
