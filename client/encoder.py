@@ -73,8 +73,11 @@ def output_dim(image_size: int, hidden: int = 64, depth: int = 4, arch: str = "c
 
 
 def members(config: dict[str, Any]) -> int:
-    """How many Conv4 the config puts side by side (1 unless combined)."""
-    return int(config.get("members", 1))
+    """How many Conv4 the config puts side by side (1 unless combined); ValueError for a malformed count."""
+    count = config.get("members", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"encoder config: members must be a whole number >= 1, not {count!r}")
+    return count
 
 
 def embedding_dim(config: dict[str, Any]) -> int:

@@ -57,6 +57,11 @@ def test_members_that_cannot_share_one_input_are_refused_in_one_line(tmp_path: P
     with pytest.raises(ValueError, match="already a combined encoder"):
         combine([str(tmp_path / "ab.pt"), str(a)], tmp_path / "x.pt", "test")
     assert not (tmp_path / "x.pt").exists()
+    blob = torch.load(tmp_path / "ab.pt", weights_only=True)
+    for bad in (0, -1, 1.5, True):
+        torch.save({**blob, "config": {**blob["config"], "members": bad}}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="members must be a whole number"):
+            load_encoder(tmp_path / "bad.pt")
     out = subprocess.run([*FEDRECON, "encoder", "combine", str(a), str(narrow), "--out", str(tmp_path / "y.pt")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and "hidden" in out.stderr
