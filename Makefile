@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_DIR ?= $(abspath ../shared/data)
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint stubs clean encoder encoder-v2 encoder-proxy
+.PHONY: venv demo test lint stubs clean encoder encoder-v2 encoder-proxy encoder-third
 
 $(BIN)/fedrecon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,12 @@ lint: venv
 	$(BIN)/python .ci/lint_imports.py
 	$(BIN)/ruff check .
 
-# Reproduces the shipped client/weights/omniglot.pt (client/weights/README.md): omniglot-v2 and the proxy-then-
-# episodic Conv4 side by side. Both trainings are resumable: run it again after a stop.
+# Reproduces the shipped client/weights/omniglot.pt (client/weights/README.md): omniglot-v2, the proxy-then-
+# episodic Conv4 and a third Conv4 side by side. Every training is resumable: run it again after a stop.
 ENCODER_OUT ?= runs/encoder
-encoder: encoder-v2 encoder-proxy
-	$(BIN)/fedrecon encoder combine $(ENCODER_OUT)/omniglot-v2.pt $(PROXY_OUT)/episodic.pt --out $(ENCODER_OUT)/omniglot.pt
+encoder: encoder-v2 encoder-proxy encoder-third
+	$(BIN)/fedrecon encoder combine $(ENCODER_OUT)/omniglot-v2.pt $(PROXY_OUT)/episodic.pt $(THIRD_OUT)/third.pt \
+		--out $(ENCODER_OUT)/omniglot.pt
 
 # Reproduces client/weights/omniglot-v2.pt: the first 7,800 steps of a 20,000-step cosine schedule, then its
 # step-7800 weights annealed over 2,000 steps.
@@ -56,6 +57,12 @@ encoder-proxy: venv
 	$(PROXY_COMMON) --out $(PROXY_OUT)/proxy.pt --method proxy --batch-size 600 --episodes 5000 --lr 1e-3 --seed 0
 	$(PROXY_COMMON) --out $(PROXY_OUT)/episodic.pt --init $(PROXY_OUT)/proxy.last.pt --method proto --ways 100 \
 		--shots 1 --queries 5 --episodes 15000 --lr 1e-3 --seed 1
+
+# The third member of omniglot: 100-way episodes from random weights, 5,000 steps, seed 2 (docs/experiments.md,
+# "A third member").
+THIRD_OUT ?= runs/encoder-third
+encoder-third: venv
+	$(PRETRAIN) --out $(THIRD_OUT)/third.pt --episodes 5000 --lr 1e-3 --seed 2
 
 stubs: venv
 	$(BIN)/python -m fedrecon.proto.generate

@@ -75,7 +75,7 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
         load_encoder("no-such-weights")
 
 
-SHIPPED = {"omniglot": 2, "omniglot-v2": 1, "omniglot-paper": 1, "glyphs": 1}  # name -> Conv4 side by side
+SHIPPED = {"omniglot": 3, "omniglot-v2": 1, "omniglot-paper": 1, "glyphs": 1}  # name -> Conv4 side by side
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -94,11 +94,12 @@ def test_shipped_weights_load_with_recorded_fingerprint(name: str) -> None:
 
 def test_paper_baseline_stays_shipped_beside_the_default() -> None:
     """The paper's plain Conv4 stays loadable as `omniglot-paper`, the one of 2026-12-01 as `omniglot-v2`; `omniglot`
-    is both that one and the proxy-then-episodic Conv4 side by side."""
+    is that one, the proxy-then-episodic Conv4 and a third one side by side."""
     assert load_encoder("omniglot-paper", device="cpu").fingerprint == "conv4-e42d33d5b932461c"
     assert load_encoder("omniglot-v2", device="cpu").fingerprint == "conv4-6690f73049ae7293"
     members = read_checkpoint("omniglot")["extra"]["training"]["members"]
-    assert [m["fingerprint"] for m in members] == ["conv4-6690f73049ae7293", "conv4-a94884522a95d1ab"]
+    assert [m["fingerprint"] for m in members] == ["conv4-6690f73049ae7293", "conv4-a94884522a95d1ab",
+                                                   "conv4-e5bbefae42ed4c0c"]
 
 
 def test_nearest_prototype_and_learner_on_separable_images() -> None:

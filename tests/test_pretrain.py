@@ -223,10 +223,10 @@ def test_make_encoder_repeats_the_recipe_recorded_in_the_shipped_weights() -> No
     pretrain.register(parser)
     lines = _make_dry_run("encoder")
     runs = [parser.parse_args(shlex.split(line)[1:]) for line in lines if line.startswith("pretrain ")]
-    long, anneal, proxy, episodic = runs
-    anneal.image_size = episodic.image_size = 28  # what train() picks for omniglot; records have it filled in
+    long, anneal, proxy, episodic, third = runs
+    anneal.image_size = episodic.image_size = third.image_size = 28  # train() picks it; records have it filled in
     combined = read_checkpoint(Path(__file__).resolve().parents[1] / "client" / "weights" / "omniglot.pt")
-    v2, second = (m["training"] for m in combined["extra"]["training"]["members"])
+    v2, second, last = (m["training"] for m in combined["extra"]["training"]["members"])
     first, *_, last_init, final = v2["phases"]
     assert pretrain.recipe(long) == pretrain.recipe(parser.parse_args(shlex.split(first["command"])[2:]))
     assert long.stop_after == last_init["end_step"] and anneal.init == str(Path(long.out).with_suffix("")) + ".last.pt"
@@ -235,5 +235,6 @@ def test_make_encoder_repeats_the_recipe_recorded_in_the_shipped_weights() -> No
     assert episodic.init == str(Path(proxy.out).with_suffix("")) + ".last.pt"
     proxy_phase = second["phases"][0]
     assert pretrain.recipe(proxy) == pretrain.recipe(parser.parse_args(shlex.split(proxy_phase["command"])[2:]))
+    assert pretrain.recipe(third) == pretrain.saved_recipe(last["recipe"]) and third.init is None
     assert lines[-1].split()[:2] == ["encoder", "combine"]
-    assert lines[-1].split()[2:4] == [anneal.out, episodic.out]
+    assert lines[-1].split()[2:5] == [anneal.out, episodic.out, third.out]
