@@ -66,10 +66,20 @@ def short_training(training: dict) -> dict[str, Any]:
     for key in ("kept", "val", "best", "result", "fewshot"):
         if isinstance(training.get(key), dict):
             keep[key] = training[key]
-    if isinstance(training.get("members"), list):  # a combined encoder: each member's own summary
-        keep["members"] = [{"fingerprint": m.get("fingerprint"), **short_training(m.get("training") or {})}
-                           for m in training["members"]]
+    if isinstance(training.get("members"), list):  # a combined encoder: one line per member (--full: everything)
+        keep["members"] = [member_line(m) for m in training["members"]]
     return keep
+
+
+def member_line(member: dict) -> str:
+    """One combined-encoder member in a line: fingerprint, steps, the kept step's validation, training time."""
+    summary = short_training(member.get("training") or {})
+    kept = summary.get("kept") or {}
+    parts = [f"{summary['step']} steps" if "step" in summary else "",
+             f"kept step {kept['step']} (val {kept['val']})" if {"step", "val"} <= set(kept) else "",
+             f"{summary['phases']} phase{'' if summary['phases'] == 1 else 's'}, {summary['wall_s']} s"
+             if "phases" in summary else ""]
+    return f"{member.get('fingerprint')}: " + ", ".join(p for p in parts if p)
 
 
 def run(args: argparse.Namespace) -> int:
