@@ -31,8 +31,8 @@ from fedrecon.client.encoder import (
     Encoder,
     build_model,
     default_config,
+    embedding_dim,
     members,
-    output_dim,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
@@ -261,7 +261,7 @@ def train(args: argparse.Namespace) -> dict:
     config = default_config(args.dataset, s, c, pre, arch=args.arch, hidden=args.hidden)
     model = build_model(config).to(device)
     prior = init_from(model, args.init, config) if args.init else []
-    dim = output_dim(s, config["hidden"], config["depth"], args.arch)
+    dim = embedding_dim(config)
     centres = None
     params = list(model.parameters())
     if args.method == "proxy":
